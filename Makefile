@@ -1,0 +1,57 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := containerd runc docker-registry fuse3 libfuse3-dev pkg-config busybox-static \
+	golang-go golang-github-containerd-containerd-dev sqlite3 iproute2
+PROTO_FILES := $(wildcard proto/lazy2dfs/api/*.proto)
+
+.PHONY: deps apt venv proto proto-check lint pytest test demo bench clean
+
+deps: apt venv
+
+# Installs only what is missing, so a warm machine pays nothing.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+proto: venv
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=src --pyi_out=src --grpc_python_out=src $(PROTO_FILES)
+
+# Fails when the committed stubs differ from what the pinned grpcio-tools generates.
+proto-check: venv
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO_FILES); \
+	for f in $$tmp/lazy2dfs/api/*; do \
+		cmp -s $$f src/lazy2dfs/api/$$(basename $$f) || { echo "stale stub: src/lazy2dfs/api/$$(basename $$f); run 'make proto'"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "proto stubs up to date"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+pytest: deps
+	$(VENV)/bin/pytest -v tests
+
+test: deps proto-check lint pytest
+
+demo: deps
+	$(VENV)/bin/lazy2dfs demo
+
+bench: deps
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
