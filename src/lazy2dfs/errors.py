@@ -32,4 +32,6 @@ class UnavailableError(Lazy2dfsError):
 
 
 class IntegrityError(Lazy2dfsError):
-    """Bytes did not match their digest, or a format's structure is corrupt. Never retried silently."""
+    """Bytes did not match their digest, or a format's structure is corrupt.
+
+    Never retried silently, never served."""

@@ -1,0 +1,93 @@
+"""The one definition of lazy2dfs's configuration.
+
+Precedence, lowest first: the defaults below, the TOML file (``/etc/lazy2dfs/config.toml``),
+environment variables (``LAZY2DFS_<FIELD>``, e.g. ``LAZY2DFS_ROOT``), command-line flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lazy2dfs.errors import InvalidArgumentError
+
+DEFAULT_CONFIG_PATH = Path("/etc/lazy2dfs/config.toml")
+ENV_PREFIX = "LAZY2DFS_"
+
+
+class Config(BaseModel):
+    """Settings of ``lazy2dfs serve``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Field(
+        Path("/var/lib/lazy2dfs"),
+        description="Directory holding snapshots, the metadata database and the FUSE mount.",
+    )
+    address: Path = Field(
+        Path("/run/lazy2dfs/lazy2dfs.sock"),
+        description="Unix socket containerd's proxy plugin dials (config.toml `address`).",
+    )
+    metrics_address: str | None = Field(
+        None,
+        description="HOST:PORT for Prometheus /metrics; unset disables the endpoint.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level printed."
+    )
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        if self.metrics_address is None:
+            return None
+        host, _, port = self.metrics_address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _describe(exc: ValidationError, source: str) -> InvalidArgumentError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )
+    return InvalidArgumentError(f"invalid configuration in {source}: {problems}")
+
+
+def load(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Builds the configuration; ``path=None`` reads the default file if it exists."""
+    values: dict[str, Any] = {}
+    source = str(path or DEFAULT_CONFIG_PATH)
+    file = path or DEFAULT_CONFIG_PATH
+    if path is not None or file.exists():
+        try:
+            values.update(tomllib.loads(file.read_text()))
+        except FileNotFoundError as exc:
+            raise InvalidArgumentError(f"configuration file {file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgumentError(f"configuration file {file} is not TOML: {exc}") from exc
+    environ = os.environ if env is None else env
+    for name in Config.model_fields:
+        if (value := environ.get(ENV_PREFIX + name.upper())) is not None:
+            values[name] = value
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        raise _describe(exc, f"{source}, environment or flags") from exc

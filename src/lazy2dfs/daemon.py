@@ -1,0 +1,134 @@
+"""``lazy2dfs serve``: the process containerd talks to.
+
+Life cycle: lock the root (one daemon per root), open the store, recover, bind the gRPC server
+on a temporary socket name and rename it into place once it serves — so containerd never sees
+a socket that refuses calls — then wait for SIGTERM/SIGINT. On a signal: remove the socket (no
+new connections), let calls in flight finish, release everything, exit 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from prometheus_client import start_http_server
+
+from lazy2dfs.api import snapshots_pb2_grpc
+from lazy2dfs.config import Config
+from lazy2dfs.errors import FailedPreconditionError, UnavailableError
+from lazy2dfs.logfmt import get_logger
+from lazy2dfs.snapshotter.mounts import OverlayFeatures
+from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
+from lazy2dfs.snapshotter.service import SnapshotsService
+from lazy2dfs.snapshotter.store import Store
+
+log = get_logger(__name__)
+
+# Calls in flight get this long to finish after a stop signal.
+SHUTDOWN_GRACE_SECONDS = 30.0
+GRPC_WORKERS = 16
+
+
+class RootLock:
+    """An exclusive flock on ``<root>/lazy2dfs.lock``, held for the daemon's lifetime."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "lazy2dfs.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise FailedPreconditionError(
+                f"another lazy2dfs daemon (pid {holder}) is serving root {root}:"
+                " stop it first, or start this one with a different --root"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET, if systemd set one."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(target)
+        sock.sendall(state.encode())
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = threading.Event()
+
+    def _bind(self, server: grpc.Server) -> Path:
+        address = self.config.address
+        address.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        staging = address.with_name(f".{address.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
+        if server.add_insecure_port(f"unix:{staging}") == 0:
+            raise UnavailableError(f"cannot listen on {staging}: check the directory's permissions")
+        return staging
+
+    def run(self) -> int:
+        root = self.config.root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = RootLock(root)
+        store = Store(root / "metadata.db")
+        server: grpc.Server | None = None
+        try:
+            snapshotter = OverlaySnapshotter(root, store, OverlayFeatures.detect())
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS))
+            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
+                SnapshotsService(snapshotter), server
+            )
+            staging = self._bind(server)
+            server.start()
+            if (metrics := self.config.metrics_host_port) is not None:
+                start_http_server(metrics[1], addr=metrics[0])
+            os.chmod(staging, 0o660)
+            if os.geteuid() == 0:
+                os.chown(staging, 0, 0)
+            os.replace(staging, self.config.address)
+            self._install_signal_handlers()
+            log.info(
+                "serving",
+                address=self.config.address,
+                root=root,
+                metrics=self.config.metrics_address or "off",
+                pid=os.getpid(),
+            )
+            notify_systemd("READY=1")
+            self._stop.wait()
+            notify_systemd("STOPPING=1")
+            log.info("stopping", grace_seconds=SHUTDOWN_GRACE_SECONDS)
+        finally:
+            self.config.address.unlink(missing_ok=True)
+            if server is not None:
+                server.stop(SHUTDOWN_GRACE_SECONDS).wait()
+            store.close()
+            lock.release()
+        log.info("stopped")
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal received", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

@@ -1,0 +1,23 @@
+"""Prometheus metrics. Every metric lazy2dfs exports is declared here, so names, labels and
+cardinality can be reviewed in one file."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, Info
+
+from lazy2dfs import __version__
+
+DAEMON = Info("lazy2dfs_daemon", "The running lazy2dfs daemon.")
+DAEMON.info({"version": __version__})
+
+GRPC_CALLS = Counter(
+    "lazy2dfs_grpc_calls",
+    "Snapshot API calls served, by method and gRPC status code.",
+    ["method", "code"],
+)
+GRPC_LATENCY = Histogram(
+    "lazy2dfs_grpc_call_duration_seconds",
+    "Time to serve one snapshot API call.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

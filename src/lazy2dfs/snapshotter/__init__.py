@@ -1,0 +1,1 @@
+"""containerd's snapshot API: the snapshot store, mounts and the gRPC service."""
