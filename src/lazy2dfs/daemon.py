@@ -88,6 +88,8 @@ class Daemon:
         root = self.config.root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = RootLock(root)
+        # A socket left by a killed daemon would accept no calls; remove it until we serve.
+        self.config.address.unlink(missing_ok=True)
         store = Store(root / "metadata.db")
         server: grpc.Server | None = None
         try:

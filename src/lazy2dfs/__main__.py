@@ -1,0 +1,5 @@
+import sys
+
+from lazy2dfs.cli import main
+
+sys.exit(main())

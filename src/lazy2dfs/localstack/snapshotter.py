@@ -1,0 +1,81 @@
+"""A ``lazy2dfs serve`` child process with a private root and socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from lazy2dfs.api import snapshots_pb2_grpc
+from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
+
+START_TIMEOUT = 30.0
+
+
+class LocalSnapshotter:
+    """Starts the daemon on ``workdir/root`` and ``workdir/lazy2dfs.sock``; stops it on exit.
+
+    ``restart`` and ``kill`` let tests see what containerd sees across daemon restarts."""
+
+    def __init__(
+        self, workdir: Path, extra_args: tuple[str, ...] = (), log_level: str = "info"
+    ) -> None:
+        self.workdir = workdir
+        self.root = workdir / "root"
+        self.address = workdir / "lazy2dfs.sock"
+        self.extra_args = extra_args
+        self.log_level = log_level
+        self.process: ChildProcess | None = None
+
+    def start(self) -> LocalSnapshotter:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # A killed daemon leaves its socket; readiness is the new daemon's socket appearing.
+        self.address.unlink(missing_ok=True)
+        argv = [
+            *lazy2dfs_argv(),
+            "serve",
+            "--root",
+            str(self.root),
+            "--address",
+            str(self.address),
+            "--log-level",
+            self.log_level,
+            *self.extra_args,
+        ]
+        self.process = ChildProcess("lazy2dfs serve", argv, self.workdir / "lazy2dfs.log")
+        self.process.wait_until(self.address.exists, START_TIMEOUT, "serving")
+        return self
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        code = self.process.stop()
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"unix:{self.address}")
+
+    def stub(self, channel: grpc.Channel) -> snapshots_pb2_grpc.SnapshotsStub:
+        return snapshots_pb2_grpc.SnapshotsStub(channel)
+
+    def __enter__(self) -> LocalSnapshotter:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
