@@ -4,7 +4,6 @@ import concurrent.futures
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import grpc
 import pytest
 
 from lazy2dfs.api import snapshots_pb2 as pb
+from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
 REF_LABEL = "containerd.io/snapshot.ref"
@@ -29,9 +29,9 @@ def test_socket_is_0660_root_and_second_daemon_refuses(
     st = os.stat(daemon.address)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     assert (st.st_uid, st.st_gid) == (0, 0)
+    other = tmp_path / "other.sock"
     second = subprocess.run(
-        [sys.executable, "-m", "lazy2dfs", "serve", "--root", str(daemon.root)]
-        + ["--address", str(tmp_path / "other.sock")],
+        [*lazy2dfs_argv(), "serve", "--root", str(daemon.root), "--address", str(other)],
         capture_output=True,
         text=True,
         timeout=30,

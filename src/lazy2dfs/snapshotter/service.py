@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from lazy2dfs import errors, metrics
-from lazy2dfs.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+from lazy2dfs.api import mount_pb2, snapshots_pb2
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.snapshotter.mounts import Mount
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter

@@ -41,7 +41,7 @@ def test_not_equal_presence_and_regex() -> None:
 
 
 def test_dotted_label_keys_join_unquoted_parts() -> None:
-    assert filters.parse(["labels.a.b==1"]).matches(info(**{"a.b": "1"}))
+    assert filters.parse(["labels.a.b==1"]).matches(Info("n", "", Kind.VIEW, 0, 0, {"a.b": "1"}))
 
 
 @pytest.mark.parametrize("text", ["==x", "name==", 'name=="open', "name==a b", "name~=(", "a,,b"])
