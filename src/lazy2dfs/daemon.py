@@ -12,6 +12,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -33,7 +34,10 @@ log = get_logger(__name__)
 
 # Calls in flight get this long to finish after a stop signal.
 SHUTDOWN_GRACE_SECONDS = 30.0
-GRPC_WORKERS = 16
+GRPC_WORKERS = 64
+# Python hands the GIL over every 5 ms by default; a short call (Mounts, Stat) waiting behind
+# busy threads then waits whole intervals. 0.5 ms cut Mounts' p99 under 20 pulls (make bench).
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 class RootLock:
@@ -85,6 +89,7 @@ class Daemon:
         return staging
 
     def run(self) -> int:
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         root = self.config.root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = RootLock(root)

@@ -4,6 +4,8 @@ One row per snapshot. A committed snapshot keeps the numeric id it had while act
 directory ``snapshots/<id>`` never moves; children point at their parent by id. Every public
 operation is one transaction under one lock: sqlite serialises writers anyway, and the lock
 makes the read-check-write sequences (does the key exist? does it have children?) atomic.
+Reads take no lock: each thread has its own connection, and WAL gives it a consistent view
+while a write is under way, so Mounts and Stat never queue behind a Commit's fsync.
 """
 
 from __future__ import annotations
@@ -206,13 +208,14 @@ class Store:
     """The metadata database of one daemon root."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._conn = self._connect()
         self._conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a committed snapshot survives power loss, not only a crash of this process.
         self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             raise FailedPreconditionError(
@@ -221,6 +224,13 @@ class Store:
             )
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
@@ -236,14 +246,21 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        """A consistent read of several rows."""
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                yield Tx(self._conn)
-            finally:
-                self._conn.execute("ROLLBACK")
+        """A consistent read of several rows, concurrent with writes and other reads."""
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._readers.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        conn.execute("BEGIN")
+        try:
+            yield Tx(conn)
+        finally:
+            conn.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            for conn in [self._conn, *self._reader_conns]:
+                conn.close()
