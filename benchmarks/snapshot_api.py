@@ -101,7 +101,7 @@ def run() -> Path:
         p50 = (report.percentile(base, 50) * 1e3, report.percentile(ours, 50) * 1e3)
         p99 = (report.percentile(base, 99) * 1e3, report.percentile(ours, 99) * 1e3)
         rows.append([op, concurrency, len(ours), *p50, *p99, p99[1] / p99[0]])
-        plot[f"{op} ×{concurrency} p99"] = {"overlayfs": p99[0], "lazy2dfs": p99[1]}
+        plot[f"{op} x{concurrency} p99"] = {"overlayfs": p99[0], "lazy2dfs": p99[1]}
     return report.write(
         "snapshot_api",
         "Snapshot API latency through containerd 1.6 (ms)",
