@@ -1,0 +1,1 @@
+"""The pyfuse3 filesystem: every remote layer is a read-only directory tree of one mount."""
