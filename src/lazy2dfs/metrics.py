@@ -21,3 +21,9 @@ GRPC_LATENCY = Histogram(
     ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+CHUNK_CACHE_EVENTS = Counter(
+    "lazy2dfs_chunk_cache_events",
+    "Chunk cache lookups and changes, by event (hit, miss, write, eviction, corrupt, disk_full).",
+    ["event"],
+)

@@ -1,0 +1,1 @@
+"""Content-addressed chunk store on disk, shared by every layer and image."""
