@@ -27,3 +27,9 @@ CHUNK_CACHE_EVENTS = Counter(
     "Chunk cache lookups and changes, by event (hit, miss, write, eviction, corrupt, disk_full).",
     ["event"],
 )
+
+FALLBACKS = Counter(
+    "lazy2dfs_fallbacks",
+    "Layers that containerd had to download because they could not be served lazily, by reason.",
+    ["reason"],
+)

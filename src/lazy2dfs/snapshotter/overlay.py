@@ -5,23 +5,32 @@ The model is containerd's own overlayfs snapshotter: every snapshot owns ``snaps
 metadata, so a committed snapshot's files never move. Directories are created under a temporary
 name and renamed into place inside the metadata transaction, and removed by renaming them away
 first, so a crash at any point leaves at worst an orphan directory that ``cleanup`` deletes.
+
+Remote snapshots (see ``snapshotter.remote``) are committed snapshots without a directory of
+their own: their files are a directory of the FUSE mount, which overlay takes as a lower dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from lazy2dfs.errors import FailedPreconditionError, InvalidArgumentError
+from lazy2dfs import metrics
+from lazy2dfs.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.remote.labels import LayerRequest, layer_request
 from lazy2dfs.snapshotter import filters
 from lazy2dfs.snapshotter.mounts import Mount, OverlayFeatures, snapshot_mounts
+from lazy2dfs.snapshotter.remote import NotLazyError, RemoteLayers
 from lazy2dfs.snapshotter.snapshot import Info, Kind, Usage
-from lazy2dfs.snapshotter.store import Record, Store
+from lazy2dfs.snapshotter.store import Parent, Record, Store
 
 log = get_logger(__name__)
 
@@ -73,12 +82,21 @@ def _remove_tree(path: Path) -> None:
 class OverlaySnapshotter:
     """The snapshots of one daemon root."""
 
-    def __init__(self, root: Path, store: Store, features: OverlayFeatures) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        features: OverlayFeatures,
+        remote: RemoteLayers[Any] | None = None,
+    ) -> None:
         self._dir = root / "snapshots"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._store = store
         self._features = features
+        self._remote = remote
         self.cleanup()
+        if remote is not None:
+            self._restore_remote(remote)
 
     def _path(self, snapshot_id: int) -> Path:
         return self._dir / str(snapshot_id)
@@ -86,17 +104,75 @@ class OverlaySnapshotter:
     def upper(self, snapshot_id: int) -> Path:
         return self._path(snapshot_id) / "fs"
 
+    def _files(self, parent: Parent) -> Path:
+        if parent.remote and self._remote is not None:
+            return self._remote.path(parent.id)
+        return self.upper(parent.id)
+
     def _mounts(self, record: Record) -> list[Mount]:
         return snapshot_mounts(
             record.info.kind,
             upper=self.upper(record.id),
             work=self._path(record.id) / "work",
-            lowers=[self.upper(pid) for pid in record.parent_ids],
+            lowers=[self._files(p) for p in record.parents],
             features=self._features,
         )
 
     def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
+        request = layer_request(labels) if self._remote is not None else None
+        if request is not None and self._commit_remote(request, parent, labels):
+            raise AlreadyExistsError(
+                f"target snapshot {request.chain_id!r} already exists: the layer is served lazily"
+            )
         return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def _commit_remote(self, request: LayerRequest, parent: str, labels: dict[str, str]) -> bool:
+        """Commits ``request.chain_id`` as a remote snapshot; False means "download it"."""
+        assert self._remote is not None
+        with self._store.read() as tx:
+            if tx.exists(request.chain_id):
+                return True
+        try:
+            layer = self._remote.resolve(request)
+        except NotLazyError as exc:
+            metrics.FALLBACKS.labels(exc.reason).inc()
+            log.warning(
+                "layer fallback",
+                layer=request.layer_digest,
+                image=request.reference,
+                reason=exc.reason,
+                detail=exc,
+                action="containerd downloads this layer in full",
+            )
+            return False
+        with self._store.write() as tx:
+            if tx.exists(request.chain_id):
+                return True
+            record = tx.create(
+                Kind.COMMITTED,
+                request.chain_id,
+                parent,
+                labels,
+                remote=json.dumps(dataclasses.asdict(request)),
+                usage=layer.usage,
+            )
+            self._remote.attach(record.id, layer)
+        log.info(
+            "layer mounted lazily",
+            layer=request.layer_digest,
+            image=request.reference,
+            snapshot=request.chain_id,
+            id=record.id,
+        )
+        return True
+
+    def _restore_remote(self, remote: RemoteLayers[Any]) -> None:
+        with self._store.read() as tx:
+            records = tx.remote_records()
+        for record in records:
+            assert record.remote is not None
+            request = LayerRequest(**json.loads(record.remote))
+            remote.restore(record.id, request)
 
     def view(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
         return self._create(Kind.VIEW, key, parent, labels)
@@ -111,9 +187,9 @@ class OverlaySnapshotter:
                 if kind == Kind.ACTIVE:
                     (staging / "work").mkdir(mode=0o711)
                 record = tx.create(kind, key, parent, labels)
-                if record.parent_ids:
+                if record.parents:
                     # The new upper directory's owner shows as the container's root owner.
-                    st = os.stat(self.upper(record.parent_ids[0]))
+                    st = os.stat(self._files(record.parents[0]))
                     os.lchown(fs, st.st_uid, st.st_gid)
                 os.rename(staging, self._path(record.id))
             except BaseException:
@@ -142,6 +218,11 @@ class OverlaySnapshotter:
     def remove(self, key: str) -> None:
         with self._store.write() as tx:
             record = tx.remove(key)
+            if record.remote is not None:
+                if self._remote is not None:
+                    self._remote.detach(record.id)
+                log.debug("remote snapshot removed", key=key, id=record.id)
+                return
             doomed = self._dir / _doomed_name(str(record.id))
             try:
                 os.rename(self._path(record.id), doomed)

@@ -39,10 +39,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
     updated_ns INTEGER NOT NULL,
     labels     TEXT    NOT NULL,
     size       INTEGER NOT NULL DEFAULT 0,
-    inodes     INTEGER NOT NULL DEFAULT 0
+    inodes     INTEGER NOT NULL DEFAULT 0,
+    -- JSON of the LayerRequest a remote (lazily served) committed snapshot was made from.
+    remote     TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
+
+NO_USAGE = Usage()
 
 # containerd refuses a label whose key and value together exceed this many bytes.
 MAX_LABEL_BYTES = 4096
@@ -54,8 +58,15 @@ class Record:
 
     id: int
     info: Info
-    parent_ids: tuple[int, ...]  # nearest parent first
+    parents: tuple[Parent, ...]  # nearest parent first
     usage: Usage
+    remote: str | None = None
+
+
+@dataclass(frozen=True)
+class Parent:
+    id: int
+    remote: bool
 
 
 def validate_labels(labels: dict[str, str]) -> None:
@@ -84,14 +95,16 @@ class Tx:
             raise NotFoundError(f"snapshot {key!r} does not exist")
         return row  # type: ignore[no-any-return]
 
-    def _parent_chain(self, parent_id: int | None) -> tuple[int, ...]:
-        chain: list[int] = []
+    def _parent_chain(self, parent_id: int | None) -> tuple[Parent, ...]:
+        chain: list[Parent] = []
         while parent_id is not None:
-            chain.append(parent_id)
             row = self._conn.execute(
-                "SELECT parent_id FROM snapshots WHERE id = ?", (parent_id,)
+                "SELECT parent_id, remote FROM snapshots WHERE id = ?", (parent_id,)
             ).fetchone()
-            parent_id = row["parent_id"] if row else None
+            if row is None:
+                break
+            chain.append(Parent(parent_id, row["remote"] is not None))
+            parent_id = row["parent_id"]
         return tuple(chain)
 
     def _record(self, row: sqlite3.Row) -> Record:
@@ -112,21 +125,37 @@ class Tx:
         return Record(
             id=row["id"],
             info=info,
-            parent_ids=self._parent_chain(row["parent_id"]),
+            parents=self._parent_chain(row["parent_id"]),
             usage=Usage(size=row["size"], inodes=row["inodes"]),
+            remote=row["remote"],
         )
 
     def get(self, key: str) -> Record:
         return self._record(self._row(key))
 
-    def create(self, kind: Kind, key: str, parent: str, labels: dict[str, str]) -> Record:
-        if kind not in (Kind.ACTIVE, Kind.VIEW):
+    def exists(self, key: str) -> bool:
+        return (
+            self._conn.execute("SELECT 1 FROM snapshots WHERE key = ?", (key,)).fetchone()
+            is not None
+        )
+
+    def create(
+        self,
+        kind: Kind,
+        key: str,
+        parent: str,
+        labels: dict[str, str],
+        remote: str | None = None,
+        usage: Usage = NO_USAGE,
+    ) -> Record:
+        """A new snapshot; ``remote`` makes a committed one that lives in the FUSE mount."""
+        allowed = (Kind.COMMITTED,) if remote is not None else (Kind.ACTIVE, Kind.VIEW)
+        if kind not in allowed:
             raise InvalidArgumentError(f"snapshot type {kind.filter_name} cannot be created")
         if not key:
             raise InvalidArgumentError("snapshot key must not be empty")
         validate_labels(labels)
-        exists = self._conn.execute("SELECT 1 FROM snapshots WHERE key = ?", (key,)).fetchone()
-        if exists:
+        if self.exists(key):
             raise AlreadyExistsError(f"snapshot {key!r} already exists")
         parent_id: int | None = None
         if parent:
@@ -135,12 +164,22 @@ class Tx:
                 raise InvalidArgumentError(f"parent {parent!r} is not a committed snapshot")
             parent_id = prow["id"]
         now = _now_ns()
-        cur = self._conn.execute(
-            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, labels)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (key, parent_id, int(kind), now, now, json.dumps(labels, sort_keys=True)),
+        self._conn.execute(
+            "INSERT INTO snapshots"
+            " (key, parent_id, kind, created_ns, updated_ns, labels, size, inodes, remote)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                parent_id,
+                int(kind),
+                now,
+                now,
+                json.dumps(labels, sort_keys=True),
+                usage.size,
+                usage.inodes,
+                remote,
+            ),
         )
-        assert cur.lastrowid is not None
         return self.get(key)
 
     def commit(self, key: str, name: str, labels: dict[str, str], usage: Usage) -> Record:
@@ -151,8 +190,7 @@ class Tx:
         row = self._row(key)
         if row["kind"] != Kind.ACTIVE:
             raise FailedPreconditionError(f"snapshot {key!r} is not active")
-        taken = self._conn.execute("SELECT 1 FROM snapshots WHERE key = ?", (name,)).fetchone()
-        if taken:
+        if self.exists(name):
             raise AlreadyExistsError(f"snapshot {name!r} already exists")
         now = _now_ns()
         self._conn.execute(
@@ -198,6 +236,10 @@ class Tx:
 
     def ids(self) -> set[int]:
         return {row["id"] for row in self._conn.execute("SELECT id FROM snapshots")}
+
+    def remote_records(self) -> list[Record]:
+        rows = self._conn.execute("SELECT * FROM snapshots WHERE remote IS NOT NULL ORDER BY id")
+        return [self._record(row) for row in rows.fetchall()]
 
     def count_by_kind(self) -> dict[Kind, int]:
         rows = self._conn.execute("SELECT kind, COUNT(*) AS n FROM snapshots GROUP BY kind")

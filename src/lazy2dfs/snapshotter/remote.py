@@ -1,0 +1,54 @@
+"""The remote-snapshot protocol's side of the snapshotter: what it needs from remote layers.
+
+When Prepare's labels name a layer that can be served lazily, the snapshotter commits a
+snapshot under the layer's chain ID whose files live in the FUSE mount, and answers
+ALREADY_EXISTS; containerd then skips downloading the layer. ``RemoteLayers`` is what does the
+network and FUSE work; the snapshotter only decides and records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from lazy2dfs.errors import Lazy2dfsError
+from lazy2dfs.remote.labels import LayerRequest
+from lazy2dfs.snapshotter.snapshot import Usage
+
+
+class NotLazyError(Lazy2dfsError):
+    """This layer cannot be served lazily; containerd should download it as usual.
+
+    ``reason`` is a short stable word for metrics (``no-toc``, ``no-range``, ``unreachable``…)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ResolvedLayer(Protocol):
+    """A layer whose TOC has been fetched and verified, ready to attach."""
+
+    @property
+    def usage(self) -> Usage: ...
+
+
+Layer = TypeVar("Layer", bound=ResolvedLayer)
+
+
+class RemoteLayers(Protocol[Layer]):
+    def resolve(self, request: LayerRequest) -> Layer:
+        """Fetches and verifies the layer's TOC; raises NotLazyError. May block on the network."""
+        ...
+
+    def attach(self, snapshot_id: int, layer: Layer) -> None:
+        """Shows the layer's tree at ``path(snapshot_id)``."""
+        ...
+
+    def restore(self, snapshot_id: int, request: LayerRequest) -> None:
+        """Attaches a layer recorded before a restart."""
+        ...
+
+    def detach(self, snapshot_id: int) -> None: ...
+
+    def path(self, snapshot_id: int) -> Path: ...
