@@ -33,3 +33,13 @@ FALLBACKS = Counter(
     "Layers that containerd had to download because they could not be served lazily, by reason.",
     ["reason"],
 )
+
+BYTES_FETCHED = Counter(
+    "lazy2dfs_fetched_bytes", "Compressed bytes fetched from registries for lazily served layers."
+)
+BYTES_SERVED = Counter("lazy2dfs_served_bytes", "File bytes served to readers through FUSE.")
+READ_WAIT = Histogram(
+    "lazy2dfs_read_network_wait_seconds",
+    "Time a reader waited on a registry range request.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -90,6 +90,10 @@ class ChunkCache:
                 if not self._pinned[hexdigest]:
                     del self._pinned[hexdigest]
 
+    def contains(self, digest: str) -> bool:
+        with self._lock:
+            return chunk_id(digest) in self._lru
+
     def get(self, digest: str) -> bytes | None:
         """The chunk's bytes, verified, or None."""
         hexdigest = chunk_id(digest)

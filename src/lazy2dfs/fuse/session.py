@@ -56,6 +56,7 @@ class FuseSession:
         self.filesystem = filesystem
         self.mountpoint = mountpoint
         self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
@@ -81,8 +82,27 @@ class FuseSession:
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._ready.set()
-        await pyfuse3.main(min_tasks=2, max_tasks=MAX_TASKS)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._ready.set()
+            await pyfuse3.main(min_tasks=2, max_tasks=MAX_TASKS)
+            nursery.cancel_scope.cancel()
+
+    def spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> trio.CancelScope:
+        """Starts a background task in the loop (call from the loop); cancel it with the scope.
+        Its failure is logged, never fatal: background work must not take the mount down."""
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+
+        async def guarded() -> None:
+            with scope:
+                try:
+                    await fn()
+                except Exception as exc:
+                    log.warning("background task failed", task=name, error=repr(exc))
+
+        self._nursery.start_soon(guarded, name=name)
+        return scope
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs async ``fn`` in the FUSE loop from another thread and returns its result."""

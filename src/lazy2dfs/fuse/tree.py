@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lazy2dfs.errors import IntegrityError
+from lazy2dfs.estargz.toc import clean_name
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -77,16 +78,6 @@ class Node:
     def sorted_children(self) -> list[tuple[bytes, Node]]:
         """Listing order; readdir offsets index into it, so it must not change."""
         return sorted(self.children.items())
-
-
-def clean_name(name: str) -> str:
-    """``./a/b/`` → ``a/b``; refuses names that leave the layer."""
-    if name.startswith("/"):
-        raise IntegrityError(f"TOC entry {name!r} is an absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise IntegrityError(f"TOC entry {name!r} climbs out of the layer")
-    return "/".join(parts)
 
 
 class LayerTree:

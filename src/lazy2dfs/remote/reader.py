@@ -1,0 +1,260 @@
+"""The read path: file range → chunks → memory, disk cache or one merged range request →
+decompress → verify → cache → reply.
+
+``ChunkPool`` is shared by every layer: it knows which chunks are in memory, on disk, or on
+their way, so a chunk that two layers, images or model versions share is fetched once and
+twenty readers of one chunk wait on one request. ``LayerReader`` knows one blob: where its
+chunks are and how to fetch them. Everything runs in the FUSE trio loop; disk I/O, inflation
+and hashing go to worker threads (zlib and hashlib release the GIL, so both cores work).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from lazy2dfs import metrics
+from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.estargz.decode import decode_chunk
+from lazy2dfs.estargz.toc import Chunk, Toc
+from lazy2dfs.fuse.tree import Node
+from lazy2dfs.logfmt import get_logger
+
+log = get_logger(__name__)
+
+# Chunks closer than this in the blob are fetched in one request: a second round trip costs
+# more than the bytes in between.
+MERGE_GAP = 512 * 1024
+# Upper bound of one request, so one reader does not wait for a whole layer.
+MAX_SPAN = 32 * 1024 * 1024
+# Decoded chunks kept in memory: FUSE asks for 128 KiB at a time, and without this every piece
+# of a 4 MiB chunk would be read from disk and hashed again.
+MEMORY_BYTES = 256 * 1024 * 1024
+# Background fetches under way at once, over all layers (upstream stargz uses 2).
+BACKGROUND_CONCURRENCY = 2
+
+
+class BlobSource(Protocol):
+    """Byte ranges of one blob in a registry."""
+
+    async def read_range(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Span:
+    """Neighbouring chunks fetched with one range request."""
+
+    start: int
+    end: int
+    chunks: tuple[Chunk, ...]
+
+
+def plan_spans(chunks: Sequence[Chunk]) -> list[Span]:
+    """Groups chunks (any order, duplicates allowed) into range requests in blob order."""
+    unique = {c.digest: c for c in chunks}
+    ordered = sorted(unique.values(), key=lambda c: c.compressed_offset)
+    spans: list[Span] = []
+    group: list[Chunk] = []
+    for chunk in ordered:
+        if group and (
+            chunk.compressed_offset - group[-1].compressed_end > MERGE_GAP
+            or chunk.compressed_end - group[0].compressed_offset > MAX_SPAN
+        ):
+            spans.append(_span(group))
+            group = []
+        group.append(chunk)
+    if group:
+        spans.append(_span(group))
+    return spans
+
+
+def _span(group: list[Chunk]) -> Span:
+    return Span(group[0].compressed_offset, max(c.compressed_end for c in group), tuple(group))
+
+
+class ChunkPool:
+    """Verified chunks in memory and on disk, and the fetches under way."""
+
+    def __init__(self, cache: ChunkCache, memory_bytes: int = MEMORY_BYTES) -> None:
+        self.cache = cache
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_bytes = 0
+        self._memory_limit = memory_bytes
+        self._inflight: dict[str, trio.Event] = {}
+        self.background_limiter = trio.CapacityLimiter(BACKGROUND_CONCURRENCY)
+        self.waiting_readers = 0
+        self.readers_idle = trio.Event()
+        self.readers_idle.set()
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if digest in self._memory:
+            self._memory.move_to_end(digest)
+            return
+        self._memory[digest] = data
+        self._memory_bytes += len(data)
+        while self._memory_bytes > self._memory_limit and len(self._memory) > 1:
+            _, old = self._memory.popitem(last=False)
+            self._memory_bytes -= len(old)
+
+    async def lookup(self, digest: str) -> bytes | None:
+        data = self._memory.get(digest)
+        if data is not None:
+            self._memory.move_to_end(digest)
+            return data
+        data = await trio.to_thread.run_sync(self.cache.get, digest)
+        if data is not None:
+            self._remember(digest, data)
+        return data
+
+    def contains(self, digest: str) -> bool:
+        return digest in self._memory or self.cache.contains(digest)
+
+    async def store(self, digest: str, data: bytes) -> None:
+        self._remember(digest, data)
+        await trio.to_thread.run_sync(self.cache.put, digest, data)
+
+    def claim(self, digest: str) -> trio.Event | None:
+        """None: the caller fetches ``digest`` and must ``release`` it; else wait on the event."""
+        event = self._inflight.get(digest)
+        if event is not None:
+            return event
+        self._inflight[digest] = trio.Event()
+        return None
+
+    def release(self, digest: str) -> None:
+        self._inflight.pop(digest).set()
+
+
+@dataclass
+class LayerStats:
+    """What one layer has fetched and served, for metrics and ``lazy2dfs status``."""
+
+    size: int
+    fetched: int = 0
+    served: int = 0
+    prefetched: int = 0
+
+
+class LayerReader:
+    """Serves one layer's files from its blob."""
+
+    def __init__(
+        self, name: str, image: str, toc: Toc, source: BlobSource, pool: ChunkPool, size: int
+    ) -> None:
+        self.name = name
+        self.image = image
+        self.toc = toc
+        self.source = source
+        self.pool = pool
+        self.stats = LayerStats(size=size)
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        assert isinstance(node.data, str)
+        chunks = self.toc.chunks_for(node.data, offset, size)
+        datas = await self._chunks(chunks, background=False)
+        out = bytearray()
+        for chunk in chunks:
+            data = datas[chunk.digest]
+            lo = max(offset, chunk.file_offset) - chunk.file_offset
+            hi = min(offset + size, chunk.file_offset + chunk.size) - chunk.file_offset
+            out += data[lo:hi]
+        self.stats.served += len(out)
+        metrics.BYTES_SERVED.inc(len(out))
+        return bytes(out)
+
+    async def _chunks(self, chunks: Sequence[Chunk], background: bool) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        missing: list[Chunk] = []
+        for chunk in {c.digest: c for c in chunks}.values():
+            data = await self.pool.lookup(chunk.digest)
+            if data is None:
+                missing.append(chunk)
+            else:
+                found[chunk.digest] = data
+        # Bounded: a chunk whose fetch failed under another reader is fetched here once more.
+        for _attempt in range(2):
+            if not missing:
+                break
+            missing = await self._fetch(missing, found, background)
+        if missing:
+            await self._fetch_spans(missing, found, background)
+        return found
+
+    async def _fetch(
+        self, chunks: list[Chunk], found: dict[str, bytes], background: bool
+    ) -> list[Chunk]:
+        """Fetches what nobody is fetching, waits for the rest; returns what is still missing."""
+        mine: list[Chunk] = []
+        waits: list[tuple[Chunk, trio.Event]] = []
+        for chunk in chunks:
+            event = self.pool.claim(chunk.digest)
+            if event is None:
+                mine.append(chunk)
+            else:
+                waits.append((chunk, event))
+        try:
+            if mine:
+                await self._fetch_spans(mine, found, background)
+        finally:
+            for chunk in mine:
+                self.pool.release(chunk.digest)
+        still: list[Chunk] = []
+        for chunk, event in waits:
+            await event.wait()
+            data = await self.pool.lookup(chunk.digest)
+            if data is None:
+                still.append(chunk)
+            else:
+                found[chunk.digest] = data
+        return still
+
+    async def _fetch_spans(
+        self, chunks: list[Chunk], found: dict[str, bytes], background: bool
+    ) -> None:
+        if not background:
+            self.pool.waiting_readers += 1
+            self.pool.readers_idle = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                for span in plan_spans(chunks):
+                    nursery.start_soon(self._fetch_span, span, found, background)
+        finally:
+            if not background:
+                self.pool.waiting_readers -= 1
+                if self.pool.waiting_readers == 0:
+                    self.pool.readers_idle.set()
+
+    async def _fetch_span(self, span: Span, found: dict[str, bytes], background: bool) -> None:
+        start = time.perf_counter()
+        blob = await self.source.read_range(span.start, span.end - span.start)
+        if not background:
+            metrics.READ_WAIT.observe(time.perf_counter() - start)
+        self.stats.fetched += len(blob)
+        if background:
+            self.stats.prefetched += len(blob)
+        metrics.BYTES_FETCHED.inc(len(blob))
+        for chunk in span.chunks:
+            piece = blob[chunk.compressed_offset - span.start : chunk.compressed_end - span.start]
+            data = await trio.to_thread.run_sync(decode_chunk, chunk, piece)
+            await self.pool.store(chunk.digest, data)
+            found[chunk.digest] = data
+
+    async def fetch_all(self, limit_bytes: int | None = None) -> None:
+        """Background fetch of every chunk (or those before ``limit_bytes`` of the blob), in
+        blob order, one span at a time, stepping aside while readers wait on the network."""
+        pending = [
+            c
+            for c in self.toc.iter_chunks()
+            if (limit_bytes is None or c.compressed_offset < limit_bytes)
+            and not self.pool.contains(c.digest)
+        ]
+        for span in plan_spans(pending):
+            await self.pool.readers_idle.wait()
+            async with self.pool.background_limiter:
+                await self._chunks(span.chunks, background=True)
+        log.info("layer fetched", layer=self.name, image=self.image, bytes=self.stats.fetched)
