@@ -84,9 +84,10 @@ def _default_workers() -> int:
 class WriterOptions:
     """How to write a blob.
 
-    ``level`` defaults to 6 for gzip (not upstream's 9: on model weights 9 costs several times
-    the CPU for well under 1% smaller output) and 3 for zstd. ``mtime`` (Unix seconds) replaces
-    every entry's modification time, for builds that must not depend on file times.
+    ``level`` defaults to zlib's 6 for gzip (upstream uses 9; on random+zeros data the two
+    measured the same speed and size, so pick 9 for weights only after measuring) and 3 for
+    zstd. ``mtime`` (Unix seconds) replaces every entry's modification time, for builds that
+    must not depend on file times.
     ``workers`` = 1 compresses on the calling thread.
     """
 

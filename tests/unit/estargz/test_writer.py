@@ -57,12 +57,17 @@ def test_python_tarfile_reads_the_blob(compression: Compression) -> None:
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
-def test_gnu_tar_extracts_the_blob(tmp_path: Path) -> None:
-    blob, _ = write(make_tar(FILES), OPTIONS)
-    (tmp_path / "blob.tar.gz").write_bytes(blob)
+@pytest.mark.parametrize(
+    ("compression", "flag"), [(Compression.GZIP, "-z"), (Compression.ZSTD, "--zstd")]
+)
+def test_gnu_tar_extracts_the_blob(tmp_path: Path, compression: Compression, flag: str) -> None:
+    if compression is Compression.ZSTD and shutil.which("zstd") is None:
+        pytest.skip("zstd not installed")
+    blob, _ = write(make_tar(FILES), WriterOptions(chunk_size=32_768, compression=compression))
+    (tmp_path / "blob").write_bytes(blob)
     out = tmp_path / "out"
     out.mkdir()
-    subprocess.run(["tar", "-xzf", str(tmp_path / "blob.tar.gz"), "-C", str(out)], check=True)
+    subprocess.run(["tar", flag, "-xf", str(tmp_path / "blob"), "-C", str(out)], check=True)
     for name, data in FILES.items():
         assert (out / name).read_bytes() == data
 
