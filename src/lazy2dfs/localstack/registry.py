@@ -1,0 +1,146 @@
+"""The CNCF distribution registry on loopback, for tests, the demo and benchmarks.
+
+It listens on ``127.0.0.1`` at a free port, keeps blobs in a directory we choose (so tests can
+corrupt one on purpose), allows deletes, and writes its log, access log included, to a file:
+``requests()`` reads back which URLs were asked for, e.g. to check that a lazy pull fetched
+only some chunks of a blob.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from lazy2dfs.errors import UnavailableError
+from lazy2dfs.localstack.process import ChildProcess
+
+REGISTRY_BINARY: Final = "/usr/bin/docker-registry"
+START_TIMEOUT: Final = 20.0
+_START_ATTEMPTS: Final = 3  # a free port can be taken by someone else before the registry binds
+
+_CONFIG: Final = """\
+version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {addr}
+  headers:
+    X-Content-Type-Options: [nosniff]
+"""
+
+# Apache combined log lines, as the registry's access log writes them.
+_ACCESS_LINE = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) ')
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    status: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class LocalRegistry:
+    """A registry under ``workdir``; ``host`` is ``127.0.0.1:<port>`` once started."""
+
+    def __init__(self, workdir: Path, storage: Path | None = None) -> None:
+        self.workdir = workdir
+        self.storage = storage or workdir / "storage"
+        self.config_path = workdir / "config.yml"
+        self.access_log_path = workdir / "registry.log"
+        self.host = ""
+        self.process: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def start(self) -> LocalRegistry:
+        if shutil.which(REGISTRY_BINARY) is None:
+            raise UnavailableError(f"{REGISTRY_BINARY} is missing: run 'make deps'")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage.mkdir(parents=True, exist_ok=True)
+        failure: UnavailableError | None = None
+        for _ in range(_START_ATTEMPTS):
+            self.host = f"127.0.0.1:{free_port()}"
+            self.config_path.write_text(_CONFIG.format(storage=self.storage, addr=self.host))
+            self.process = ChildProcess(
+                "docker-registry",
+                [REGISTRY_BINARY, "serve", str(self.config_path)],
+                self.access_log_path,
+            )
+            try:
+                self.process.wait_until(self._answers, START_TIMEOUT, "serving /v2/")
+                return self
+            except UnavailableError as err:
+                failure = err
+                self.stop()
+        assert failure is not None
+        raise failure
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the filesystem driver keeps a blob's bytes (tests corrupt it on purpose)."""
+        algorithm, hex_digest = digest.split(":", 1)
+        return (
+            self.storage
+            / "docker/registry/v2/blobs"
+            / algorithm
+            / hex_digest[:2]
+            / hex_digest
+            / "data"
+        )
+
+    def requests(self) -> list[LoggedRequest]:
+        """Every request in the access log so far, oldest first."""
+        text = self.access_log_path.read_text(errors="replace")
+        return [
+            LoggedRequest(m.group(1), m.group(2), int(m.group(3)))
+            for m in _ACCESS_LINE.finditer(text)
+        ]
+
+    def __enter__(self) -> LocalRegistry:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

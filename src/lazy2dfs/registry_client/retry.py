@@ -1,0 +1,95 @@
+"""Retrying what a registry may answer better a moment later.
+
+Connection errors, timeouts, 429 and 5xx are retried with jittered exponential backoff (the
+jitter keeps many lazy readers from hammering a recovering registry in step), honouring
+``Retry-After``. Both the number of attempts and the time spent are bounded, so a dead registry
+turns into ``RegistryUnavailableError`` instead of a hung FUSE read. Anything else (4xx, digest
+mismatches) is not retried: repeating it cannot help.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import httpx
+import trio
+
+from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client.errors import RegistryUnavailableError
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class RetryableError(Exception):
+    """Raised inside an attempt to ask for another one; ``retry_after`` in seconds if known."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.05
+    max_delay: float = 5.0
+    budget: float = 60.0  # seconds from the first attempt after which no new attempt starts
+
+    def backoff(self, failures: int) -> float:
+        """Delay after ``failures`` failed attempts: half fixed, half random."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    async def run(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Awaits ``attempt()`` until it returns, fails for good, or the bounds are hit."""
+        started = trio.current_time()
+        reason = ""
+        for failures in range(1, self.attempts + 1):
+            try:
+                return await attempt()
+            except RetryableError as err:
+                reason, delay = str(err), err.retry_after
+            except httpx.TransportError as err:
+                reason, delay = f"{type(err).__name__}: {err}", None
+            if failures == self.attempts:
+                break
+            delay = self.backoff(failures) if delay is None else delay
+            if trio.current_time() + delay - started > self.budget:
+                reason += f" (next try in {delay:.1f}s would exceed the {self.budget}s budget)"
+                break
+            log.info("registry retry", what=what, attempt=failures, reason=reason, delay=delay)
+            await trio.sleep(delay)
+        raise RegistryUnavailableError(f"{what}: gave up after {failures} attempts: {reason}")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def check_retryable(response: httpx.Response, what: str) -> None:
+    """Turns a 429/5xx answer into ``RetryableError``."""
+    if response.status_code in RETRY_STATUSES:
+        raise RetryableError(
+            f"{what}: HTTP {response.status_code}", retry_after(response.headers.get("retry-after"))
+        )

@@ -1,0 +1,187 @@
+"""One HTTP exchange with a registry endpoint: authorization, redirects, retry classification.
+
+All endpoints share one pooled keep-alive ``httpx.AsyncClient``; an endpoint with its own TLS
+settings (custom CA, client certificate, ``skip_verify``) gets its own client, made once,
+because httpx binds TLS configuration to a client. Redirects are followed here rather than by
+httpx so that the ``Authorization`` header never leaves the registry's host (blob storage gets
+pre-signed URLs that must not see our token) and so that an HTTPS registry cannot bounce us to
+plain HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Final
+
+import httpx
+
+from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client.auth import Authenticator
+from lazy2dfs.registry_client.credentials import CredentialStore
+from lazy2dfs.registry_client.errors import RegistryProtocolError, UnauthorizedError
+from lazy2dfs.registry_client.hosts import Endpoint, TlsSettings, is_loopback
+from lazy2dfs.registry_client.retry import RetryPolicy, check_retryable
+
+log = get_logger(__name__)
+
+DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
+_MAX_REDIRECTS: Final = 5
+_LIMITS: Final = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+_USER_AGENT: Final = "lazy2dfs/0.1"
+
+
+class Transport:
+    """Sends requests to registry endpoints; owns the HTTP clients and the authenticator."""
+
+    def __init__(
+        self,
+        credentials: CredentialStore,
+        policy: RetryPolicy,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.policy = policy
+        self._timeout = timeout
+        self._default = self._new_client(None)
+        self._by_tls: dict[TlsSettings, httpx.AsyncClient] = {}
+        self.auth = Authenticator(self._default, credentials, policy)
+
+    def _new_client(self, tls: TlsSettings | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=_LIMITS,
+            follow_redirects=False,
+            verify=tls.ssl_context() if tls is not None else True,
+            # Blob bytes must arrive as stored: their digests and offsets are over those bytes.
+            headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+        )
+
+    async def aclose(self) -> None:
+        for client in [self._default, *self._by_tls.values()]:
+            await client.aclose()
+
+    def _client(self, endpoint: Endpoint | None) -> httpx.AsyncClient:
+        if endpoint is None or endpoint.tls.is_default:
+            return self._default
+        if endpoint.tls not in self._by_tls:
+            self._by_tls[endpoint.tls] = self._new_client(endpoint.tls)
+        return self._by_tls[endpoint.tls]
+
+    @asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: Endpoint | None,
+        scopes: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """One attempt; yields the response with its body unread and closes it afterwards.
+
+        ``endpoint`` None means a URL outside the registry (a redirect target remembered by
+        the caller): no authorization, no endpoint headers. Raises ``RetryableError`` for
+        429/5xx and ``UnauthorizedError`` when credentials do not help, so that callers only
+        see answers they can act on.
+        """
+        response = await self._send_authorized(method, url, endpoint, scopes, headers, content)
+        try:
+            if method in ("GET", "HEAD"):
+                response = await self._follow(response, method, endpoint, scopes, headers)
+            check_retryable(response, f"{method} {_redacted(url)}")
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _send_authorized(
+        self,
+        method: str,
+        url: str,
+        endpoint: Endpoint | None,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None,
+        content: bytes | None,
+    ) -> httpx.Response:
+        client = self._client(endpoint)
+        base = dict(endpoint.headers if endpoint else ())
+        base.update(headers or {})
+        authorization = await self.auth.authorization(endpoint.host, scopes) if endpoint else None
+        for first_try in (True, False):
+            request = client.build_request(
+                method, url, headers=_with_authorization(base, authorization), content=content
+            )
+            response = await client.send(request, stream=True)
+            if response.status_code != 401 or endpoint is None:
+                return response
+            await response.aclose()
+            if not first_try or not await self.auth.challenged(
+                endpoint.host, response, scopes, authorization
+            ):
+                break
+            authorization = await self.auth.authorization(endpoint.host, scopes)
+        raise UnauthorizedError(f"{method} {_redacted(url)}: registry refused authorization")
+
+    async def _follow(
+        self,
+        response: httpx.Response,
+        method: str,
+        endpoint: Endpoint | None,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        for _ in range(_MAX_REDIRECTS):
+            location = response.headers.get("location")
+            if not response.is_redirect or not location:
+                return response
+            target = response.url.join(location)
+            await response.aclose()
+            downgrade = target.scheme == "http" and response.url.scheme == "https"
+            if downgrade and not is_loopback(target.netloc.decode()):
+                raise RegistryProtocolError(f"refusing redirect from HTTPS to {target.host}")
+            same_host = endpoint is not None and target.netloc.decode() == endpoint.host
+            client = self._client(endpoint if same_host else None)
+            # The Authorization header of the original request is not carried: a redirect
+            # to blob storage must not see the registry token. Same-host redirects re-ask.
+            authorization = None
+            if same_host and endpoint is not None:
+                authorization = await self.auth.authorization(endpoint.host, scopes)
+            request = client.build_request(
+                method, target, headers=_with_authorization(dict(headers or {}), authorization)
+            )
+            response = await client.send(request, stream=True)
+        await response.aclose()
+        raise RegistryProtocolError(f"more than {_MAX_REDIRECTS} redirects")
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: Endpoint | None,
+        what: str,
+        scopes: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """``open`` with the body read, retried as the policy says."""
+
+        async def attempt() -> httpx.Response:
+            async with self.open(
+                method, url, endpoint=endpoint, scopes=scopes, headers=headers, content=content
+            ) as response:
+                await response.aread()
+                return response
+
+        return await self.policy.run(what, attempt)
+
+
+def _with_authorization(headers: dict[str, str], authorization: str | None) -> dict[str, str]:
+    if authorization is None:
+        return headers
+    return {**headers, "Authorization": authorization}
+
+
+def _redacted(url: str) -> str:
+    """A URL without its query string, which for pre-signed URLs holds a credential."""
+    return url.split("?", 1)[0]
