@@ -171,14 +171,16 @@ class LayerFilesystem(pyfuse3.Operations):
         reader = self._layers[slot_of(fh)].reader
         try:
             return await reader.read(node, off, size)
-        except Lazy2dfsError as exc:
+        except Exception as exc:
+            # Whatever went wrong, the reader gets EIO now: never a hang, never wrong bytes.
             log.error(
                 "read failed",
                 layer=self._layers[slot_of(fh)].name.decode(),
                 inode=fh,
                 offset=off,
                 size=size,
-                error=exc,
+                error=exc if isinstance(exc, Lazy2dfsError) else repr(exc),
+                exc_info=not isinstance(exc, Lazy2dfsError),
             )
             raise pyfuse3.FUSEError(errno.EIO) from exc
 

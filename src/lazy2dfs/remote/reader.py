@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,7 @@ import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.estargz.decode import decode_chunk
 from lazy2dfs.estargz.toc import Chunk, Toc
 from lazy2dfs.fuse.tree import Node
@@ -75,6 +76,23 @@ def plan_spans(chunks: Sequence[Chunk]) -> list[Span]:
 
 def _span(group: list[Chunk]) -> Span:
     return Span(group[0].compressed_offset, max(c.compressed_end for c in group), tuple(group))
+
+
+def first_domain_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first lazy2dfs error among parallel fetches' failures (the FUSE layer turns it into
+    EIO with its message), or the group itself if there is none."""
+    for leaf in _leaves(group):
+        if isinstance(leaf, Lazy2dfsError):
+            return leaf
+    return group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 class ChunkPool:
@@ -223,6 +241,8 @@ class LayerReader:
             async with trio.open_nursery() as nursery:
                 for span in plan_spans(chunks):
                     nursery.start_soon(self._fetch_span, span, found, background)
+        except BaseExceptionGroup as group:
+            raise first_domain_error(group) from group
         finally:
             if not background:
                 self.pool.waiting_readers -= 1
