@@ -30,6 +30,8 @@ log = get_logger(__name__)
 _DEFAULT_TOKEN_LIFETIME: Final = 60
 _CLIENT_ID: Final = "lazy2dfs"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Unquoted values are tokens by the RFC, but registries write bare URLs too; accept up to a comma.
+_BARE_VALUE = re.compile(r"[^,\s]+")
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,10 @@ def _param_value(text: str, position: int) -> tuple[str, int]:
         if position >= len(text):
             raise RegistryProtocolError(f"unterminated quoted string in {text!r}")
         return "".join(chars), position + 1
-    token = _TOKEN.match(text, position)
-    if token is None:
+    bare = _BARE_VALUE.match(text, position)
+    if bare is None:
         raise RegistryProtocolError(f"malformed WWW-Authenticate parameter in {text!r}")
-    return token.group(), token.end()
+    return bare.group(), bare.end()
 
 
 def basic_authorization(credentials: Credentials) -> str:
