@@ -1,0 +1,65 @@
+"""containerd 1.6 pulling and running images on lazy2dfs as an ordinary snapshotter."""
+
+import hashlib
+import os
+
+from lazy2dfs.localstack.images import build_image
+
+from .conftest import Stack, busybox_tree
+
+WEIGHTS = os.urandom(1 << 20)
+
+
+def test_pull_and_run_reads_and_writes(stack: Stack) -> None:
+    image = build_image(
+        [
+            busybox_tree(),
+            {"model/weights.bin": WEIGHTS, "model/old.txt": b"old"},
+            {"model/.wh.old.txt": b"", "model/config.json": b'{"layers": 2}'},
+        ]
+    )
+    ref = stack.push("e2e/model:v1", image)
+    stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
+    out = stack.run(
+        ref,
+        "reader",
+        "sha256sum /model/weights.bin; cat /model/config.json; ls /model;"
+        " echo written > /model/new.txt; cat /model/new.txt",
+    )
+    assert hashlib.sha256(WEIGHTS).hexdigest() in out
+    assert '{"layers": 2}' in out
+    assert "old.txt" not in out
+    assert out.rstrip().endswith("written")
+
+
+def test_image_with_128_layers_runs(stack: Stack) -> None:
+    layers = [busybox_tree()] + [{f"layers/{n:03d}": str(n).encode()} for n in range(127)]
+    ref = stack.push("e2e/deep:v1", build_image(layers))
+    stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
+    out = stack.run(ref, "deep", "ls /layers | wc -l; cat /layers/000 /layers/126")
+    assert out.split() == ["127", "0126"]
+
+
+def test_removing_images_and_gc_leaves_no_snapshot_directory(stack: Stack) -> None:
+    image = build_image([busybox_tree(), {"gc/file": b"collect me"}])
+    ref = stack.push("e2e/gc:v1", image)
+    stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
+    assert stack.snapshot_dirs()
+    for name in stack.ctr("images", "ls", "--quiet").split():
+        stack.ctr("images", "rm", "--sync", name)
+    assert stack.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls").split() == [
+        "KEY",
+        "PARENT",
+        "KIND",
+    ]
+    assert stack.snapshot_dirs() == []
+
+
+def test_restart_keeps_committed_snapshots_usable(stack: Stack) -> None:
+    image = build_image([busybox_tree(), {"persist/file": b"survives restarts"}])
+    ref = stack.push("e2e/restart:v1", image)
+    stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
+    stack.restart_snapshotter(crash=False)
+    assert stack.run(ref, "after-restart", "cat /persist/file") == "survives restarts"
+    stack.restart_snapshotter(crash=True)
+    assert stack.run(ref, "after-kill", "cat /persist/file") == "survives restarts"
