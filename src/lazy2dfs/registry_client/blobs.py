@@ -91,22 +91,36 @@ class BlobReader:
                 raise RangeError(f"{self.digest}: invalid range {offset}+{length}")
             if self.size is not None and offset + length > self.size:
                 raise RangeError(f"{self.digest}: range {offset}+{length} beyond {self.size}")
-        if len(wanted) > 1 and not self._single_range:
+        if len(wanted) == 1:
+            return await self._fetch(wanted)
+        if not self._single_range:
             try:
                 return await self._fetch(wanted)
             except _MultiRangeRefused:
                 self._single_range = True
                 log.info("registry refuses multi-range requests", blob=self.digest)
+        return await self._one_by_one(wanted)
+
+    async def _one_by_one(self, wanted: list[ByteRange]) -> list[bytes]:
+        """Single-range requests, a few at a time; the first failure is raised as itself."""
         results: list[bytes] = [b""] * len(wanted)
+        failures: list[Exception] = []
         limiter = trio.CapacityLimiter(SINGLE_RANGE_CONCURRENCY)
 
         async def one(index: int, byte_range: ByteRange) -> None:
             async with limiter:
-                results[index] = (await self._fetch([byte_range]))[0]
+                if failures:
+                    return
+                try:
+                    results[index] = (await self._fetch([byte_range]))[0]
+                except Exception as err:  # re-raised below, outside the nursery
+                    failures.append(err)
 
         async with trio.open_nursery() as nursery:
             for index, byte_range in enumerate(wanted):
                 nursery.start_soon(one, index, byte_range)
+        if failures:
+            raise failures[0]
         return results
 
     async def _fetch(self, ranges: list[ByteRange]) -> list[bytes]:

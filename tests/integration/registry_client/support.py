@@ -1,0 +1,38 @@
+"""Images and client settings shared by the registry client's integration tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from lazy2dfs.localstack.images import BuiltImage, File, Symlink, build_image
+from lazy2dfs.registry_client import CredentialStore, RegistryClient, RetryPolicy
+
+T = TypeVar("T")
+
+PAYLOAD = os.urandom(200_000)  # incompressible, so the layer blob is large enough to range over
+
+
+def sample_image(in_index: bool = True) -> BuiltImage:
+    return build_image(
+        [
+            {"bin/tool": File(b"#!/bin/sh\necho hi\n", 0o755), "bin/sh": Symlink("tool")},
+            {"weights/model.bin": PAYLOAD},
+        ],
+        config={"Cmd": ["/bin/sh"]},
+        in_index=in_index,
+    )
+
+
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.1, budget=10)
+
+
+def run(call: Callable[[RegistryClient], Awaitable[T]], retry: RetryPolicy = FAST_RETRY) -> T:
+    async def main() -> T:
+        async with RegistryClient(credentials=CredentialStore(), retry=retry) as client:
+            return await call(client)
+
+    return trio.run(main)
