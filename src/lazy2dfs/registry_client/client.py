@@ -317,19 +317,18 @@ class RegistryClient:
                         async for chunk in response.aiter_bytes():
                             verifier.update(chunk)
                             await out.write(chunk)
-                try:
-                    verifier.verify(f"blob {digest}")
-                except DigestMismatchError:
-                    partial.unlink(missing_ok=True)
-                    raise
+                verifier.verify(f"blob {digest}")
                 os.replace(partial, path)
                 return verifier.size
 
             return await self._transport.policy.run(f"download {digest}", attempt)
 
-        return await self._first(
-            self._endpoints(reference, Capability.PULL), f"blob {digest}", fetch
-        )
+        try:
+            return await self._first(
+                self._endpoints(reference, Capability.PULL), f"blob {digest}", fetch
+            )
+        finally:
+            partial.unlink(missing_ok=True)
 
     @staticmethod
     def _check_blob_status(response: httpx.Response, digest: str, ref: Reference) -> None:

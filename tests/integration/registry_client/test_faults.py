@@ -1,12 +1,20 @@
 """Registry misbehaviour the real registry cannot produce, injected by ``FaultProxy``."""
 
 import time
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import trio
 
 from lazy2dfs.localstack.images import push_image
 from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.registry_client import RegistryClient, RegistryUnavailableError, RetryPolicy
+from lazy2dfs.registry_client import (
+    CredentialStore,
+    RegistryClient,
+    RegistryUnavailableError,
+    RetryPolicy,
+)
 
 from .faults import FaultProxy
 from .support import FAST_RETRY, run, sample_image
@@ -110,3 +118,27 @@ def test_bearer_tokens_per_scope_reused(proxy: FaultProxy) -> None:
     assert len(scopes) == 2
     unauthorized = [s for s in proxy.faults.seen if "Authorization" not in s.headers]
     assert len(unauthorized) <= 3  # the first challenge (+ token requests), not one per request
+
+
+def test_hosts_toml_mirror_pulls_blobs_and_origin_resolves(
+    proxy: FaultProxy, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    hosts = tmp_path / "certs.d" / registry.host
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(
+        f'server = "http://{registry.host}"\n'
+        f'[host."http://{proxy.host}"]\n  capabilities = ["pull"]\n'
+    )
+
+    async def main() -> list[bytes]:
+        async with RegistryClient(
+            hosts_dir=tmp_path / "certs.d", credentials=CredentialStore(), retry=FAST_RETRY
+        ) as client:
+            image = await client.get_image(f"{registry.host}/faults/model:v1")
+            digest = image.manifest.layers[1].digest
+            return await client.blob_reader(image.reference, digest).read_ranges(WANTED)
+
+    assert trio.run(main) == EXPECTED
+    mirrored = proxy.faults.registry_requests()
+    assert mirrored and all(f"ns={quote(registry.host)}" in s.path for s in mirrored)
+    assert all("/manifests/v1" not in s.path for s in mirrored)
