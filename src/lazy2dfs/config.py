@@ -1,7 +1,8 @@
 """The one definition of lazy2dfs's configuration.
 
 Precedence, lowest first: the defaults below, the TOML file (``/etc/lazy2dfs/config.toml``),
-environment variables (``LAZY2DFS_<FIELD>``, e.g. ``LAZY2DFS_ROOT``), command-line flags.
+environment variables (``LAZY2DFS_<FIELD>``, e.g. ``LAZY2DFS_ROOT``; a section's field as
+``LAZY2DFS_<SECTION>__<FIELD>``, e.g. ``LAZY2DFS_CACHE__MAX_BYTES``), command-line flags.
 """
 
 from __future__ import annotations
@@ -20,26 +21,67 @@ DEFAULT_CONFIG_PATH = Path("/etc/lazy2dfs/config.toml")
 ENV_PREFIX = "LAZY2DFS_"
 
 
+class CacheConfig(BaseModel):
+    """The on-disk chunk cache under ``<root>/cache``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(
+        default=20 * 1024**3,
+        gt=0,
+        description="Upper bound of cached chunk bytes; least recently used chunks go first.",
+    )
+
+
+class FetchConfig(BaseModel):
+    """How remote layers are fetched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    background: bool = Field(
+        default=True,
+        description="Fetch every chunk of a mounted layer in the background, yielding to reads.",
+    )
+
+
+class RegistryConfig(BaseModel):
+    """How registries are reached (credentials come from ~/.docker/config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts_dir: Path = Field(
+        default=Path("/etc/containerd/certs.d"),
+        description="containerd hosts.toml directory: mirrors, CAs, client certificates.",
+    )
+    plain_http: list[str] = Field(
+        default_factory=list,
+        description="Registries (host:port) reached over plain HTTP; loopback always is.",
+    )
+
+
 class Config(BaseModel):
     """Settings of ``lazy2dfs serve``."""
 
     model_config = ConfigDict(extra="forbid")
 
     root: Path = Field(
-        Path("/var/lib/lazy2dfs"),
+        default=Path("/var/lib/lazy2dfs"),
         description="Directory holding snapshots, the metadata database and the FUSE mount.",
     )
     address: Path = Field(
-        Path("/run/lazy2dfs/lazy2dfs.sock"),
+        default=Path("/run/lazy2dfs/lazy2dfs.sock"),
         description="Unix socket containerd's proxy plugin dials (config.toml `address`).",
     )
     metrics_address: str | None = Field(
-        None,
+        default=None,
         description="HOST:PORT for Prometheus /metrics; unset disables the endpoint.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Least severe log level printed."
+        default="info", description="Least severe log level printed."
     )
+    cache: CacheConfig = CacheConfig()
+    fetch: FetchConfig = FetchConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @field_validator("metrics_address")
     @classmethod
@@ -83,8 +125,14 @@ def load(
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgumentError(f"configuration file {file} is not TOML: {exc}") from exc
     environ = os.environ if env is None else env
-    for name in Config.model_fields:
-        if (value := environ.get(ENV_PREFIX + name.upper())) is not None:
+    for name, info in Config.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for field in section.model_fields:
+                variable = f"{ENV_PREFIX}{name.upper()}__{field.upper()}"
+                if (value := environ.get(variable)) is not None:
+                    values.setdefault(name, {})[field] = value
+        elif (value := environ.get(ENV_PREFIX + name.upper())) is not None:
             values[name] = value
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:

@@ -22,9 +22,16 @@ import grpc
 from prometheus_client import start_http_server
 
 from lazy2dfs.api import snapshots_pb2_grpc
+from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.config import Config
 from lazy2dfs.errors import FailedPreconditionError, UnavailableError
+from lazy2dfs.fuse.filesystem import LayerFilesystem
+from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client import RegistryClient
+from lazy2dfs.remote.layers import EstargzLayers
+from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.remote.registry import RegistryLocator
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.service import SnapshotsService
@@ -96,9 +103,19 @@ class Daemon:
         # A socket left by a killed daemon would accept no calls; remove it until we serve.
         self.config.address.unlink(missing_ok=True)
         store = Store(root / "metadata.db")
+        session = FuseSession(LayerFilesystem(), root / "fuse")
+        registry = RegistryClient(
+            hosts_dir=self.config.registry.hosts_dir, plain_http=self.config.registry.plain_http
+        )
         server: grpc.Server | None = None
         try:
-            snapshotter = OverlaySnapshotter(root, store, OverlayFeatures.detect())
+            session.start()
+            cache = ChunkCache(root / "cache", self.config.cache.max_bytes)
+            pool = session.call_sync(ChunkPool, cache)
+            layers = EstargzLayers(
+                root, session, pool, RegistryLocator(registry), self.config.fetch.background
+            )
+            snapshotter = OverlaySnapshotter(root, store, OverlayFeatures.detect(), layers)
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS))
             snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
                 SnapshotsService(snapshotter), server
@@ -127,6 +144,9 @@ class Daemon:
             self.config.address.unlink(missing_ok=True)
             if server is not None:
                 server.stop(SHUTDOWN_GRACE_SECONDS).wait()
+            if session.running:
+                session.call(registry.aclose)
+            session.stop()
             store.close()
             lock.release()
         log.info("stopped")

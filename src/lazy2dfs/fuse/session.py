@@ -62,8 +62,8 @@ class FuseSession:
         self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
 
     def start(self) -> None:
-        self.mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
         detach_stale_mount(self.mountpoint)
+        self.mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
         options = set(pyfuse3.default_options)
         options |= {"fsname=lazy2dfs", "subtype=lazy2dfs", "ro", "allow_other"}
         pyfuse3.init(self.filesystem, str(self.mountpoint), options)
@@ -111,8 +111,14 @@ class FuseSession:
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
 
+    @property
+    def running(self) -> bool:
+        return self._token is not None and self._thread.is_alive()
+
     def stop(self) -> None:
-        if self._token is not None and self._thread.is_alive():
+        if not self._thread.ident:
+            return  # never started
+        if self.running:
             trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
             self._thread.join(timeout=30)
         pyfuse3.close(unmount=True)

@@ -8,6 +8,7 @@ from types import TracebackType
 import grpc
 
 from lazy2dfs.api import snapshots_pb2_grpc
+from lazy2dfs.fuse.session import detach_stale_mount
 from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
 
 START_TIMEOUT = 30.0
@@ -48,10 +49,12 @@ class LocalSnapshotter:
         return self
 
     def stop(self) -> int:
-        if self.process is None:
-            return 0
-        code = self.process.stop()
-        self.process = None
+        """SIGTERM; also detaches the FUSE mount a killed daemon left behind."""
+        code = 0
+        if self.process is not None:
+            code = self.process.stop()
+            self.process = None
+        detach_stale_mount(self.root / "fuse")
         return code
 
     def kill(self) -> None:

@@ -35,7 +35,6 @@ OWN_LAYER_DIGEST = OWN_PREFIX + "layer-digest"
 OWN_MANIFEST_DIGEST = OWN_PREFIX + "manifest-digest"
 OWN_TOC_DIGEST = OWN_PREFIX + "toc-digest"
 OWN_LAYER_SIZE = OWN_PREFIX + "layer-size"
-OWN_PLAIN_HTTP = OWN_PREFIX + "plain-http"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -50,7 +49,6 @@ class LayerRequest:
     manifest_digest: str = ""
     toc_digest: str = ""
     layer_size: int = 0
-    plain_http: bool = False
 
 
 def _digest(labels: Mapping[str, str], key: str, required: bool) -> str:
@@ -78,7 +76,6 @@ def layer_request(labels: Mapping[str, str]) -> LayerRequest | None:
             manifest_digest=_digest(labels, OWN_MANIFEST_DIGEST, required=False),
             toc_digest=_digest(labels, OWN_TOC_DIGEST, required=False),
             layer_size=int(size),
-            plain_http=labels.get(OWN_PLAIN_HTTP) == "true",
         )
     if CRI_IMAGE_REF in labels and CRI_LAYER_DIGEST in labels:
         return LayerRequest(

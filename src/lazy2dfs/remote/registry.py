@@ -1,0 +1,48 @@
+"""Finds a layer's blob and TOC digest in its registry, for ``EstargzLayers``."""
+
+from __future__ import annotations
+
+from lazy2dfs.errors import Lazy2dfsError
+from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
+from lazy2dfs.registry_client import (
+    BlobReader,
+    ImageManifest,
+    RegistryClient,
+    parse_reference,
+)
+from lazy2dfs.remote.labels import LayerRequest
+from lazy2dfs.snapshotter.remote import NotLazyError
+
+
+class RegistryLocator:
+    """Uses the manifest (by digest when the labels name it) to learn the TOC digest; the
+    registry's word on a blob's size is checked against the manifest's."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self._client = client
+
+    async def locate(self, request: LayerRequest) -> tuple[str, int]:
+        if request.toc_digest and request.layer_size:
+            return request.toc_digest, request.layer_size
+        ref = parse_reference(request.reference)
+        try:
+            if request.manifest_digest:
+                fetched = await self._client.get_manifest(ref, request.manifest_digest)
+                manifest = fetched.manifest
+            else:
+                manifest = (await self._client.get_image(ref)).manifest
+        except Lazy2dfsError as exc:
+            raise NotLazyError("no-manifest", f"manifest of {request.reference}: {exc}") from exc
+        if not isinstance(manifest, ImageManifest):
+            raise NotLazyError("no-manifest", f"{request.reference} names an index, not an image")
+        for layer in manifest.layers:
+            if layer.digest == request.layer_digest:
+                toc = (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION, "")
+                return request.toc_digest or toc, layer.size
+        raise NotLazyError(
+            "not-in-manifest",
+            f"layer {request.layer_digest} is not in the manifest of {request.reference}",
+        )
+
+    def source(self, request: LayerRequest, size: int) -> BlobReader:
+        return self._client.blob_reader(request.reference, request.layer_digest, size)
