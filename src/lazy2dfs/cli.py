@@ -10,6 +10,8 @@ from pathlib import Path
 from lazy2dfs import __version__, config, logfmt
 from lazy2dfs.errors import Lazy2dfsError
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
 
 def _serve(args: argparse.Namespace) -> int:
     from lazy2dfs.daemon import Daemon
@@ -25,6 +27,23 @@ def _serve(args: argparse.Namespace) -> int:
     )
     logfmt.configure(cfg.log_level)
     return Daemon(cfg).run()
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from lazy2dfs.containerd.client import ContainerdClient
+    from lazy2dfs.containerd.pull import Puller
+    from lazy2dfs.registry_client import SyncRegistryClient, parse_reference
+
+    logfmt.configure(args.log_level)
+    plain_http = [parse_reference(args.reference).registry] if args.plain_http else False
+    containerd = ContainerdClient(args.containerd_address, args.namespace)
+    try:
+        Puller(containerd, SyncRegistryClient(plain_http=plain_http), args.snapshotter).pull(
+            args.reference
+        )
+    finally:
+        containerd.close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help=f"TOML configuration (default {config.DEFAULT_CONFIG_PATH})"
     )
     serve.add_argument("--metrics-address", help="HOST:PORT serving Prometheus /metrics")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", choices=LOG_LEVELS)
     serve.set_defaults(func=_serve)
+
+    pull = commands.add_parser(
+        "pull",
+        help="pull an image into containerd lazily (layers mount on first read)",
+        description="Pulls REF into containerd: manifest and config are stored, each eStargz"
+        " layer is mounted lazily by the lazy2dfs snapshotter, other layers are downloaded."
+        " Afterwards `ctr run --snapshotter lazy2dfs REF …` runs it.",
+    )
+    pull.add_argument("reference", metavar="REF", help="image reference, e.g. host/model:v1")
+    pull.add_argument(
+        "--containerd-address",
+        type=Path,
+        default=Path("/run/containerd/containerd.sock"),
+        help="containerd's socket (default /run/containerd/containerd.sock)",
+    )
+    pull.add_argument("--namespace", default="default", help="containerd namespace (default)")
+    pull.add_argument("--snapshotter", default="lazy2dfs", help="proxy plugin name (lazy2dfs)")
+    pull.add_argument(
+        "--plain-http", action="store_true", help="reach the registry over HTTP (not TLS)"
+    )
+    pull.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    pull.set_defaults(func=_pull)
     return parser
 
 

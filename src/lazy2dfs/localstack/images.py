@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from lazy2dfs.errors import InvalidArgumentError
+from lazy2dfs.estargz import WriterOptions, write_blob_from_tar
 from lazy2dfs.registry_client import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -134,8 +135,13 @@ def tree_from_directory(root: Path) -> dict[str, Entry]:
     return tree
 
 
-def build_layer(tree: Tree | Path, annotations: Mapping[str, str] | None = None) -> Layer:
-    """A tar.gz layer of ``tree``; missing parent directories are added (0755)."""
+def build_layer(
+    tree: Tree | Path,
+    annotations: Mapping[str, str] | None = None,
+    estargz: WriterOptions | None = None,
+) -> Layer:
+    """A tar.gz layer of ``tree``; missing parent directories are added (0755). With
+    ``estargz`` options the layer is eStargz, annotated with its TOC digest."""
     entries = dict(tree_from_directory(tree) if isinstance(tree, Path) else tree)
     normalized: dict[str, Entry] = {}
     for name, entry in entries.items():
@@ -151,6 +157,11 @@ def build_layer(tree: Tree | Path, annotations: Mapping[str, str] | None = None)
         for name in sorted(normalized):
             _add(archive, name, normalized[name])
     tar_bytes = raw.getvalue()
+    if estargz is not None:
+        out = io.BytesIO()
+        result = write_blob_from_tar(io.BytesIO(tar_bytes), out, estargz)
+        merged = {**result.annotations, **(annotations or {})}
+        return Layer(Blob(OCI_LAYER_GZIP, out.getvalue(), merged), result.diff_id)
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as stream:
         stream.write(tar_bytes)

@@ -1,0 +1,1 @@
+"""Client of containerd's API, for ``lazy2dfs pull``."""

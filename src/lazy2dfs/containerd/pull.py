@@ -1,0 +1,177 @@
+"""``lazy2dfs pull``: a lazy pull through containerd's own API, for containerd 1.6 and later.
+
+``ctr images pull`` downloads every blob before it unpacks, and passes the snapshotter no
+image labels; this pull instead puts only the manifest and config into containerd's content
+store, prepares each layer with labels naming its blob (``containerd.io/snapshot/lazy2dfs.*``)
+so the snapshotter can mount it lazily, and records the image. A layer the snapshotter cannot
+serve lazily is downloaded and applied by containerd's diff service, as a normal pull would.
+The garbage-collection labels written here are the ones containerd's own unpacker writes, so
+removing the image removes its snapshots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazy2dfs.api import descriptor_pb2
+from lazy2dfs.containerd.client import ContainerdClient
+from lazy2dfs.errors import AlreadyExistsError, IntegrityError
+from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
+from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    SyncRegistryClient,
+    host_platform,
+    parse_reference,
+    select_platform,
+)
+from lazy2dfs.remote import labels as L
+
+log = get_logger(__name__)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """containerd's chain IDs: the first layer's diff ID, then sha256 of "parent child"."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if not chain:
+            chain.append(diff_id)
+        else:
+            joined = f"{chain[-1]} {diff_id}".encode()
+            chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
+    return chain
+
+
+def to_proto(descriptor: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(
+        media_type=descriptor.media_type,
+        digest=descriptor.digest,
+        size=descriptor.size,
+        annotations=descriptor.annotations or {},
+    )
+
+
+@dataclass
+class PullReport:
+    image: str
+    layers: int = 0
+    lazy: int = 0
+    present: int = 0
+    downloaded: int = 0
+    seconds: float = 0.0
+
+
+Progress = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Puller:
+    containerd: ContainerdClient
+    registry: SyncRegistryClient
+    snapshotter: str = "lazy2dfs"
+    progress: Progress = _stderr
+
+    def pull(self, reference: str) -> PullReport:
+        start = time.monotonic()
+        ref = parse_reference(reference)
+        root = self.registry.get_manifest(ref)
+        pinned = ref.with_digest(root.descriptor.digest)
+        manifest = root
+        if isinstance(root.manifest, ImageIndex):
+            entry = select_platform(root.manifest, host_platform())
+            manifest = self.registry.get_manifest(pinned, entry.digest)
+        if not isinstance(manifest.manifest, ImageManifest):
+            raise IntegrityError(f"{ref}: {manifest.descriptor.digest} is not an image manifest")
+        config_desc = manifest.manifest.config
+        config_bytes = self.registry.get_blob(pinned, config_desc.digest)
+        diff_ids: list[str] = list(json.loads(config_bytes).get("rootfs", {}).get("diff_ids", []))
+        layers = manifest.manifest.layers
+        if len(diff_ids) != len(layers):
+            raise IntegrityError(
+                f"{ref}: config lists {len(diff_ids)} diff IDs for {len(layers)} layers"
+            )
+        chains = chain_ids(diff_ids)
+        report = PullReport(str(ref), layers=len(layers))
+        self.progress(f"{ref}: {len(layers)} layers, manifest {manifest.descriptor.digest}")
+        with self.containerd.lease():
+            parent = ""
+            for number, (layer, chain) in enumerate(zip(layers, chains, strict=True), 1):
+                how = self._unpack(str(pinned), manifest.descriptor.digest, layer, chain, parent)
+                setattr(report, how, getattr(report, how) + 1)
+                self.progress(
+                    f"  layer {number}/{len(layers)} {layer.digest[7:19]}"
+                    f" {layer.size / 2**20:9.1f} MiB  {how}"
+                )
+                parent = chain
+            gc_snapshot = {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]}
+            self.containerd.write_content(
+                config_desc.digest, config_bytes, config_desc.size, gc_snapshot if chains else {}
+            )
+            manifest_labels = {"containerd.io/gc.ref.content.config": config_desc.digest}
+            for number, layer in enumerate(layers):
+                manifest_labels[f"containerd.io/gc.ref.content.l.{number}"] = layer.digest
+            self._put(manifest.descriptor, manifest.data, manifest_labels)
+            if root is not manifest:
+                assert isinstance(root.manifest, ImageIndex)
+                children = {
+                    f"containerd.io/gc.ref.content.m.{n}": m.digest
+                    for n, m in enumerate(root.manifest.manifests)
+                }
+                self._put(root.descriptor, root.data, children)
+            self.containerd.put_image(str(ref), to_proto(root.descriptor))
+        report.seconds = time.monotonic() - start
+        self.progress(
+            f"{ref}: {report.lazy} lazy, {report.present} present, "
+            f"{report.downloaded} downloaded in {report.seconds:.2f}s"
+        )
+        return report
+
+    def _put(self, descriptor: Descriptor, data: bytes, labels: dict[str, str]) -> None:
+        self.containerd.write_content(descriptor.digest, data, descriptor.size, labels)
+
+    def _unpack(
+        self, image: str, manifest_digest: str, layer: Descriptor, chain: str, parent: str
+    ) -> str:
+        """Makes snapshot ``chain`` exist; says how: lazy, present or downloaded."""
+        if self.containerd.snapshot_exists(self.snapshotter, chain):
+            return "present"
+        labels = {
+            L.TARGET_REF: chain,
+            L.OWN_REFERENCE: image,
+            L.OWN_LAYER_DIGEST: layer.digest,
+            L.OWN_MANIFEST_DIGEST: manifest_digest,
+            L.OWN_LAYER_SIZE: str(layer.size),
+        }
+        toc = (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION)
+        if toc:
+            labels[L.OWN_TOC_DIGEST] = toc
+        key = f"extract-{uuid.uuid4().hex[:16]} {chain}"
+        try:
+            mounts = self.containerd.prepare(self.snapshotter, key, parent, labels)
+        except AlreadyExistsError:
+            return "lazy"
+        try:
+            with tempfile.TemporaryDirectory(prefix="lazy2dfs-pull-") as tmp:
+                blob = Path(tmp) / "layer"
+                self.registry.download_blob(image, layer.digest, blob)
+                self.containerd.write_content(layer.digest, blob, layer.size, {})
+            self.containerd.apply(to_proto(layer), mounts)
+            self.containerd.commit(self.snapshotter, chain, key, {L.TARGET_REF: chain})
+        except BaseException:
+            self.containerd.remove(self.snapshotter, key)
+            raise
+        return "downloaded"
