@@ -15,17 +15,17 @@ START_TIMEOUT = 30.0
 
 
 class LocalSnapshotter:
-    """Starts the daemon on ``workdir/root`` and ``workdir/lazy2dfs.sock``; stops it on exit.
+    """Starts the daemon on ``workdir/root`` and ``workdir/lazy2dfs.sock``, with ``config``
+    (TOML) as its configuration file; stops it on exit.
 
     ``restart`` and ``kill`` let tests see what containerd sees across daemon restarts."""
 
-    def __init__(
-        self, workdir: Path, extra_args: tuple[str, ...] = (), log_level: str = "info"
-    ) -> None:
+    def __init__(self, workdir: Path, config: str = "", log_level: str = "info") -> None:
         self.workdir = workdir
         self.root = workdir / "root"
         self.address = workdir / "lazy2dfs.sock"
-        self.extra_args = extra_args
+        self.config_path = workdir / "config.toml"
+        self.config = config
         self.log_level = log_level
         self.process: ChildProcess | None = None
 
@@ -33,6 +33,7 @@ class LocalSnapshotter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A killed daemon leaves its socket; readiness is the new daemon's socket appearing.
         self.address.unlink(missing_ok=True)
+        self.config_path.write_text(self.config)
         argv = [
             *lazy2dfs_argv(),
             "serve",
@@ -40,9 +41,10 @@ class LocalSnapshotter:
             str(self.root),
             "--address",
             str(self.address),
+            "--config",
+            str(self.config_path),
             "--log-level",
             self.log_level,
-            *self.extra_args,
         ]
         self.process = ChildProcess("lazy2dfs serve", argv, self.workdir / "lazy2dfs.log")
         self.process.wait_until(self.address.exists, START_TIMEOUT, "serving")
