@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,19 +80,20 @@ def _go_env(gopath: Path) -> dict[str, str]:
 
 @dataclass
 class GoSuite:
-    go: str
-    binary: Path
-    env: dict[str, str]
+    """The compiled suite, or why there is none (reported by the test as its failure)."""
+
+    go: str = ""
+    binary: Path = Path()
+    env: dict[str, str] = field(default_factory=dict)
+    error: str = ""
 
 
-@pytest.fixture(scope="session")
-def go_suite(tmp_path_factory: pytest.TempPathFactory) -> GoSuite:
+def _build(out: Path) -> GoSuite:
     go = shutil.which("go")
     if go is None:
-        pytest.fail(f"`go` is not installed: {DEPS_HINT}", pytrace=False)
+        return GoSuite(error=f"`go` is not installed: {DEPS_HINT}")
     if not UPSTREAM_SUITE.is_dir():
-        pytest.fail(f"{UPSTREAM_SUITE} is missing: {DEPS_HINT}", pytrace=False)
-    out = tmp_path_factory.mktemp("containerd-conformance")
+        return GoSuite(error=f"{UPSTREAM_SUITE} is missing: {DEPS_HINT}")
     gopath = out / "gopath"
     gopath.mkdir()
     env = _go_env(gopath)
@@ -109,14 +109,19 @@ def go_suite(tmp_path_factory: pytest.TempPathFactory) -> GoSuite:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"`go test -c` took over {BUILD_TIMEOUT_S:.0f}s", pytrace=False)
+        return GoSuite(error=f"`go test -c` took over {BUILD_TIMEOUT_S:.0f}s")
     if built.returncode != 0 or not binary.is_file():
-        pytest.fail(
-            f"`go test -c` in {SUITE_DIR} failed ({built.returncode}); if a package is missing, "
-            f"{DEPS_HINT}\n{built.stdout}{built.stderr}",
-            pytrace=False,
+        return GoSuite(
+            error=f"`go test -c` in {SUITE_DIR} failed ({built.returncode}); if a package is "
+            f"missing, {DEPS_HINT}\n{built.stdout}{built.stderr}"
         )
     return GoSuite(go=go, binary=binary, env=env)
+
+
+@pytest.fixture(scope="session")
+def go_suite(tmp_path_factory: pytest.TempPathFactory) -> GoSuite:
+    """Compiled once per session, into pytest's temp dir (GOCACHE under /tmp)."""
+    return _build(tmp_path_factory.mktemp("containerd-conformance"))
 
 
 def _lazy2dfs_bin() -> Path:
@@ -189,11 +194,8 @@ def processes_mentioning(marker: str) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def run_root() -> Iterator[Path]:
-    # Short, so that <root>/snapshot-suite-lazy2dfs-<n>/root/lazy2dfs.sock fits a unix socket.
-    root = Path(tempfile.mkdtemp(prefix="l2c-", dir="/tmp"))
-    yield root
+def clean_up(root: Path) -> list[str]:
+    """Kills daemons and detaches mounts the run left under `root`; returns what it found."""
     problems = []
     stray = processes_mentioning(str(root))
     for pid in stray:
@@ -213,8 +215,7 @@ def run_root() -> Iterator[Path]:
         problems.append(f"{root} kept: still has mounts")
     else:
         shutil.rmtree(root, ignore_errors=True)
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    return problems
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -281,12 +282,30 @@ def _describe_failure(name: str, outcome: Outcome) -> str:
     return f"{name}: {outcome.action.upper()}\n{body[-6000:]}\n{_daemon_logs(outcome)}"
 
 
-def test_containerd_snapshotter_suite(go_suite: GoSuite, run_root: Path) -> None:
+def test_containerd_snapshotter_suite(go_suite: GoSuite) -> None:
+    if go_suite.error:
+        pytest.fail(go_suite.error, pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("the containerd snapshotter suite mounts and chowns: run it as root")
     bin_path = _lazy2dfs_bin()
-    tmp = run_root / "tmp"
-    logs = run_root / "logs"
+    # Short, so that <root>/tmp/snapshot-suite-lazy2dfs-<n>/root/lazy2dfs.sock fits a socket.
+    root = Path(tempfile.mkdtemp(prefix="l2c-", dir="/tmp"))
+    try:
+        problems = _run_suite(go_suite, bin_path, root)
+    finally:
+        leftovers = clean_up(root)
+    problems += leftovers
+    if problems:
+        pytest.fail(
+            f"{len(problems)} problem(s) in containerd's snapshotter suite\n\n"
+            + "\n\n".join(problems),
+            pytrace=False,
+        )
+
+
+def _run_suite(go_suite: GoSuite, bin_path: Path, root: Path) -> list[str]:
+    tmp = root / "tmp"
+    logs = root / "logs"
     tmp.mkdir()
     logs.mkdir()
     env = dict(go_suite.env)
@@ -310,7 +329,7 @@ def test_containerd_snapshotter_suite(go_suite: GoSuite, run_root: Path) -> None
     ]
     proc = subprocess.Popen(
         cmd,
-        cwd=run_root,
+        cwd=root,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -347,9 +366,5 @@ def test_containerd_snapshotter_suite(go_suite: GoSuite, run_root: Path) -> None
         problems.append(f"the suite exited {proc.returncode}")
     if problems:
         tail = "\n".join(loose[-60:])
-        pytest.fail(
-            f"{len(problems)} problem(s) in containerd's snapshotter suite\n\n"
-            + "\n\n".join(problems)
-            + f"\n\n--- output outside any subtest (tail) ---\n{tail}",
-            pytrace=False,
-        )
+        problems.append(f"--- output outside any subtest (tail) ---\n{tail}")
+    return problems
