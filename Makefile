@@ -48,7 +48,7 @@ pytest: deps
 test: deps proto-check lint pytest
 
 demo: deps
-	$(VENV)/bin/lazy2dfs demo
+	$(PY) -m lazy2dfs.localstack.demo
 
 bench: deps
 	$(PY) -m benchmarks.run

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from benchmarks import snapshot_api
+import sys
+
+from benchmarks import model_start, snapshot_api
+
+BENCHMARKS = {"snapshot_api": snapshot_api, "model_start": model_start}
 
 
 def main() -> None:
-    for bench in (snapshot_api,):
-        print(f"{bench.__name__}: {bench.run()}")
+    """``python -m benchmarks.run [NAME...]``: the named benchmarks, or all of them."""
+    for name in sys.argv[1:] or list(BENCHMARKS):
+        print(f"{name}: {BENCHMARKS[name].run()}", flush=True)
 
 
 if __name__ == "__main__":
