@@ -4,19 +4,17 @@ torn down; images are built by the tests and pushed over loopback."""
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trio
 
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import BuiltImage, Directory, File, Symlink, Tree, push_image
+from lazy2dfs.localstack.images import BuiltImage, push_image
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
 
-BUSYBOX = Path("/bin/busybox")
 RECONNECT_TIMEOUT = 30.0
 
 
@@ -76,14 +74,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         LocalContainerd(work / "c", snapshotter.address) as containerd,
     ):
         yield Stack(registry, snapshotter, containerd)
-
-
-def busybox_tree() -> Tree:
-    """A static busybox with the applets the tests call, and a /tmp to write in."""
-    tree: dict[str, File | Symlink | Directory | bytes] = {
-        "bin/busybox": File(BUSYBOX.read_bytes(), 0o755),
-        "tmp": Directory(0o1777),
-    }
-    for applet in ("sh", "cat", "ls", "wc", "echo", "sha256sum", "rm", "mv", "test"):
-        tree[f"bin/{applet}"] = Symlink("busybox")
-    return tree

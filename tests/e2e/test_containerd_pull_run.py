@@ -4,8 +4,9 @@ import hashlib
 import os
 
 from lazy2dfs.localstack.images import build_image
+from lazy2dfs.localstack.model import runtime_tree
 
-from .conftest import Stack, busybox_tree
+from .conftest import Stack
 
 WEIGHTS = os.urandom(1 << 20)
 
@@ -13,7 +14,7 @@ WEIGHTS = os.urandom(1 << 20)
 def test_pull_and_run_reads_and_writes(stack: Stack) -> None:
     image = build_image(
         [
-            busybox_tree(),
+            runtime_tree(),
             {"model/weights.bin": WEIGHTS, "model/old.txt": b"old"},
             {"model/.wh.old.txt": b"", "model/config.json": b'{"layers": 2}'},
         ]
@@ -33,7 +34,7 @@ def test_pull_and_run_reads_and_writes(stack: Stack) -> None:
 
 
 def test_image_with_128_layers_runs(stack: Stack) -> None:
-    layers = [busybox_tree()] + [{f"layers/{n:03d}": str(n).encode()} for n in range(127)]
+    layers = [runtime_tree()] + [{f"layers/{n:03d}": str(n).encode()} for n in range(127)]
     ref = stack.push("e2e/deep:v1", build_image(layers))
     stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
     out = stack.run(ref, "deep", "ls /layers | wc -l; cat /layers/000 /layers/126")
@@ -41,7 +42,7 @@ def test_image_with_128_layers_runs(stack: Stack) -> None:
 
 
 def test_removing_images_and_gc_leaves_no_snapshot_directory(stack: Stack) -> None:
-    image = build_image([busybox_tree(), {"gc/file": b"collect me"}])
+    image = build_image([runtime_tree(), {"gc/file": b"collect me"}])
     ref = stack.push("e2e/gc:v1", image)
     stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
     assert stack.snapshot_dirs()
@@ -56,7 +57,7 @@ def test_removing_images_and_gc_leaves_no_snapshot_directory(stack: Stack) -> No
 
 
 def test_restart_keeps_committed_snapshots_usable(stack: Stack) -> None:
-    image = build_image([busybox_tree(), {"persist/file": b"survives restarts"}])
+    image = build_image([runtime_tree(), {"persist/file": b"survives restarts"}])
     ref = stack.push("e2e/restart:v1", image)
     stack.ctr("images", "pull", "--plain-http", "--snapshotter", "lazy2dfs", ref)
     stack.restart_snapshotter(crash=False)

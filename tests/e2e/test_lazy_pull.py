@@ -10,11 +10,12 @@ import pytest
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.localstack.containerd import LocalContainerd
 from lazy2dfs.localstack.images import build_image, build_layer
+from lazy2dfs.localstack.model import runtime_tree
 from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
-from .conftest import Stack, busybox_tree
+from .conftest import Stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -58,7 +59,7 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
 ) -> None:
     image = build_image(
         [
-            build_layer(busybox_tree(), estargz=ESTARGZ),
+            build_layer(runtime_tree(), estargz=ESTARGZ),
             build_layer(
                 {"model/weights.bin": WEIGHTS, "model/config.json": b"{}"}, estargz=ESTARGZ
             ),
@@ -85,7 +86,7 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
 
 
 def test_plain_gzip_layers_fall_back_to_a_download(lazy_stack: Stack) -> None:
-    image = build_image([busybox_tree(), {"plain/file": b"not seekable"}])
+    image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
     ref = lazy_stack.push("lazy/plain:v1", image)
     out = lazy_pull(lazy_stack, ref)
     assert "0 lazy" in out and "downloaded" in out
@@ -96,7 +97,7 @@ def test_plain_gzip_layers_fall_back_to_a_download(lazy_stack: Stack) -> None:
 
 def test_removing_a_lazy_image_unmounts_its_layers(lazy_stack: Stack) -> None:
     image = build_image(
-        [build_layer(busybox_tree(), estargz=ESTARGZ), build_layer({"gc/x": b"x"}, estargz=ESTARGZ)]
+        [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer({"gc/x": b"x"}, estargz=ESTARGZ)]
     )
     ref = lazy_stack.push("lazy/gc:v1", image)
     lazy_pull(lazy_stack, ref)

@@ -15,7 +15,20 @@ from typing import Any
 from lazy2dfs.localstack.images import Directory, File, Symlink, Tree
 
 WEIGHTS_PATH = "model/model.safetensors"
-BUSYBOX_APPLETS = ("sh", "head", "cat", "sha256sum", "wc", "ls", "echo", "tail", "sleep")
+BUSYBOX_APPLETS = (
+    "sh",
+    "head",
+    "cat",
+    "sha256sum",
+    "wc",
+    "ls",
+    "echo",
+    "tail",
+    "sleep",
+    "rm",
+    "mv",
+    "test",
+)
 
 
 @dataclass(frozen=True)
