@@ -4,6 +4,7 @@ first read through the real FUSE mount, verified, cached, and served again after
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,3 +156,28 @@ def test_restore_needs_no_network_and_reuses_the_cache(
     assert (again.path(7) / "model/weights-1.bin").read_bytes() == files["model/weights-1.bin"]
     assert (locator.blob.served, locator.located) == (served, located)
     assert (again.path(7) / "model/config.json").read_bytes() == files["model/config.json"]
+
+
+def test_twenty_concurrent_readers_fetch_each_chunk_once(
+    tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
+) -> None:
+    files, locator = model
+    remote = layers(tmp_path, session, locator)
+    remote.attach(1, remote.resolve(REQUEST))
+    opened = locator.blob.served
+    path = remote.path(1) / "model/weights-0.bin"
+    results: list[bytes] = []
+
+    def read() -> None:
+        results.append(path.read_bytes())
+
+    threads = [threading.Thread(target=read) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 20 and all(r == files["model/weights-0.bin"] for r in results)
+    chunks = remote.readers[1].toc.chunks_for("model/weights-0.bin")
+    compressed = sum(c.compressed_size for c in chunks)
+    # Merged spans may carry a few neighbouring bytes, never a second copy of a chunk.
+    assert locator.blob.served - opened < compressed + 64 * 1024
