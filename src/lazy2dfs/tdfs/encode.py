@@ -1,0 +1,106 @@
+"""Encoding one allotment as an eStargz blob, or finding it in the cache.
+
+An eStargz blob is a valid tar.gz, so the stock 2DFS registry and any containerd can use it as
+an ordinary layer, while lazy2dfs can mount it lazily. The writer's output depends only on the
+tar and the options (fixed gzip headers, fixed times), so an unchanged allotment keeps its
+digest across builds and machines even when the cache is cold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Final
+
+from lazy2dfs.estargz import WriterOptions, write_blob_from_tar
+from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
+from lazy2dfs.tdfs.cache import AllotmentCache, EncodedBlob
+from lazy2dfs.tdfs.field import Allotment
+from lazy2dfs.tdfs.spec import AllotmentSpec
+from lazy2dfs.tdfs.tarview import FIXED_MTIME, TarView, file_mode
+
+# Bump when the bytes written for the same inputs change (tar layout, writer), so old cache
+# records stop matching.
+_KEY_VERSION: Final = "lazy2dfs-allotment-estargz-1"
+_READ_SIZE: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    """Options that change the blob's bytes (``chunk_size``, ``level``) and ones that do not."""
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    level: int | None = None
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAllotment:
+    row: int
+    col: int
+    blob: EncodedBlob
+    cached: bool
+
+    def field_allotment(self) -> Allotment:
+        """The field entry: stock keys plus lazy2dfs's size, TOC digest and uncompressed size."""
+        return Allotment(
+            row=self.row,
+            col=self.col,
+            digest=self.blob.digest.removeprefix("sha256:"),
+            diff_id=self.blob.diff_id.removeprefix("sha256:"),
+            size=self.blob.size,
+            toc_digest=self.blob.toc_digest.removeprefix("sha256:"),
+            uncompressed_size=self.blob.uncompressed_size,
+        )
+
+
+def cache_key(spec: AllotmentSpec, options: EncodeOptions) -> str:
+    """sha256 over what determines the blob: contents, modes, destinations, options."""
+    files = []
+    for file in sorted(spec.files, key=lambda f: f.dst):
+        content = hashlib.sha256()
+        with file.src.open("rb") as source:
+            while block := source.read(_READ_SIZE):
+                content.update(block)
+        files.append({"dst": file.dst, "mode": file_mode(file.src), "sha256": content.hexdigest()})
+    document = {
+        "version": _KEY_VERSION,
+        "chunk_size": options.chunk_size,
+        "level": options.level,
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def encode_allotment(
+    spec: AllotmentSpec, cache: AllotmentCache, options: EncodeOptions
+) -> EncodedAllotment:
+    """The allotment's blob in ``cache.blobs``: found by key, or written and recorded."""
+    key = cache_key(spec, options)
+    record = cache.get(key)
+    if record is not None:
+        return EncodedAllotment(spec.row, spec.col, record, cached=True)
+    writer_options = WriterOptions(
+        chunk_size=options.chunk_size,
+        level=options.level,
+        mtime=FIXED_MTIME,
+        workers=options.workers,
+    )
+    with (
+        cache.blobs.writer() as (out, temporary),
+        io.BufferedReader(TarView(spec.files), _READ_SIZE) as archive,
+    ):
+        result = write_blob_from_tar(archive, out, writer_options)
+        out.flush()
+        cache.blobs.commit(temporary, result.blob_digest)
+    record = EncodedBlob(
+        digest=result.blob_digest,
+        size=result.blob_size,
+        diff_id=result.diff_id,
+        toc_digest=result.toc_digest,
+        uncompressed_size=result.uncompressed_size,
+    )
+    cache.put(key, record)
+    return EncodedAllotment(spec.row, spec.col, record, cached=False)
