@@ -1,0 +1,126 @@
+"""Command-line wiring of the 2DFS subcommands: ``lazy2dfs build`` and ``lazy2dfs field``.
+
+``cli.py`` calls :func:`register` with its subparsers; each subcommand sets ``func`` to a
+handler returning the exit status. Library errors (``Lazy2dfsError``) are printed by ``cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from lazy2dfs.registry_client import parse_platform
+from lazy2dfs.tdfs.builder import BuildRequest, build
+from lazy2dfs.tdfs.cache import default_cache_root
+from lazy2dfs.tdfs.encode import EncodeOptions
+from lazy2dfs.tdfs.progress import Progress, human_size
+from lazy2dfs.tdfs.safetensors_split import split_safetensors
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_build(subparsers)
+    _register_field(subparsers)
+
+
+def _register_build(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cores = os.cpu_count() or 1
+    command = subparsers.add_parser(
+        "build",
+        help="build a 2DFS image (allotments in eStargz) from a base image and a 2dfs.json",
+        description="Adds the allotments of a 2dfs.json build file to BASE as a 2DFS field "
+        "and publishes the image as TARGET. Unchanged allotments are taken from the cache.",
+    )
+    command.add_argument("base", metavar="BASE", help="base image reference")
+    command.add_argument("target", metavar="TARGET", help="reference of the image to make")
+    command.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=Path("2dfs.json"),
+        help="build file; relative src paths start from its directory (default ./2dfs.json)",
+    )
+    command.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        type=parse_platform,
+        help="os/arch[/variant] of the base to keep; repeat for several (default: all)",
+    )
+    command.add_argument("--push", action="store_true", help="push the image to TARGET")
+    command.add_argument("--as-tar", type=Path, metavar="FILE", help="write an OCI layout tar")
+    command.add_argument("--plain-http", action="store_true", help="use http:// for every registry")
+    command.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"allotment and blob cache (default {default_cache_root()})",
+    )
+    command.add_argument(
+        "--chunk-size",
+        type=int,
+        default=EncodeOptions().chunk_size,
+        help="eStargz chunk size in bytes (default 4 MiB)",
+    )
+    command.add_argument(
+        "--jobs", type=int, default=2, help="allotments encoded at once (default 2)"
+    )
+    command.add_argument(
+        "--workers",
+        type=int,
+        default=cores,
+        help=f"compression threads per allotment (default: cores, {cores})",
+    )
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    command.set_defaults(func=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    request = BuildRequest(
+        spec=args.file,
+        base=args.base,
+        target=args.target,
+        platforms=tuple(args.platform),
+        push=args.push,
+        as_tar=args.as_tar,
+        plain_http=args.plain_http,
+        cache_root=args.cache_dir or default_cache_root(),
+        encode=EncodeOptions(chunk_size=args.chunk_size, workers=args.workers),
+        jobs=args.jobs,
+    )
+    result = build(request, progress=Progress(quiet=args.quiet))
+    print(result.reference)
+    return 0
+
+
+def _register_field(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = subparsers.add_parser("field", help="prepare 2DFS fields")
+    actions = command.add_subparsers(dest="field_command", required=True)
+    split = actions.add_parser(
+        "from-safetensors",
+        help="split model weights by layer into row groups and write a 2dfs.json",
+        description="Groups the tensors of MODEL (several files are shards of one model) by "
+        "layer index into N rows of consecutive layers; embeddings go to the first row, final "
+        "norm and head to the last. Writes one .safetensors file per row and a 2dfs.json.",
+    )
+    split.add_argument("models", nargs="+", type=Path, metavar="MODEL.safetensors")
+    split.add_argument("--rows", type=int, required=True, metavar="N", help="number of rows")
+    split.add_argument(
+        "--out", type=Path, default=Path("."), help="output directory (default: current)"
+    )
+    split.add_argument(
+        "--dst-dir", default="/model", help="directory of the files in the image (default /model)"
+    )
+    split.set_defaults(func=_from_safetensors)
+
+
+def _from_safetensors(args: argparse.Namespace) -> int:
+    result = split_safetensors(args.models, args.rows, args.out, args.dst_dir)
+    for group in result.rows:
+        layers = f"layers {group.layers[0]}-{group.layers[-1]}" if group.layers else "no layers"
+        print(
+            f"row {group.row}: {layers}, {group.tensors} tensors, "
+            f"{human_size(group.size)} -> {group.path}"
+        )
+    print(f"wrote {result.spec}")
+    return 0
