@@ -28,6 +28,10 @@ T = TypeVar("T")
 
 MNT_DETACH = 2
 START_TIMEOUT = 10.0
+# Kernel read-ahead on the mount. At the default 128 KiB every FUSE read is 128 KiB; at 4 MiB
+# (one default chunk) sequential readers get 1 MiB requests, the most libfuse negotiates:
+# 8x fewer round trips through the daemon for the same bytes.
+READ_AHEAD_KB = 4096
 # Workers serving FUSE requests concurrently: a read waiting on the network must not block
 # lookups and cached reads behind it.
 MAX_TASKS = 64
@@ -70,7 +74,21 @@ class FuseSession:
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT) or self._error is not None:
             raise UnavailableError(f"FUSE loop did not start: {self._error!r}")
+        self._raise_read_ahead()
         log.info("fuse mounted", path=self.mountpoint)
+
+    def _raise_read_ahead(self) -> None:
+        st = os.stat(self.mountpoint)
+        knob = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+        try:
+            knob.write_text(str(READ_AHEAD_KB))
+        except OSError as exc:
+            log.warning(
+                "read-ahead not raised",
+                path=knob,
+                error=exc,
+                action="reads stay correct, in 128 KiB requests; mount /sys read-write to fix",
+            )
 
     def _run(self) -> None:
         try:
