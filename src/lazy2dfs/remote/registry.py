@@ -15,14 +15,15 @@ from lazy2dfs.snapshotter.remote import NotLazyError
 
 
 class RegistryLocator:
-    """Uses the manifest (by digest when the labels name it) to learn the TOC digest; the
-    registry's word on a blob's size is checked against the manifest's."""
+    """Learns a layer's TOC digest and size from its labels when they carry the size (as
+    ``lazy2dfs pull`` writes them, from the manifest it verified — also for 2DFS partitions,
+    whose manifest exists only on the client), else from the image's manifest."""
 
     def __init__(self, client: RegistryClient) -> None:
         self._client = client
 
     async def locate(self, request: LayerRequest) -> tuple[str, int]:
-        if request.toc_digest and request.layer_size:
+        if request.layer_size:
             return request.toc_digest, request.layer_size
         ref = parse_reference(request.reference)
         try:
