@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from lazy2dfs import config
+from lazy2dfs.errors import InvalidArgumentError
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text('root = "/from/file"\nlog_level = "debug"\n[cache]\nmax_bytes = 1000\n')
+    env = {"LAZY2DFS_ROOT": "/from/env", "LAZY2DFS_CACHE__MAX_BYTES": "2000", "LAZY2DFS_BIN": "x"}
+    loaded = config.load(file, env=env, overrides={"root": Path("/from/flag"), "address": None})
+    assert loaded.root == Path("/from/flag")
+    assert loaded.cache.max_bytes == 2000
+    assert loaded.log_level == "debug"
+    assert loaded.address == Path("/run/lazy2dfs/lazy2dfs.sock")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("root = ", "not TOML"),
+        ("unknown = 1", "unknown: Extra inputs"),
+        ('metrics_address = "nope"', "is not HOST:PORT"),
+        ("[cache]\nmax_bytes = -1", "cache.max_bytes"),
+    ],
+)
+def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(text)
+    with pytest.raises(InvalidArgumentError, match=message):
+        config.load(file, env={})
+
+
+def test_a_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        config.load(tmp_path / "missing.toml", env={})
+
+
+def test_metrics_address_splits_host_and_port() -> None:
+    loaded = config.load(Path("/dev/null"), env={"LAZY2DFS_METRICS_ADDRESS": "[::1]:9100"})
+    assert loaded.metrics_host_port == ("::1", 9100)
