@@ -10,7 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lazy2dfs.registry_client import parse_platform
+from lazy2dfs.errors import InvalidArgumentError
+from lazy2dfs.registry_client import Platform, parse_platform
 from lazy2dfs.tdfs.builder import BuildRequest, build
 from lazy2dfs.tdfs.cache import default_cache_root
 from lazy2dfs.tdfs.encode import EncodeOptions
@@ -44,7 +45,7 @@ def _register_build(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "--platform",
         action="append",
         default=[],
-        type=parse_platform,
+        type=_platform,
         help="os/arch[/variant] of the base to keep; repeat for several (default: all)",
     )
     command.add_argument("--push", action="store_true", help="push the image to TARGET")
@@ -73,6 +74,14 @@ def _register_build(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
     command.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     command.set_defaults(func=_build)
+
+
+def _platform(text: str) -> Platform:
+    """argparse reports only ArgumentTypeError as a usage error, with the usage line."""
+    try:
+        return parse_platform(text)
+    except InvalidArgumentError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -1,0 +1,79 @@
+"""The CLI end to end: safetensors → 2dfs.json → build --push → a partition holds its rows."""
+
+import argparse
+import gzip
+import io
+import json
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lazy2dfs import tdfs_cli
+from lazy2dfs.localstack.images import build_image, push_image
+from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.registry_client import host_platform
+from lazy2dfs.tdfs import fetch_partitioned_image
+
+from .support import run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lazy2dfs")
+    tdfs_cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _main(*argv: str) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def _model(path: Path, layers: int) -> None:
+    header: dict[str, object] = {}
+    data = b""
+    names = ["model.embed_tokens.weight", *(f"model.layers.{i}.w" for i in range(layers))]
+    for name in [*names, "lm_head.weight"]:
+        header[name] = {"dtype": "U8", "shape": [4], "data_offsets": [len(data), len(data) + 4]}
+        data += name.encode()[-4:]
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
+def test_from_safetensors_then_build_then_partition(
+    registry: LocalRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _model(tmp_path / "model.safetensors", 8)
+    out = tmp_path / "field"
+    model = str(tmp_path / "model.safetensors")
+    assert _main("field", "from-safetensors", model, "--rows", "4", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "row 0: layers 0-1" in printed and "row 3: layers 6-7" in printed
+
+    base = f"{registry.host}/cli/base:v1"
+    run(lambda c: push_image(c, base, build_image([{"etc/os": b"x"}], in_index=True)))
+    target = f"{registry.host}/cli/model:v1"
+    platform = str(host_platform())
+    options = ["-f", str(out / "2dfs.json"), "--platform", platform, "--push"]
+    options += ["--cache-dir", str(tmp_path / "cache"), "--chunk-size", "65536"]
+    assert _main("build", *options, base, target) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().startswith(target + "@sha256:")
+    assert "allotment 4/4" in captured.err and "pushed" in captured.err
+
+    image = run(lambda c: fetch_partitioned_image(c, target + "--3.0.3.0"))
+    last = json.loads(image.manifest)["layers"][-1]["digest"]
+    blob = registry.blob_path(last).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as archive:
+        member = archive.extractfile("model/model-00003-of-00004.safetensors")
+        assert member is not None
+        header_size = struct.unpack("<Q", member.read(8))[0]
+        names = set(json.loads(member.read(header_size)))
+    assert names == {"model.layers.6.w", "model.layers.7.w", "lm_head.weight"}
+
+
+def test_bad_platform_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["build", "--platform", "linux", "a", "b"])
+    assert "platform" in capsys.readouterr().err
