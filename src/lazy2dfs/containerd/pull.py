@@ -23,19 +23,30 @@ from pathlib import Path
 
 from lazy2dfs.api import descriptor_pb2
 from lazy2dfs.containerd.client import ContainerdClient
-from lazy2dfs.errors import AlreadyExistsError, IntegrityError
+from lazy2dfs.errors import AlreadyExistsError, IntegrityError, InvalidArgumentError
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import (
+    OCI_MANIFEST,
     Descriptor,
+    FetchedManifest,
     ImageIndex,
     ImageManifest,
+    Reference,
     SyncRegistryClient,
     host_platform,
+    parse_manifest,
     parse_reference,
     select_platform,
 )
 from lazy2dfs.remote import labels as L
+from lazy2dfs.tdfs import (
+    FIELD_MEDIA_TYPE,
+    field_descriptor,
+    missing_sizes,
+    parse_field,
+    partition_image,
+)
 
 log = get_logger(__name__)
 
@@ -59,6 +70,16 @@ def to_proto(descriptor: Descriptor) -> descriptor_pb2.Descriptor:
         size=descriptor.size,
         annotations=descriptor.annotations or {},
     )
+
+
+@dataclass(frozen=True)
+class ResolvedPull:
+    reference: Reference
+    pinned: Reference  # the repository's root manifest or index, by digest
+    manifest: FetchedManifest
+    config: bytes
+    index: FetchedManifest | None
+    manifest_in_registry: bool
 
 
 @dataclass
@@ -85,8 +106,9 @@ class Puller:
     snapshotter: str = "lazy2dfs"
     progress: Progress = _stderr
 
-    def pull(self, reference: str) -> PullReport:
-        start = time.monotonic()
+    def resolve(self, reference: str) -> ResolvedPull:
+        """The manifest, config and index to store; for a 2DFS reference, the partition's
+        manifest and config, computed here from the field (the registry has no such manifest)."""
         ref = parse_reference(reference)
         root = self.registry.get_manifest(ref)
         pinned = ref.with_digest(root.descriptor.digest)
@@ -96,9 +118,38 @@ class Puller:
             manifest = self.registry.get_manifest(pinned, entry.digest)
         if not isinstance(manifest.manifest, ImageManifest):
             raise IntegrityError(f"{ref}: {manifest.descriptor.digest} is not an image manifest")
+        config = self.registry.get_blob(pinned, manifest.manifest.config.digest)
+        is_2dfs = any(layer.media_type == FIELD_MEDIA_TYPE for layer in manifest.manifest.layers)
+        if not is_2dfs:
+            if ref.partitions:
+                raise InvalidArgumentError(f"{ref} names partitions, but it is not a 2DFS image")
+            index = root if root is not manifest else None
+            return ResolvedPull(ref, pinned, manifest, config, index, manifest_in_registry=True)
+        field = parse_field(
+            self.registry.get_blob(pinned, field_descriptor(manifest.manifest).digest)
+        )
+        sizes = {
+            d: self.registry.stat_blob(pinned, d) for d in missing_sizes(field, ref.partitions)
+        }
+        part = partition_image(manifest.manifest, config, field, ref.partitions, sizes)
+        partitioned = FetchedManifest(
+            Descriptor(
+                mediaType=OCI_MANIFEST, digest=part.manifest_digest, size=len(part.manifest)
+            ),
+            part.manifest,
+            parse_manifest(part.manifest, OCI_MANIFEST),
+        )
+        return ResolvedPull(ref, pinned, partitioned, part.config, None, manifest_in_registry=False)
+
+    def pull(self, reference: str) -> PullReport:
+        start = time.monotonic()
+        resolved = self.resolve(reference)
+        ref, manifest = resolved.reference, resolved.manifest
+        assert isinstance(manifest.manifest, ImageManifest)
         config_desc = manifest.manifest.config
-        config_bytes = self.registry.get_blob(pinned, config_desc.digest)
-        diff_ids: list[str] = list(json.loads(config_bytes).get("rootfs", {}).get("diff_ids", []))
+        diff_ids: list[str] = list(
+            json.loads(resolved.config).get("rootfs", {}).get("diff_ids", [])
+        )
         layers = manifest.manifest.layers
         if len(diff_ids) != len(layers):
             raise IntegrityError(
@@ -107,10 +158,11 @@ class Puller:
         chains = chain_ids(diff_ids)
         report = PullReport(str(ref), layers=len(layers))
         self.progress(f"{ref}: {len(layers)} layers, manifest {manifest.descriptor.digest}")
+        manifest_label = manifest.descriptor.digest if resolved.manifest_in_registry else ""
         with self.containerd.lease():
             parent = ""
             for number, (layer, chain) in enumerate(zip(layers, chains, strict=True), 1):
-                how = self._unpack(str(pinned), manifest.descriptor.digest, layer, chain, parent)
+                how = self._unpack(str(resolved.pinned), manifest_label, layer, chain, parent)
                 setattr(report, how, getattr(report, how) + 1)
                 self.progress(
                     f"  layer {number}/{len(layers)} {layer.digest[7:19]}"
@@ -119,13 +171,15 @@ class Puller:
                 parent = chain
             gc_snapshot = {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]}
             self.containerd.write_content(
-                config_desc.digest, config_bytes, config_desc.size, gc_snapshot if chains else {}
+                config_desc.digest, resolved.config, config_desc.size, gc_snapshot if chains else {}
             )
             manifest_labels = {"containerd.io/gc.ref.content.config": config_desc.digest}
             for number, layer in enumerate(layers):
                 manifest_labels[f"containerd.io/gc.ref.content.l.{number}"] = layer.digest
             self._put(manifest.descriptor, manifest.data, manifest_labels)
-            if root is not manifest:
+            root = manifest
+            if resolved.index is not None:
+                root = resolved.index
                 assert isinstance(root.manifest, ImageIndex)
                 children = {
                     f"containerd.io/gc.ref.content.m.{n}": m.digest
@@ -153,9 +207,10 @@ class Puller:
             L.TARGET_REF: chain,
             L.OWN_REFERENCE: image,
             L.OWN_LAYER_DIGEST: layer.digest,
-            L.OWN_MANIFEST_DIGEST: manifest_digest,
             L.OWN_LAYER_SIZE: str(layer.size),
         }
+        if manifest_digest:
+            labels[L.OWN_MANIFEST_DIGEST] = manifest_digest
         toc = (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION)
         if toc:
             labels[L.OWN_TOC_DIGEST] = toc
