@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lazy2dfs import __version__, config, logfmt
+from lazy2dfs import __version__, config, config_docs, logfmt
 from lazy2dfs.errors import Lazy2dfsError
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     pull.set_defaults(func=_pull)
+    config_docs.register(commands)
     return parser
 
 
