@@ -240,3 +240,34 @@ def test_stock_builder_layout_partitions_with_head_requests(
         *(layer.diff_id for layer in BASE.layers),
         *(layer.diff_id for layer in allotments[1:]),
     ]
+
+
+def test_base_on_another_registry_is_copied_through_the_cache(
+    registry: LocalRegistry, workdir: Path
+) -> None:
+    """A bare-manifest base (no index) on a second registry: blobs are downloaded once."""
+    bare = build_image([{"bin/app": b"other"}], in_index=False)
+    with LocalRegistry(workdir / "other") as other:
+        base = f"{other.host}/library/bare:v1"
+        run(lambda c: push_image(c, base, bare))
+        spec = _project(workdir / "project")
+        target = f"{registry.host}/copied/llm:v1"
+        result = _build(spec, base, target, workdir / "cache", push=True)
+        again = _build(spec, base, target + "-again", workdir / "cache", push=True)
+        base_gets = [r for r in other.requests() if r.method == "GET" and "/blobs/" in r.path]
+
+    fetched = [r.path.rsplit("/", 1)[1] for r in base_gets]
+    # Each layer is downloaded once over both builds; the config is also read to learn the
+    # platform of a base without index.
+    assert sorted(d for d in fetched if d != bare.config.digest) == [
+        layer.blob.digest for layer in bare.layers
+    ]
+    assert {b.digest for b in bare.blobs} <= set(result.uploaded)
+    assert not {b.digest for b in bare.blobs} & set(again.uploaded)
+    index = json.loads(result.image.index)
+    (entry,) = index["manifests"]
+    assert entry["platform"]["architecture"] == bare.platform.architecture
+    image = run(lambda c: c.get_image(target, bare.platform))
+    assert [layer.digest for layer in image.manifest.layers[:-1]] == [
+        layer.blob.digest for layer in bare.layers
+    ]
