@@ -7,8 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lazy2dfs import __version__, config, config_docs, logfmt
+from lazy2dfs import __version__, config, config_docs, logfmt, tdfs_cli
 from lazy2dfs.errors import Lazy2dfsError
+from lazy2dfs.status import register as register_status
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     pull.set_defaults(func=_pull)
+    register_status(commands)
     config_docs.register(commands)
+    tdfs_cli.register(commands)
     return parser
 
 

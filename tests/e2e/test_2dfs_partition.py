@@ -1,0 +1,73 @@
+"""A 2DFS model image built with `lazy2dfs build`, pulled as a partition with `lazy2dfs pull`
+into a real containerd: the container sees exactly the selected rows, and the registry never
+serves a blob of the others."""
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import trio
+
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.localstack.images import build_image, build_layer
+from lazy2dfs.localstack.model import runtime_tree
+from lazy2dfs.localstack.process import lazy2dfs_argv
+from lazy2dfs.registry_client import ImageManifest, RegistryClient
+from lazy2dfs.tdfs import field_descriptor, parse_field
+
+from .conftest import Stack
+
+ROWS = {row: os.urandom(300_000 + row) for row in range(4)}
+
+
+def lazy2dfs(*args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(
+        [*lazy2dfs_argv(), *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def allotment_digests(ref: str) -> dict[int, str]:
+    async def fetch() -> dict[int, str]:
+        async with RegistryClient(plain_http=True) as client:
+            image = await client.get_image(ref)
+            assert isinstance(image.manifest, ImageManifest)
+            blob = await client.get_blob(image.reference, field_descriptor(image.manifest).digest)
+            return {a.row: a.blob_digest for a in parse_field(blob).allotments()}
+
+    return trio.run(fetch)
+
+
+def test_partition_pull_runs_exactly_the_selected_rows(stack: Stack, tmp_path: Path) -> None:
+    base = stack.push(
+        "tdfs/base:v1",
+        build_image([build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))]),
+    )
+    for row, data in ROWS.items():
+        (tmp_path / f"row{row}.bin").write_bytes(data)
+    spec = {
+        "allotments": [
+            {"src": f"row{row}.bin", "dst": f"/model/row{row}.bin", "row": row, "col": 0}
+            for row in ROWS
+        ]
+    }
+    (tmp_path / "2dfs.json").write_text(json.dumps(spec))
+    target = f"{stack.registry.host}/tdfs/model:v1"
+    lazy2dfs("build", "-f", str(tmp_path / "2dfs.json"), "--push", "--plain-http", base, target)
+    digests = allotment_digests(target)
+    assert sorted(digests) == [0, 1, 2, 3]
+
+    partition = f"{target}--1.0.2.0"
+    seen_before = len(stack.registry.requests())
+    out = lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), partition)
+    assert "3 lazy, 0 present, 0 downloaded" in out
+    listing = stack.run(partition, "rows", "ls /model; sha256sum /model/*")
+    assert listing.split()[:2] == ["row1.bin", "row2.bin"]
+    for row in (1, 2):
+        assert hashlib.sha256(ROWS[row]).hexdigest() in listing
+    fetched = {r.path.rsplit("/", 1)[-1] for r in stack.registry.requests()[seen_before:]}
+    assert digests[0] not in fetched and digests[3] not in fetched
+    assert digests[1] in fetched and digests[2] in fetched
