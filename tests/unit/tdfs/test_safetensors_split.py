@@ -114,8 +114,10 @@ def test_tensors_are_aligned_to_their_element_size(tmp_path: Path) -> None:
 
 
 def test_files_load_with_the_safetensors_library(tmp_path: Path) -> None:
-    numpy = pytest.importorskip("numpy")
-    library = pytest.importorskip("safetensors.numpy")
+    import numpy
+    import numpy.typing
+    import safetensors.numpy as library
+
     rng = numpy.random.default_rng(7)
     original = {
         "model.embed_tokens.weight": rng.standard_normal((16, 8)).astype(numpy.float32),
@@ -125,7 +127,7 @@ def test_files_load_with_the_safetensors_library(tmp_path: Path) -> None:
     }
     library.save_file(original, str(tmp_path / "model.safetensors"), metadata={"format": "np"})
     result = split_safetensors([tmp_path / "model.safetensors"], 3, tmp_path / "out")
-    loaded: dict[str, object] = {}
+    loaded: dict[str, numpy.typing.NDArray[numpy.generic]] = {}
     for group in result.rows:
         part = library.load_file(str(group.path))
         assert not set(part) & set(loaded)
