@@ -9,14 +9,18 @@ Bytes come from the layer's ``FileReader``, which fetches, verifies and caches c
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 
+from lazy2dfs import metrics
 from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.fuse.tree import LayerTree, Node, slot_of
 from lazy2dfs.logfmt import get_logger
@@ -41,6 +45,42 @@ class MountedLayer:
     reader: FileReader
 
 
+def _measured(operation: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Counts one FUSE operation by result (``ok`` or the errno name) and times it."""
+    name = operation.__name__
+    latency = metrics.FUSE_LATENCY.labels(name)
+
+    @functools.wraps(operation)
+    async def measured(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = "ok"
+        try:
+            return await operation(*args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            result = errno.errorcode.get(exc.errno, "other")
+            raise
+        except BaseException:
+            result = "exception"
+            raise
+        finally:
+            metrics.FUSE_OPERATIONS.labels(name, result).inc()
+            latency.observe(time.perf_counter() - start)
+
+    return measured
+
+
+Ops = TypeVar("Ops", bound=type)
+
+
+def _measure_operations(cls: Ops) -> Ops:
+    """Wraps every pyfuse3 operation ``cls`` implements, so a new one cannot go unmeasured."""
+    for name, member in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(member) and hasattr(pyfuse3.Operations, name):
+            setattr(cls, name, _measured(member))
+    return cls
+
+
+@_measure_operations
 class LayerFilesystem(pyfuse3.Operations):
     """All remote layers, each a subdirectory of the root."""
 

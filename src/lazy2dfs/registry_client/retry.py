@@ -10,15 +10,19 @@ mismatches) is not retried: repeating it cannot help.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
+from lazy2dfs import metrics
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.errors import RegistryUnavailableError
 
@@ -27,6 +31,22 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Who the current task's registry requests are for (layer, image): the lazy reader knows, the
+# registry client does not, and a retry's log line should say.
+_requester: ContextVar[Mapping[str, Any]] = ContextVar(
+    "lazy2dfs_registry_requester", default=MappingProxyType({})
+)
+
+
+@contextmanager
+def on_behalf_of(**fields: str) -> Iterator[None]:
+    """Names ``fields`` (e.g. ``layer=``, ``image=``) in retry logs of requests made inside."""
+    token = _requester.set(MappingProxyType(fields))
+    try:
+        yield
+    finally:
+        _requester.reset(token)
 
 
 class RetryableError(Exception):
@@ -57,16 +77,24 @@ class RetryPolicy:
             try:
                 return await attempt()
             except RetryableError as err:
-                reason, delay = str(err), err.retry_after
+                reason, delay, cause = str(err), err.retry_after, "status"
             except httpx.TransportError as err:
-                reason, delay = f"{type(err).__name__}: {err}", None
+                reason, delay, cause = f"{type(err).__name__}: {err}", None, "network"
             if failures == self.attempts:
                 break
             delay = self.backoff(failures) if delay is None else delay
             if trio.current_time() + delay - started > self.budget:
                 reason += f" (next try in {delay:.1f}s would exceed the {self.budget}s budget)"
                 break
-            log.info("registry retry", what=what, attempt=failures, reason=reason, delay=delay)
+            metrics.REGISTRY_RETRIES.labels(cause).inc()
+            log.info(
+                "registry retry",
+                **_requester.get(),
+                what=what,
+                attempt=failures,
+                reason=reason,
+                delay=delay,
+            )
             await trio.sleep(delay)
         raise RegistryUnavailableError(f"{what}: gave up after {failures} attempts: {reason}")
 

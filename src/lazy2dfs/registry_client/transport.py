@@ -10,12 +10,14 @@ plain HTTP.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
 import httpx
 
+from lazy2dfs import metrics
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.auth import Authenticator
 from lazy2dfs.registry_client.credentials import CredentialStore
@@ -54,6 +56,7 @@ class Transport:
             verify=tls.ssl_context() if tls is not None else True,
             # Blob bytes must arrive as stored: their digests and offsets are over those bytes.
             headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+            event_hooks={"request": [_request_sent], "response": [_response_received]},
         )
 
     async def aclose(self) -> None:
@@ -174,6 +177,26 @@ class Transport:
                 return response
 
         return await self.policy.run(what, attempt)
+
+
+_SENT_AT: Final = "lazy2dfs.sent_at"
+
+
+async def _request_sent(request: httpx.Request) -> None:
+    request.extensions[_SENT_AT] = time.perf_counter()
+
+
+async def _response_received(response: httpx.Response) -> None:
+    """Counts and times every answer (token endpoints and redirect targets included). Labels
+    name the host only: paths, queries and headers may hold credentials."""
+    request = response.request
+    host = (
+        request.url.host if request.url.port is None else f"{request.url.host}:{request.url.port}"
+    )
+    metrics.REGISTRY_REQUESTS.labels(host, request.method, str(response.status_code)).inc()
+    sent_at = request.extensions.get(_SENT_AT)
+    if sent_at is not None:
+        metrics.REGISTRY_LATENCY.labels(host, request.method).observe(time.perf_counter() - sent_at)
 
 
 def _with_authorization(headers: dict[str, str], authorization: str | None) -> dict[str, str]:

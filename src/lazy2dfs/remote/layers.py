@@ -19,6 +19,7 @@ from typing import Protocol
 
 import trio
 
+from lazy2dfs import metrics
 from lazy2dfs.errors import IntegrityError, Lazy2dfsError, UnavailableError
 from lazy2dfs.estargz.blob import open_blob_async
 from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError
@@ -26,6 +27,7 @@ from lazy2dfs.estargz.toc import EntryType, Toc, TocEntry
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.fuse.tree import Entry, LayerTree
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client.retry import on_behalf_of
 from lazy2dfs.remote.labels import LayerRequest
 from lazy2dfs.remote.reader import BlobSource, ChunkPool, LayerReader
 from lazy2dfs.snapshotter.remote import NotLazyError
@@ -137,22 +139,33 @@ class EstargzLayers:
         return self._session.mountpoint / str(snapshot_id)
 
     def resolve(self, request: LayerRequest) -> ResolvedEstargz:
-        return self._session.call(self._resolve, request)
+        try:
+            return self._session.call(self._resolve, request)
+        except NotLazyError as exc:
+            metrics.RECENT_FALLBACKS.record(request.layer_digest, request.reference, exc.reason)
+            raise
 
     async def _resolve(self, request: LayerRequest) -> ResolvedEstargz:
         try:
-            toc_digest, size = await self._locator.locate(request)
-            if not toc_digest:
-                raise NotLazyError(
-                    "no-toc-digest",
-                    "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
-                    " the layer is not eStargz, or its TOC cannot be verified",
-                )
-            recorded = RecordedRanges()
-            source = recorded.recording(self._locator.source(request, size))
-            toc = await open_blob_async(source.read_range, size, expected_toc_digest=toc_digest)
+            with on_behalf_of(layer=request.layer_digest, image=request.reference):
+                toc_digest, size = await self._locator.locate(request)
+                if not toc_digest:
+                    raise NotLazyError(
+                        "no-toc-digest",
+                        "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
+                        " the layer is not eStargz, or its TOC cannot be verified",
+                    )
+                recorded = RecordedRanges()
+                source = recorded.recording(self._locator.source(request, size))
+                toc = await open_blob_async(source.read_range, size, expected_toc_digest=toc_digest)
         except TocDigestMismatchError as exc:
-            log.error("TOC verification failed", layer=request.layer_digest, error=exc)
+            metrics.VERIFICATION_FAILURES.labels("toc").inc()
+            log.error(
+                "TOC verification failed",
+                layer=request.layer_digest,
+                image=request.reference,
+                reason=exc,
+            )
             raise NotLazyError("toc-mismatch", str(exc)) from exc
         except FormatError as exc:
             raise NotLazyError("not-seekable", str(exc)) from exc
@@ -162,9 +175,12 @@ class EstargzLayers:
 
     def attach(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
         self._save(snapshot_id, layer)
-        self._session.call_sync(self._attach, snapshot_id, layer)
+        fetched = sum(len(data) for data in layer.recorded.ranges.values())
+        self._session.call_sync(self._attach, snapshot_id, layer, fetched)
 
-    def _attach(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
+    def _attach(self, snapshot_id: int, layer: ResolvedEstargz, fetched: int = 0) -> None:
+        """``fetched``: bytes that resolving took from the registry (footer and TOC), counted
+        as the layer's; a restored layer took them from disk."""
         tree = LayerTree(snapshot_id, tree_entries(layer.toc))
         source = self._locator.source(layer.request, layer.size)
         reader = LayerReader(
@@ -175,6 +191,7 @@ class EstargzLayers:
             self._pool,
             layer.size,
         )
+        reader.count_fetched(fetched, background=False)
         self._session.filesystem.add_layer(str(snapshot_id), tree, reader)
         self.readers[snapshot_id] = reader
         if self._background_fetch:

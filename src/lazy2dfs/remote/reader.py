@@ -11,20 +11,21 @@ and hashing go to worker threads (zlib and hashlib release the GIL, so both core
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.chunks import ChunkCache
-from lazy2dfs.errors import Lazy2dfsError
+from lazy2dfs.errors import IntegrityError, Lazy2dfsError
 from lazy2dfs.estargz.decode import decode_chunk
 from lazy2dfs.estargz.toc import Chunk, Toc
 from lazy2dfs.fuse.tree import Node
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client.retry import on_behalf_of
 
 log = get_logger(__name__)
 
@@ -38,6 +39,8 @@ MAX_SPAN = 32 * 1024 * 1024
 MEMORY_BYTES = 256 * 1024 * 1024
 # Background fetches under way at once, over all layers (upstream stargz uses 2).
 BACKGROUND_CONCURRENCY = 2
+# ``lazy2dfs status`` shows each layer's fetch rate over this many seconds.
+RATE_WINDOW = 10.0
 
 
 class BlobSource(Protocol):
@@ -123,6 +126,7 @@ class ChunkPool:
         data = self._memory.get(digest)
         if data is not None:
             self._memory.move_to_end(digest)
+            metrics.CHUNK_CACHE_EVENTS.labels("memory_hit").inc()
             return data
         data = await trio.to_thread.run_sync(self.cache.get, digest)
         if data is not None:
@@ -150,12 +154,31 @@ class ChunkPool:
 
 @dataclass
 class LayerStats:
-    """What one layer has fetched and served, for metrics and ``lazy2dfs status``."""
+    """What one layer has fetched and served, for metrics and ``lazy2dfs status``.
+
+    Updated in the FUSE loop, read by the metrics thread: plain ints and a deque copied in one
+    step, so a reader never sees a torn value."""
 
     size: int
     fetched: int = 0
     served: int = 0
     prefetched: int = 0
+    # (monotonic time, bytes) of fetches in the last RATE_WINDOW seconds, oldest first.
+    _recent: deque[tuple[float, int]] = field(default_factory=deque, init=False, repr=False)
+
+    def add_fetched(self, count: int, background: bool) -> None:
+        now = time.monotonic()
+        self.fetched += count
+        if background:
+            self.prefetched += count
+        self._recent.append((now, count))
+        while self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
+
+    def fetch_rate(self) -> float:
+        """Bytes per second fetched over the last RATE_WINDOW seconds."""
+        since = time.monotonic() - RATE_WINDOW
+        return sum(n for t, n in tuple(self._recent) if t >= since) / RATE_WINDOW
 
 
 class LayerReader:
@@ -249,18 +272,44 @@ class LayerReader:
                 if self.pool.waiting_readers == 0:
                     self.pool.readers_idle.set()
 
+    def count_fetched(self, count: int, background: bool) -> None:
+        """Bytes of this layer's blob that came from the registry."""
+        self.stats.add_fetched(count, background)
+        metrics.BYTES_FETCHED.inc(count)
+
     async def _fetch_span(self, span: Span, found: dict[str, bytes], background: bool) -> None:
         start = time.perf_counter()
-        blob = await self.source.read_range(span.start, span.end - span.start)
+        try:
+            with on_behalf_of(layer=self.name, image=self.image):
+                blob = await self.source.read_range(span.start, span.end - span.start)
+        except Exception as exc:
+            log.warning(
+                "fetch failed",
+                layer=self.name,
+                image=self.image,
+                reason=exc if isinstance(exc, Lazy2dfsError) else repr(exc),
+                offset=span.start,
+                length=span.end - span.start,
+                background=background,
+            )
+            raise
         if not background:
             metrics.READ_WAIT.observe(time.perf_counter() - start)
-        self.stats.fetched += len(blob)
-        if background:
-            self.stats.prefetched += len(blob)
-        metrics.BYTES_FETCHED.inc(len(blob))
+        self.count_fetched(len(blob), background)
         for chunk in span.chunks:
             piece = blob[chunk.compressed_offset - span.start : chunk.compressed_end - span.start]
-            data = await trio.to_thread.run_sync(decode_chunk, chunk, piece)
+            try:
+                data = await trio.to_thread.run_sync(decode_chunk, chunk, piece)
+            except IntegrityError as exc:
+                metrics.VERIFICATION_FAILURES.labels("chunk").inc()
+                log.error(
+                    "chunk verification failed",
+                    layer=self.name,
+                    image=self.image,
+                    reason=exc,
+                    chunk=chunk.digest,
+                )
+                raise
             await self.pool.store(chunk.digest, data)
             found[chunk.digest] = data
 
