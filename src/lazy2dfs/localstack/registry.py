@@ -47,7 +47,7 @@ http:
 """
 
 # Apache combined log lines, as the registry's access log writes them.
-_ACCESS_LINE = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) ')
+_ACCESS_LINE = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-) ')
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class LoggedRequest:
     method: str
     path: str
     status: int
+    size: int  # response body bytes
 
 
 def free_port() -> int:
@@ -130,7 +131,12 @@ class LocalRegistry:
         """Every request in the access log so far, oldest first."""
         text = self.access_log_path.read_text(errors="replace")
         return [
-            LoggedRequest(m.group(1), m.group(2), int(m.group(3)))
+            LoggedRequest(
+                m.group(1),
+                m.group(2),
+                int(m.group(3)),
+                0 if m.group(4) == "-" else int(m.group(4)),
+            )
             for m in _ACCESS_LINE.finditer(text)
         ]
 
