@@ -19,7 +19,6 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
-from prometheus_client import start_http_server
 
 from lazy2dfs.api import snapshots_pb2_grpc
 from lazy2dfs.cache.chunks import ChunkCache
@@ -28,6 +27,7 @@ from lazy2dfs.errors import FailedPreconditionError, UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.observability import DaemonParts, Observability
 from lazy2dfs.registry_client import RegistryClient
 from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.remote.reader import ChunkPool
@@ -108,6 +108,7 @@ class Daemon:
             hosts_dir=self.config.registry.hosts_dir, plain_http=self.config.registry.plain_http
         )
         server: grpc.Server | None = None
+        observability: Observability | None = None
         try:
             session.start()
             cache = ChunkCache(root / "cache", self.config.cache.max_bytes)
@@ -122,8 +123,9 @@ class Daemon:
             )
             staging = self._bind(server)
             server.start()
-            if (metrics := self.config.metrics_host_port) is not None:
-                start_http_server(metrics[1], addr=metrics[0])
+            if self.config.metrics_address is not None:
+                parts = DaemonParts(self.config, session, layers, cache, snapshotter)
+                observability = Observability(parts).start()
             os.chmod(staging, 0o660)
             if os.geteuid() == 0:
                 os.chown(staging, 0, 0)
@@ -144,6 +146,8 @@ class Daemon:
             self.config.address.unlink(missing_ok=True)
             if server is not None:
                 server.stop(SHUTDOWN_GRACE_SECONDS).wait()
+            if observability is not None:
+                observability.stop()
             if session.running:
                 session.call(registry.aclose)
             session.stop()

@@ -1,0 +1,259 @@
+"""The daemon's HTTP face on ``metrics_address``: ``/metrics`` (Prometheus text format),
+``/healthz`` (for probes) and ``/status`` (JSON, read by ``lazy2dfs status``).
+
+One thread serves the three, one request at a time. Scrapes are cheap, and the snapshot store
+gives each thread its own sqlite connection for the daemon's lifetime, so a thread per request
+would leak a connection per scrape. A stalled client is cut off after ``CLIENT_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import socketserver
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+from prometheus_client import REGISTRY, disable_created_metrics, make_wsgi_app
+
+from lazy2dfs import __version__, metrics
+from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.config import Config
+from lazy2dfs.errors import UnavailableError
+from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.logfmt import get_logger
+from lazy2dfs.remote.layers import EstargzLayers
+from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
+from lazy2dfs.snapshotter.snapshot import Kind
+from lazy2dfs.status import CacheStatus, FallbackStatus, LayerStatus, StatusReport
+
+log = get_logger(__name__)
+
+# A FUSE loop that does not run a no-op within this long is not serving reads either.
+LOOP_TIMEOUT = 2.0
+CLIENT_TIMEOUT = 10.0
+
+
+def config_digest(config: Config) -> str:
+    """Tells whether two daemons run the same configuration (it holds no credentials)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DaemonParts:
+    """What the endpoints look at; owned and closed by the daemon."""
+
+    config: Config
+    session: FuseSession
+    layers: EstargzLayers
+    cache: ChunkCache
+    snapshotter: OverlaySnapshotter
+
+
+def _is_mounted(path: Path) -> bool:
+    return any(
+        line.split()[4] == str(path)
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
+
+
+class _LoopProbe:
+    """Asks the FUSE loop to run a no-op, waiting at most ``LOOP_TIMEOUT``. At most one probe
+    is in flight: while an earlier one is unanswered the loop counts as stuck, so a stuck loop
+    does not pile up probe threads."""
+
+    def __init__(self, session: FuseSession) -> None:
+        self._session = session
+        self._answered: threading.Event | None = None
+
+    def answers(self) -> bool:
+        if self._answered is not None and not self._answered.is_set():
+            return False
+        answered = self._answered = threading.Event()
+        threading.Thread(
+            target=self._ping, args=(answered,), name="fuse-probe", daemon=True
+        ).start()
+        return answered.wait(LOOP_TIMEOUT)
+
+    def _ping(self, answered: threading.Event) -> None:
+        try:
+            self._session.call_sync(answered.set)
+        except Exception as exc:  # the loop ended: the probe stays unanswered
+            log.debug("FUSE loop probe failed", error=repr(exc))
+
+
+class _Server(WSGIServer):
+    """wsgiref's server on IPv4 or IPv6, without a reverse DNS lookup of its address at start
+    (``HTTPServer.server_bind`` calls ``getfqdn``, which can hang where DNS is unreachable)."""
+
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+        self.setup_environ()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = CLIENT_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Not logged: a scrape every few seconds would drown the daemon's own events."""
+
+
+class Observability:
+    """Serves the endpoints from ``start`` to ``stop``, bound to ``config.metrics_address``."""
+
+    def __init__(self, parts: DaemonParts) -> None:
+        address = parts.config.metrics_host_port
+        assert address is not None
+        self._address = address
+        self._parts = parts
+        self._started = time.monotonic()
+        self._digest = config_digest(parts.config)
+        self._probe = _LoopProbe(parts.session)
+        self._collector = metrics.DaemonCollector(
+            lambda: tuple(parts.layers.readers.values()),
+            parts.cache,
+            parts.snapshotter.count_by_kind,
+        )
+        self._metrics_app = make_wsgi_app()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Observability:
+        host, port = self._address
+        try:
+            server = make_server(host, port, self._app, _Server, _QuietHandler)
+        except OSError as exc:
+            raise UnavailableError(
+                f"cannot serve metrics on {self._parts.config.metrics_address}: {exc.strerror}"
+                " (change metrics_address or --metrics-address)"
+            ) from exc
+        assert isinstance(server, _Server)
+        self._server = server
+        # ``*_created`` series double what Prometheus stores and nobody graphs them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+        metrics.DAEMON.info({"version": __version__, "config_digest": self._digest})
+        REGISTRY.register(self._collector)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="observability", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()
+        REGISTRY.unregister(self._collector)
+        self._server = None
+
+    def health(self) -> tuple[bool, str]:
+        """``(True, "ok")``, or False and the first problem a probe should report."""
+        parts = self._parts
+        if not parts.config.address.is_socket():
+            return False, f"gRPC socket {parts.config.address} is missing"
+        if not parts.session.running:
+            return False, "FUSE loop is not running"
+        if not _is_mounted(parts.session.mountpoint):
+            return False, f"FUSE mount {parts.session.mountpoint} is gone"
+        if not self._probe.answers():
+            return False, f"FUSE loop did not answer within {LOOP_TIMEOUT}s"
+        try:
+            parts.snapshotter.count_by_kind()
+        except sqlite3.Error as exc:
+            return False, f"snapshot store does not answer: {exc}"
+        return True, "ok"
+
+    def status(self) -> StatusReport:
+        parts = self._parts
+        healthy, health = self.health()
+        try:
+            counts = parts.snapshotter.count_by_kind()
+            kinds = {
+                k.filter_name: counts.get(k, 0) for k in (Kind.ACTIVE, Kind.COMMITTED, Kind.VIEW)
+            }
+        except sqlite3.Error:
+            kinds = {}
+        layers: list[LayerStatus] = []
+        for snapshot_id, reader in sorted(tuple(parts.layers.readers.items())):
+            stats = reader.stats
+            layers.append(
+                LayerStatus(
+                    id=snapshot_id,
+                    image=reader.image,
+                    layer=reader.name,
+                    size=stats.size,
+                    fetched=stats.fetched,
+                    served=stats.served,
+                    prefetched=stats.prefetched,
+                    fetched_percent=min(100.0, 100.0 * stats.fetched / stats.size)
+                    if stats.size
+                    else 100.0,
+                    fetch_rate=stats.fetch_rate(),
+                )
+            )
+        return StatusReport(
+            version=__version__,
+            pid=os.getpid(),
+            uptime_seconds=time.monotonic() - self._started,
+            config_digest=self._digest,
+            healthy=healthy,
+            health=health,
+            snapshots=kinds,
+            cache=CacheStatus(
+                bytes=parts.cache.size_bytes,
+                limit_bytes=parts.cache.max_bytes,
+                entries=parts.cache.entries,
+            ),
+            layers=layers,
+            fallbacks=FallbackStatus(
+                by_reason=_fallbacks_by_reason(),
+                recent=[f.to_json() for f in metrics.RECENT_FALLBACKS.items()],
+            ),
+        )
+
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return body
+        if path == "/healthz":
+            healthy, reason = self.health()
+            status = "200 OK" if healthy else "503 Service Unavailable"
+            return _reply(start_response, status, "text/plain", f"{reason}\n".encode())
+        if path == "/status":
+            report = json.dumps(self.status(), indent=1).encode()
+            return _reply(start_response, "200 OK", "application/json", report)
+        return _reply(
+            start_response, "404 Not Found", "text/plain", b"try /metrics, /healthz or /status\n"
+        )
+
+
+def _reply(start_response: StartResponse, status: str, kind: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _fallbacks_by_reason() -> dict[str, int]:
+    return {
+        sample.labels["reason"]: int(sample.value)
+        for family in metrics.FALLBACKS.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
