@@ -62,8 +62,9 @@ def toml_value(value: object) -> str:
     if isinstance(value, int):
         return f"{value:_d}" if abs(value) >= 10_000 else str(value)
     if isinstance(value, str | Path):
-        # JSON's string escapes are all valid in a TOML basic string.
-        return json.dumps(str(value))
+        # JSON escapes quotes, backslashes and control characters as TOML does; TOML also
+        # forbids a raw DEL, which JSON leaves alone. Other characters stay as they are.
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}: extend config_docs.toml_value")

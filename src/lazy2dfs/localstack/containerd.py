@@ -69,7 +69,7 @@ def _value(value: object) -> str:
     if isinstance(value, scalar) or (
         isinstance(value, list) and all(isinstance(v, scalar) for v in value)
     ):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     raise TypeError(f"cannot write {value!r} as TOML here")
 
 
