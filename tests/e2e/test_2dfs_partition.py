@@ -20,6 +20,7 @@ from lazy2dfs.tdfs import field_descriptor, parse_field
 from .conftest import Stack
 
 ROWS = {row: os.urandom(300_000 + row) for row in range(4)}
+CHUNK = 64 * 1024
 
 
 def lazy2dfs(*args: str, cwd: Path | None = None) -> str:
@@ -71,3 +72,59 @@ def test_partition_pull_runs_exactly_the_selected_rows(stack: Stack, tmp_path: P
     fetched = {r.path.rsplit("/", 1)[-1] for r in stack.registry.requests()[seen_before:]}
     assert digests[0] not in fetched and digests[3] not in fetched
     assert digests[1] in fetched and digests[2] in fetched
+
+
+def test_v2_with_one_changed_allotment_fetches_only_new_chunks(
+    stack: Stack, tmp_path: Path
+) -> None:
+    base = stack.push(
+        "tdfs/base:v2",
+        build_image([build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))]),
+    )
+    rows = {row: os.urandom(8 * CHUNK) for row in range(3)}
+    spec = {
+        "allotments": [
+            {"src": f"row{row}.bin", "dst": f"/model/row{row}.bin", "row": row, "col": 0}
+            for row in rows
+        ]
+    }
+    (tmp_path / "2dfs.json").write_text(json.dumps(spec))
+
+    def build(tag: str) -> str:
+        for row, data in rows.items():
+            (tmp_path / f"row{row}.bin").write_bytes(data)
+        target = f"{stack.registry.host}/tdfs/update:{tag}"
+        lazy2dfs(
+            "build",
+            "-f",
+            str(tmp_path / "2dfs.json"),
+            "--chunk-size",
+            str(CHUNK),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--push",
+            "--plain-http",
+            base,
+            target,
+        )
+        lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), target)
+        return target
+
+    v1 = build("v1")
+    stack.run(v1, "read-v1", "cat /model/* > /dev/null")
+    old = allotment_digests(v1)
+    rows[1] = rows[1][: 7 * CHUNK] + os.urandom(CHUNK)  # the last chunk of row 1 changes
+    seen = len(stack.registry.requests())
+    v2 = build("v2")
+    out = stack.run(v2, "read-v2", "sha256sum /model/row1.bin")
+    assert hashlib.sha256(rows[1]).hexdigest() in out
+    new = allotment_digests(v2)
+    assert new[0] == old[0] and new[2] == old[2] and new[1] != old[1]
+    served: dict[str, int] = {}
+    for request in stack.registry.requests()[seen:]:
+        if request.method == "GET" and "/blobs/" in request.path:
+            digest = request.path.rsplit("/", 1)[-1]
+            served[digest] = served.get(digest, 0) + request.size
+    assert old[0] not in served and old[2] not in served
+    # Of the changed allotment: its footer and TOC, and one chunk — not its 8 chunks.
+    assert 0 < served[new[1]] < 2 * CHUNK

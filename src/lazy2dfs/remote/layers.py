@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,11 @@ from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.snapshotter.snapshot import Usage
 
 log = get_logger(__name__)
+
+
+# Verified TOCs kept in memory by layer and TOC digest, so a blob mounted again under another
+# parent is not opened again. A TOC of a large model layer is a few hundred KiB parsed.
+OPENED_TOCS = 256
 
 
 class LayerLocator(Protocol):
@@ -79,6 +85,7 @@ class ResolvedEstargz:
     toc_digest: str
     size: int
     recorded: RecordedRanges
+    fetched: int = 0  # bytes resolving took from the registry; 0 when the TOC was known
 
     @property
     def usage(self) -> Usage:
@@ -133,6 +140,7 @@ class EstargzLayers:
         self._locator = locator
         self._background_fetch = background_fetch
         self._tasks: dict[int, trio.CancelScope] = {}
+        self._opened: OrderedDict[tuple[str, str], tuple[Toc, RecordedRanges]] = OrderedDict()
         self.readers: dict[int, LayerReader] = {}
 
     def path(self, snapshot_id: int) -> Path:
@@ -155,6 +163,12 @@ class EstargzLayers:
                         "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
                         " the layer is not eStargz, or its TOC cannot be verified",
                     )
+                known = self._opened.get((request.layer_digest, toc_digest))
+                if known is not None:
+                    # The same blob under another parent (a 2DFS update, a shared base):
+                    # its verified TOC is reused, nothing is fetched.
+                    self._opened.move_to_end((request.layer_digest, toc_digest))
+                    return ResolvedEstargz(request, known[0], toc_digest, size, known[1])
                 recorded = RecordedRanges()
                 source = recorded.recording(self._locator.source(request, size))
                 toc = await open_blob_async(source.read_range, size, expected_toc_digest=toc_digest)
@@ -171,12 +185,15 @@ class EstargzLayers:
             raise NotLazyError("not-seekable", str(exc)) from exc
         except UnavailableError as exc:
             raise NotLazyError("unreachable", str(exc)) from exc
-        return ResolvedEstargz(request, toc, toc_digest, size, recorded)
+        self._opened[(request.layer_digest, toc_digest)] = (toc, recorded)
+        if len(self._opened) > OPENED_TOCS:
+            self._opened.popitem(last=False)
+        fetched = sum(len(data) for data in recorded.ranges.values())
+        return ResolvedEstargz(request, toc, toc_digest, size, recorded, fetched)
 
     def attach(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
         self._save(snapshot_id, layer)
-        fetched = sum(len(data) for data in layer.recorded.ranges.values())
-        self._session.call_sync(self._attach, snapshot_id, layer, fetched)
+        self._session.call_sync(self._attach, snapshot_id, layer, layer.fetched)
 
     def _attach(self, snapshot_id: int, layer: ResolvedEstargz, fetched: int = 0) -> None:
         """``fetched``: bytes that resolving took from the registry (footer and TOC), counted
