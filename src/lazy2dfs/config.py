@@ -42,6 +42,12 @@ class FetchConfig(BaseModel):
         default=True,
         description="Fetch every chunk of a mounted layer in the background, yielding to reads.",
     )
+    deadline_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A read waiting longer than this on the registry (retries included) fails"
+        " with EIO instead of hanging.",
+    )
 
 
 class RegistryConfig(BaseModel):

@@ -29,7 +29,13 @@ from pydantic.fields import FieldInfo
 from lazy2dfs import config
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
-_TYPE_NAMES: dict[Any, str] = {str: "string", int: "integer", bool: "boolean", Path: "path"}
+_TYPE_NAMES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    Path: "path",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ def toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return f"{value:_d}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str | Path):
         # JSON escapes quotes, backslashes and control characters as TOML does; TOML also
         # forbids a raw DEL, which JSON leaves alone. Other characters stay as they are.

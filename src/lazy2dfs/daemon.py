@@ -30,7 +30,7 @@ from lazy2dfs.logfmt import get_logger
 from lazy2dfs.observability import DaemonParts, Observability
 from lazy2dfs.registry_client import RegistryClient
 from lazy2dfs.remote.layers import EstargzLayers
-from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.remote.reader import MEMORY_BYTES, ChunkPool
 from lazy2dfs.remote.registry import RegistryLocator
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
@@ -112,7 +112,9 @@ class Daemon:
         try:
             session.start()
             cache = ChunkCache(root / "cache", self.config.cache.max_bytes)
-            pool = session.call_sync(ChunkPool, cache)
+            pool = session.call_sync(
+                ChunkPool, cache, MEMORY_BYTES, self.config.fetch.deadline_seconds
+            )
             layers = EstargzLayers(
                 root, session, pool, RegistryLocator(registry), self.config.fetch.background
             )

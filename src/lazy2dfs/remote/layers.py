@@ -207,6 +207,7 @@ class EstargzLayers:
             source,
             self._pool,
             layer.size,
+            spawn=self._session.spawn,
         )
         reader.count_fetched(fetched, background=False)
         self._session.filesystem.add_layer(str(snapshot_id), tree, reader)

@@ -10,9 +10,10 @@ and hashing go to worker threads (zlib and hashlib release the GIL, so both core
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.chunks import ChunkCache
-from lazy2dfs.errors import IntegrityError, Lazy2dfsError
+from lazy2dfs.errors import IntegrityError, Lazy2dfsError, UnavailableError
 from lazy2dfs.estargz.decode import decode_chunk
 from lazy2dfs.estargz.toc import Chunk, Toc
 from lazy2dfs.fuse.tree import Node
@@ -39,8 +40,16 @@ MAX_SPAN = 32 * 1024 * 1024
 MEMORY_BYTES = 256 * 1024 * 1024
 # Background fetches under way at once, over all layers (upstream stargz uses 2).
 BACKGROUND_CONCURRENCY = 2
+# A reader reading sequentially gets this much of the file after its read fetched ahead.
+READ_AHEAD_BYTES = 16 * 1024 * 1024
+# How long a range request may take, retries included, before the read fails with EIO.
+FETCH_DEADLINE = 60.0
 # ``lazy2dfs status`` shows each layer's fetch rate over this many seconds.
 RATE_WINDOW = 10.0
+
+
+# Starts a background task in the FUSE loop (FuseSession.spawn).
+Spawn = Callable[[str, Callable[[], Awaitable[None]]], object]
 
 
 class BlobSource(Protocol):
@@ -101,8 +110,16 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 class ChunkPool:
     """Verified chunks in memory and on disk, and the fetches under way."""
 
-    def __init__(self, cache: ChunkCache, memory_bytes: int = MEMORY_BYTES) -> None:
+    def __init__(
+        self,
+        cache: ChunkCache,
+        memory_bytes: int = MEMORY_BYTES,
+        deadline: float = FETCH_DEADLINE,
+    ) -> None:
         self.cache = cache
+        self.deadline = deadline
+        # Inflating and hashing run in threads (zlib and hashlib release the GIL): one per core.
+        self.decode_limiter = trio.CapacityLimiter(os.cpu_count() or 2)
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
@@ -140,6 +157,9 @@ class ChunkPool:
         self._remember(digest, data)
         await trio.to_thread.run_sync(self.cache.put, digest, data)
 
+    def in_flight(self, digest: str) -> bool:
+        return digest in self._inflight
+
     def claim(self, digest: str) -> trio.Event | None:
         """None: the caller fetches ``digest`` and must ``release`` it; else wait on the event."""
         event = self._inflight.get(digest)
@@ -149,7 +169,10 @@ class ChunkPool:
         return None
 
     def release(self, digest: str) -> None:
-        self._inflight.pop(digest).set()
+        """Wakes the readers waiting for ``digest``: it is stored, or its fetch failed."""
+        event = self._inflight.pop(digest, None)
+        if event is not None:
+            event.set()
 
 
 @dataclass
@@ -185,7 +208,14 @@ class LayerReader:
     """Serves one layer's files from its blob."""
 
     def __init__(
-        self, name: str, image: str, toc: Toc, source: BlobSource, pool: ChunkPool, size: int
+        self,
+        name: str,
+        image: str,
+        toc: Toc,
+        source: BlobSource,
+        pool: ChunkPool,
+        size: int,
+        spawn: Spawn | None = None,
     ) -> None:
         self.name = name
         self.image = image
@@ -193,10 +223,13 @@ class LayerReader:
         self.source = source
         self.pool = pool
         self.stats = LayerStats(size=size)
+        self._spawn = spawn
+        self._next_offset: dict[int, int] = {}  # by inode: where a sequential read goes on
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         assert isinstance(node.data, str)
         chunks = self.toc.chunks_for(node.data, offset, size)
+        self._read_ahead(node, offset, size)
         datas = await self._chunks(chunks, background=False)
         out = bytearray()
         for chunk in chunks:
@@ -207,6 +240,27 @@ class LayerReader:
         self.stats.served += len(out)
         metrics.BYTES_SERVED.inc(len(out))
         return bytes(out)
+
+    def _read_ahead(self, node: Node, offset: int, size: int) -> None:
+        """A sequential reader (this read starts where its last one ended) gets the next
+        ``READ_AHEAD_BYTES`` of the file fetched in the background, so its next reads find
+        them; a random reader fetches only what it reads."""
+        assert isinstance(node.data, str)
+        sequential = self._next_offset.get(node.inode) == offset
+        self._next_offset[node.inode] = offset + size
+        if not sequential or self._spawn is None or offset + size >= node.size:
+            return
+        ahead = [
+            c
+            for c in self.toc.chunks_for(node.data, offset + size, READ_AHEAD_BYTES)
+            if not self.pool.in_flight(c.digest) and not self.pool.contains(c.digest)
+        ]
+        if ahead:
+
+            async def fetch() -> None:
+                await self._chunks(ahead, background=True)
+
+            self._spawn(f"read-ahead {self.name}", fetch)
 
     async def _chunks(self, chunks: Sequence[Chunk], background: bool) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -281,7 +335,13 @@ class LayerReader:
         start = time.perf_counter()
         try:
             with on_behalf_of(layer=self.name, image=self.image):
-                blob = await self.source.read_range(span.start, span.end - span.start)
+                with trio.move_on_after(self.pool.deadline) as deadline:
+                    blob = await self.source.read_range(span.start, span.end - span.start)
+                if deadline.cancelled_caught:
+                    raise UnavailableError(
+                        f"the registry did not serve {span.end - span.start} bytes of"
+                        f" {self.name} within {self.pool.deadline:g}s"
+                    )
         except Exception as exc:
             log.warning(
                 "fetch failed",
@@ -296,8 +356,15 @@ class LayerReader:
         if not background:
             metrics.READ_WAIT.observe(time.perf_counter() - start)
         self.count_fetched(len(blob), background)
-        for chunk in span.chunks:
-            piece = blob[chunk.compressed_offset - span.start : chunk.compressed_end - span.start]
+        async with trio.open_nursery() as nursery:
+            for chunk in span.chunks:
+                piece = blob[
+                    chunk.compressed_offset - span.start : chunk.compressed_end - span.start
+                ]
+                nursery.start_soon(self._decode, chunk, piece, found)
+
+    async def _decode(self, chunk: Chunk, piece: bytes, found: dict[str, bytes]) -> None:
+        async with self.pool.decode_limiter:
             try:
                 data = await trio.to_thread.run_sync(decode_chunk, chunk, piece)
             except IntegrityError as exc:
@@ -310,8 +377,10 @@ class LayerReader:
                     chunk=chunk.digest,
                 )
                 raise
-            await self.pool.store(chunk.digest, data)
-            found[chunk.digest] = data
+        await self.pool.store(chunk.digest, data)
+        found[chunk.digest] = data
+        # Readers waiting for this chunk go on now, not when the rest of its span is decoded.
+        self.pool.release(chunk.digest)
 
     async def fetch_all(self, limit_bytes: int | None = None) -> None:
         """Background fetch of every chunk (or those before ``limit_bytes`` of the blob), in
