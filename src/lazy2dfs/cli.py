@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lazy2dfs import __version__, config, config_docs, logfmt, tdfs_cli
+from lazy2dfs import __version__, config, config_docs, convert, logfmt, tdfs_cli
 from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.status import register as register_status
 
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_status(commands)
     config_docs.register(commands)
     tdfs_cli.register(commands)
+    convert.register(commands)
     return parser
 
 
