@@ -1,15 +1,18 @@
 """The read path end to end below the registry: an eStargz blob in memory, chunks fetched on
 first read through the real FUSE mount, verified, cached, and served again after a restart."""
 
+import errno
 import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
@@ -31,8 +34,11 @@ class MemoryBlob:
     served: int = 0
     requests: list[tuple[int, int]] = field(default_factory=list)
     corrupt_at: int | None = None
+    stalled: bool = False
 
     async def read_range(self, offset: int, length: int) -> bytes:
+        if self.stalled:
+            await trio.sleep_forever()
         self.requests.append((offset, length))
         self.served += length
         piece = bytearray(self.data[offset : offset + length])
@@ -84,8 +90,10 @@ def session(tmp_path: Path) -> Iterator[FuseSession]:
 REQUEST = LayerRequest("sha256:" + "c" * 64, "127.0.0.1:5000/m:v1", "sha256:" + "a" * 64)
 
 
-def layers(root: Path, session: FuseSession, locator: MemoryLocator) -> EstargzLayers:
-    pool = ChunkPool(ChunkCache(root / "cache", max_bytes=1 << 30))
+def layers(
+    root: Path, session: FuseSession, locator: MemoryLocator, deadline: float = 60.0
+) -> EstargzLayers:
+    pool = ChunkPool(ChunkCache(root / "cache", max_bytes=1 << 30), deadline=deadline)
     return EstargzLayers(root, session, pool, locator, background_fetch=False)
 
 
@@ -181,3 +189,17 @@ def test_twenty_concurrent_readers_fetch_each_chunk_once(
     compressed = sum(c.compressed_size for c in chunks)
     # Merged spans may carry a few neighbouring bytes, never a second copy of a chunk.
     assert locator.blob.served - opened < compressed + 64 * 1024
+
+
+def test_a_registry_that_stops_answering_gives_eio_after_the_deadline(
+    tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
+) -> None:
+    _, locator = model
+    remote = layers(tmp_path, session, locator, deadline=0.5)
+    remote.attach(1, remote.resolve(REQUEST))
+    locator.blob.stalled = True
+    start = time.monotonic()
+    with pytest.raises(OSError) as err:
+        (remote.path(1) / "model/weights-1.bin").read_bytes()
+    assert err.value.errno == errno.EIO
+    assert time.monotonic() - start < 10
