@@ -103,6 +103,11 @@ def test_integers_survive_toml(number: int) -> None:
     assert tomllib.loads(f"x = {config_docs.toml_value(number)}")["x"] == number
 
 
+@given(st.floats(allow_nan=False))
+def test_floats_survive_toml(number: float) -> None:
+    assert tomllib.loads(f"x = {config_docs.toml_value(number)}")["x"] == number
+
+
 def test_docs_configuration_md_is_generated_from_the_model() -> None:
     committed = (REPO / "docs" / "configuration.md").read_text()
     assert committed == config_docs.markdown(), (
