@@ -1,0 +1,233 @@
+"""What the daemon's /metrics, /healthz and /status say while it serves lazy pulls for a real
+containerd 1.6, checked against what the registry's access log says it served."""
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.localstack.containerd import LocalContainerd
+from lazy2dfs.localstack.images import build_image, build_layer
+from lazy2dfs.localstack.model import runtime_tree
+from lazy2dfs.localstack.process import lazy2dfs_argv
+from lazy2dfs.localstack.registry import LocalRegistry, free_port
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+
+from .conftest import Stack
+from .test_lazy_pull import lazy_pull
+
+CHUNK = 1 << 20
+ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
+WEIGHTS = os.urandom(8 * CHUNK + 123)
+
+
+@dataclass
+class Observed:
+    stack: Stack
+    address: str  # HOST:PORT of /metrics, /healthz, /status
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}{path}", timeout=10) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def scrape(self) -> "Samples":
+        status, body = self.get("/metrics")
+        assert status == 200
+        return Samples(body.decode())
+
+    def status(self) -> dict[str, object]:
+        done = subprocess.run(
+            [*lazy2dfs_argv(), "status", "--json", "--metrics-address", self.address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, object] = json.loads(done.stdout)
+        return report
+
+    def registry_bytes(self, digest: str) -> int:
+        """Body bytes the registry sent for range requests of one blob."""
+        return sum(
+            r.size
+            for r in self.stack.registry.requests()
+            if r.method == "GET" and r.path.endswith(f"/blobs/{digest}") and r.status == 206
+        )
+
+
+class Samples:
+    """One scrape, parsed by Prometheus's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = [
+            (s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+
+    def sum(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (0 if none)."""
+        return sum(
+            value
+            for sample, have, value in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+    def labels(self, name: str, **labels: str) -> list[dict[str, str]]:
+        return [
+            have
+            for sample, have, _ in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        ]
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    """Background fetch off, so that every fetched byte is one a reader asked for."""
+    work = tmp_path_factory.mktemp("metrics")
+    address = f"127.0.0.1:{free_port()}"
+    config = f'metrics_address = "{address}"\n[fetch]\nbackground = false\n'
+    with (
+        LocalRegistry(work / "r") as registry,
+        LocalSnapshotter(work / "s", config=config) as snapshotter,
+        LocalContainerd(work / "c", snapshotter.address) as containerd,
+    ):
+        yield Observed(Stack(registry, snapshotter, containerd), address)
+
+
+@pytest.fixture(scope="module")
+def model(observed: Observed) -> tuple[str, str]:
+    """A lazily pulled image; returns its reference and the weights layer's digest."""
+    image = build_image(
+        [
+            build_layer(runtime_tree(), estargz=ESTARGZ),
+            build_layer({"model/weights.bin": WEIGHTS}, estargz=ESTARGZ),
+        ]
+    )
+    ref = observed.stack.push("obs/model:v1", image)
+    assert "2 lazy" in lazy_pull(observed.stack, ref)
+    return ref, image.layers[1].blob.digest
+
+
+def test_healthz_answers_200_while_serving(observed: Observed) -> None:
+    assert observed.get("/healthz") == (200, b"ok\n")
+    assert observed.get("/nothing")[0] == 404
+
+
+def test_fetched_bytes_match_the_registry_and_the_cache_counts_lookups(
+    observed: Observed, model: tuple[str, str]
+) -> None:
+    ref, weights = model
+    before = observed.scrape()
+    (layer,) = before.labels("lazy2dfs_layer_size_bytes", layer=weights)
+    assert layer["image"].startswith(ref.rsplit(":", 1)[0])
+    # Resolving the layer fetched its footer and TOC, and they count as the layer's.
+    assert before.sum("lazy2dfs_layer_fetched_bytes_total", layer=weights) == (
+        observed.registry_bytes(weights)
+    )
+
+    out = observed.stack.run(ref, "head", "head -c 1000 /model/weights.bin | wc -c")
+    assert out.strip() == "1000"
+    first = observed.scrape()
+    fetched = first.sum("lazy2dfs_layer_fetched_bytes_total", layer=weights)
+    served_by_registry = observed.registry_bytes(weights)
+    assert CHUNK // 2 < served_by_registry < 3 * CHUNK  # a chunk or two, not the blob
+    assert abs(fetched - served_by_registry) <= 0.02 * served_by_registry
+    assert first.sum("lazy2dfs_layer_served_bytes_total", layer=weights) >= 1000
+    assert first.sum("lazy2dfs_layer_prefetched_bytes_total", layer=weights) == 0
+    ratio = first.sum("lazy2dfs_layer_fetch_ratio", layer=weights)
+    assert 0 < ratio == pytest.approx(fetched / len(WEIGHTS), rel=0.05)
+    misses = first.sum("lazy2dfs_chunk_cache_events_total", event="miss")
+    assert misses > before.sum("lazy2dfs_chunk_cache_events_total", event="miss")
+    assert first.sum("lazy2dfs_chunk_cache_events_total", event="write") >= 1
+    assert first.sum("lazy2dfs_chunk_cache_bytes") >= CHUNK
+    assert first.sum("lazy2dfs_read_network_wait_seconds_count") >= 1
+    assert first.sum("lazy2dfs_fuse_operations_total", operation="read", result="ok") >= 1
+    assert first.sum("lazy2dfs_fuse_operation_duration_seconds_count", operation="read") >= 1
+    # Every range request the registry answered came from the daemon, and was counted.
+    answered = [r for r in observed.stack.registry.requests() if r.status == 206]
+    host = observed.stack.registry.host
+    assert first.sum("lazy2dfs_registry_requests_total", host=host, code="206") == len(answered)
+    assert first.sum("lazy2dfs_registry_request_duration_seconds_count", host=host) >= len(answered)
+    # The daemon-wide counter is the sum over layers (none was detached).
+    assert first.sum("lazy2dfs_fetched_bytes_total") == first.sum(
+        "lazy2dfs_layer_fetched_bytes_total"
+    )
+
+    # Another part of the same chunk, beyond the kernel's readahead: decoded in memory.
+    out = observed.stack.run(
+        ref, "again", "dd if=/model/weights.bin bs=1000 skip=900 count=1 2>/dev/null | wc -c"
+    )
+    assert out.strip() == "1000"
+    second = observed.scrape()
+    assert second.sum("lazy2dfs_layer_fetched_bytes_total", layer=weights) == fetched
+    assert observed.registry_bytes(weights) == served_by_registry
+    assert second.sum("lazy2dfs_chunk_cache_events_total", event="miss") == misses
+    assert second.sum("lazy2dfs_chunk_cache_events_total", event="memory_hit") > first.sum(
+        "lazy2dfs_chunk_cache_events_total", event="memory_hit"
+    )
+
+
+def test_a_plain_gzip_layer_is_counted_and_listed_as_a_fallback(observed: Observed) -> None:
+    image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
+    ref = observed.stack.push("obs/plain:v1", image)
+    before = observed.scrape().sum("lazy2dfs_fallbacks_total", reason="no-toc-digest")
+    assert "0 lazy" in lazy_pull(observed.stack, ref)
+    after = observed.scrape().sum("lazy2dfs_fallbacks_total", reason="no-toc-digest")
+    assert after - before == 2
+    report = observed.status()
+    fallbacks = report["fallbacks"]
+    assert isinstance(fallbacks, dict)
+    recent = {(f["layer"], f["reason"]) for f in fallbacks["recent"] if ref in f["image"]}
+    assert recent == {(layer.blob.digest, "no-toc-digest") for layer in image.layers}
+    assert fallbacks["by_reason"]["no-toc-digest"] == after
+
+
+def test_status_shows_each_mounted_layer(observed: Observed, model: tuple[str, str]) -> None:
+    ref, weights = model
+    report = observed.status()
+    assert report["healthy"] is True
+    layers = report["layers"]
+    assert isinstance(layers, list)
+    (layer,) = [entry for entry in layers if entry["layer"] == weights]
+    assert layer["image"].startswith(ref.rsplit(":", 1)[0])
+    assert layer["size"] > len(WEIGHTS)
+    assert 0 < layer["fetched_percent"] < 50
+    assert layer["fetch_rate"] >= 0
+    human = subprocess.run(
+        [*lazy2dfs_argv(), "status", "--metrics-address", observed.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert human.returncode == 0, human.stderr
+    assert "healthy" in human.stdout and weights[:19] in human.stdout
+    assert "no-toc-digest" in human.stdout
+
+
+def test_after_a_restart_reads_hit_the_disk_cache_not_the_registry(
+    observed: Observed, model: tuple[str, str]
+) -> None:
+    ref, weights = model
+    served_by_registry = observed.registry_bytes(weights)
+    observed.stack.restart_snapshotter(crash=False)
+    out = observed.stack.run(
+        ref, "restart", "dd if=/model/weights.bin bs=1000 skip=500 count=1 2>/dev/null | wc -c"
+    )
+    assert out.strip() == "1000"
+    after = observed.scrape()
+    assert after.sum("lazy2dfs_chunk_cache_events_total", event="hit") >= 1
+    assert after.sum("lazy2dfs_chunk_cache_events_total", event="miss") == 0
+    assert after.sum("lazy2dfs_layer_fetched_bytes_total", layer=weights) == 0
+    assert observed.registry_bytes(weights) == served_by_registry
+    assert after.sum("lazy2dfs_remote_layers") >= 2
+    assert after.sum("lazy2dfs_snapshots", kind="committed") >= 2

@@ -1,0 +1,311 @@
+"""The daemon's /metrics, /healthz and /status endpoints, and the metrics and log lines of the
+read path's failures (verification, retries), below containerd."""
+
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from lazy2dfs import metrics
+from lazy2dfs.api import snapshots_pb2 as pb
+from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
+from lazy2dfs.fuse.filesystem import LayerFilesystem
+from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.localstack.process import lazy2dfs_argv
+from lazy2dfs.localstack.registry import free_port
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from lazy2dfs.logfmt import LogfmtFormatter
+from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
+from lazy2dfs.remote.labels import LayerRequest
+from lazy2dfs.remote.layers import EstargzLayers
+from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.status import StatusReport, render
+
+LAYER = "sha256:" + "c" * 64
+IMAGE = "127.0.0.1:5000/obs/m:v1"
+REQUEST = LayerRequest("sha256:" + "a" * 64, IMAGE, LAYER)
+
+
+def get(address: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = get(address, "/metrics")
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+@pytest.fixture
+def observed(tmp_path: Path) -> Iterator[tuple[LocalSnapshotter, str]]:
+    address = f"127.0.0.1:{free_port()}"
+    with LocalSnapshotter(tmp_path / "d", config=f'metrics_address = "{address}"\n') as daemon:
+        yield daemon, address
+
+
+def test_metrics_health_and_status_of_a_serving_daemon(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    daemon, address = observed
+    with daemon.channel() as channel:
+        daemon.stub(channel).Prepare(pb.PrepareSnapshotRequest(key="a"))
+    samples = scrape(address)
+    (info,) = [labels for name, labels in samples if name == "lazy2dfs_daemon_info"]
+    assert dict(info)["version"] and len(dict(info)["config_digest"]) == 12
+    assert samples[("lazy2dfs_snapshots", (("kind", "active"),))] == 1
+    assert samples[("lazy2dfs_snapshots", (("kind", "committed"),))] == 0
+    assert samples[("lazy2dfs_grpc_calls_total", (("code", "OK"), ("method", "Prepare")))] == 1
+    assert samples[("lazy2dfs_remote_layers", ())] == 0
+    assert samples[("lazy2dfs_chunk_cache_limit_bytes", ())] == 20 * 1024**3
+    assert not [name for name, _ in samples if name.endswith("_created")]
+    assert get(address, "/healthz") == (200, b"ok\n")
+    status, body = get(address, "/status")
+    report = json.loads(body)
+    assert status == 200 and report["healthy"] is True and report["layers"] == []
+    assert report["snapshots"] == {"active": 1, "committed": 0, "view": 0}
+    assert daemon.process is not None and report["pid"] == daemon.process.pid
+
+
+def test_healthz_is_503_with_a_reason_when_the_socket_is_gone(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    daemon, address = observed
+    os.unlink(daemon.address)
+    status, body = get(address, "/healthz")
+    assert status == 503
+    assert str(daemon.address) in body.decode() and "missing" in body.decode()
+
+
+def test_the_endpoints_listen_on_the_configured_address_only(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    _, address = observed
+    port = int(address.rpartition(":")[2])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", port), timeout=5).close()
+
+
+def test_a_taken_metrics_port_stops_the_daemon_with_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "config.toml").write_text(f'metrics_address = "127.0.0.1:{port}"\n')
+        done = subprocess.run(
+            [
+                *lazy2dfs_argv(),
+                "serve",
+                "--root",
+                str(tmp_path / "root"),
+                "--address",
+                str(tmp_path / "s.sock"),
+                "--config",
+                str(tmp_path / "config.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "s.sock").exists()
+    assert str(tmp_path / "root" / "fuse") not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_status_without_an_address_says_how_to_set_one(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("")
+    done = subprocess.run(
+        [*lazy2dfs_argv(), "status", "--config", str(tmp_path / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LAZY2DFS_")},
+    )
+    assert done.returncode == 1 and "metrics_address" in done.stderr
+
+
+def test_status_table_names_layers_cache_and_recent_fallbacks() -> None:
+    report: StatusReport = {
+        "version": "0.1.0",
+        "pid": 7,
+        "uptime_seconds": 75.0,
+        "config_digest": "0123456789ab",
+        "healthy": False,
+        "health": "FUSE mount /x is gone",
+        "snapshots": {"active": 1, "committed": 2, "view": 0},
+        "cache": {"bytes": 3 * 2**20, "limit_bytes": 12 * 2**20, "entries": 3},
+        "layers": [
+            {
+                "id": 4,
+                "image": IMAGE,
+                "layer": LAYER,
+                "size": 8 * 2**20,
+                "fetched": 2 * 2**20,
+                "served": 1000,
+                "prefetched": 0,
+                "fetched_percent": 25.0,
+                "fetch_rate": 2**20,
+            }
+        ],
+        "fallbacks": {
+            "by_reason": {"no-toc-digest": 2},
+            "recent": [{"time": 0.0, "layer": LAYER, "image": IMAGE, "reason": "no-toc-digest"}],
+        },
+    }
+    out = io.StringIO()
+    render(report, out)
+    text = out.getvalue()
+    assert "UNHEALTHY: FUSE mount /x is gone" in text and "up 1m15s" in text
+    assert "3.0 MiB of 12.0 MiB (25%), 3 chunks" in text
+    assert "1 active, 2 committed, 0 view" in text
+    (row,) = [line for line in text.splitlines() if line.startswith(IMAGE)]
+    assert LAYER[:19] in row and "2.0 MiB (25%)" in row and "1.0 MiB/s" in row
+    assert "2 no-toc-digest" in text
+
+
+# The read path in one process: a blob in memory behind a real FUSE mount.
+
+
+@dataclass
+class MemoryBlob:
+    data: bytes
+    corrupt_at: int | None = None
+    served: int = 0
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        self.served += length
+        piece = bytearray(self.data[offset : offset + length])
+        if self.corrupt_at is not None and offset <= self.corrupt_at < offset + length:
+            piece[self.corrupt_at - offset] ^= 0xFF
+        return bytes(piece)
+
+
+@dataclass
+class MemoryLocator:
+    blob: MemoryBlob
+    toc_digest: str
+
+    async def locate(self, request: LayerRequest) -> tuple[str, int]:
+        return self.toc_digest, len(self.blob.data)
+
+    def source(self, request: LayerRequest, size: int) -> MemoryBlob:
+        return self.blob
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[tuple[EstargzLayers, MemoryLocator]]:
+    src = tmp_path / "src"
+    (src / "model").mkdir(parents=True)
+    (src / "model/weights.bin").write_bytes(os.urandom(1024 * 1024))
+    out = io.BytesIO()
+    result = write_blob_from_directory(src, out, WriterOptions(chunk_size=256 * 1024))
+    locator = MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest)
+    session = FuseSession(LayerFilesystem(), tmp_path / "fuse")
+    session.start()
+    try:
+        pool = ChunkPool(ChunkCache(tmp_path / "cache", max_bytes=1 << 30))
+        yield EstargzLayers(tmp_path, session, pool, locator, background_fetch=False), locator
+    finally:
+        session.stop()
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def logfmt_lines(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
+    formatter = LogfmtFormatter()
+    return [formatter.format(r) for r in caplog.records if r.getMessage() == event]
+
+
+def test_layer_stats_count_every_byte_the_blob_served(
+    remote: tuple[EstargzLayers, MemoryLocator],
+) -> None:
+    layers, locator = remote
+    layers.attach(1, layers.resolve(REQUEST))
+    stats = layers.readers[1].stats
+    assert stats.fetched == locator.blob.served > 0  # footer and TOC
+    data = (layers.path(1) / "model/weights.bin").read_bytes()
+    assert stats.fetched == locator.blob.served
+    assert stats.served == len(data) and stats.prefetched == 0
+    assert stats.fetch_rate() == pytest.approx(stats.fetched / 10.0, rel=0.01)
+
+
+def test_a_corrupt_chunk_is_counted_and_logged_with_layer_image_and_reason(
+    remote: tuple[EstargzLayers, MemoryLocator], caplog: pytest.LogCaptureFixture
+) -> None:
+    layers, locator = remote
+    layers.attach(1, layers.resolve(REQUEST))
+    before = value("lazy2dfs_verification_failures_total", what="chunk")
+    locator.blob.corrupt_at = len(locator.blob.data) // 4
+    with caplog.at_level(logging.ERROR, logger="lazy2dfs"), pytest.raises(OSError):
+        (layers.path(1) / "model/weights.bin").read_bytes()
+    # The kernel may retry the failed read: each attempt fetches and fails again.
+    lines = logfmt_lines(caplog, "chunk verification failed")
+    assert value("lazy2dfs_verification_failures_total", what="chunk") == before + len(lines)
+    assert lines
+    for line in lines:
+        assert f"layer={LAYER}" in line and f"image={IMAGE}" in line and "reason=" in line
+
+
+def test_a_toc_mismatch_is_a_verification_failure_and_a_recent_fallback(
+    remote: tuple[EstargzLayers, MemoryLocator], caplog: pytest.LogCaptureFixture
+) -> None:
+    layers, locator = remote
+    locator.toc_digest = "sha256:" + "0" * 64
+    before = value("lazy2dfs_verification_failures_total", what="toc")
+    with caplog.at_level(logging.ERROR, logger="lazy2dfs"), pytest.raises(NotLazyError):
+        layers.resolve(REQUEST)
+    assert value("lazy2dfs_verification_failures_total", what="toc") == before + 1
+    (line,) = logfmt_lines(caplog, "TOC verification failed")
+    assert f"layer={LAYER}" in line and f"image={IMAGE}" in line and "reason=" in line
+    last = metrics.RECENT_FALLBACKS.items()[-1]
+    assert (last.layer, last.image, last.reason) == (LAYER, IMAGE, "toc-mismatch")
+
+
+def test_retries_are_counted_and_logged_for_the_layer_they_serve(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = RetryPolicy(attempts=3, base_delay=0.001)
+    before = {c: value("lazy2dfs_registry_retries_total", cause=c) for c in ("status", "network")}
+    failures: list[Exception] = [RetryableError("GET /v2/x: HTTP 503"), httpx.ConnectError("no")]
+
+    async def attempt() -> None:
+        if failures:
+            raise failures.pop(0)
+
+    async def fetch() -> None:
+        with on_behalf_of(layer=LAYER, image=IMAGE):
+            await policy.run("blob x", attempt)
+
+    with caplog.at_level(logging.INFO, logger="lazy2dfs"):
+        trio.run(fetch)
+    assert value("lazy2dfs_registry_retries_total", cause="status") == before["status"] + 1
+    assert value("lazy2dfs_registry_retries_total", cause="network") == before["network"] + 1
+    lines = logfmt_lines(caplog, "registry retry")
+    assert len(lines) == 2
+    for line in lines:
+        assert f"layer={LAYER}" in line and f"image={IMAGE}" in line and "reason=" in line
