@@ -265,8 +265,14 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
     stargz_root.mkdir()
     stargz_socket = work / "sg.sock"
     (work / "sg.toml").write_text(STARGZ_CONFIG)
+    leftover: list[str] = []
+
+    def clean_up_mounts() -> None:
+        leftover.extend(mounts_under(work))
+        detach_all(work)
+
     with contextlib.ExitStack() as stack:
-        stack.callback(detach_all, work)  # runs last: whatever a crash left mounted
+        stack.callback(clean_up_mounts)  # runs last: whatever the daemons left mounted
         registry = stack.enter_context(LocalRegistry(work / "r"))
         lazy = stack.enter_context(LocalSnapshotter(work / "s"))
         stargz = ChildProcess(
@@ -327,7 +333,8 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
             capture_output=True,
             timeout=120,
         )
-    assert mounts_under(work) == [], "a mount outlived the test"
+    assert leftover == [], "mounts outlived the daemons that made them"
+    assert mounts_under(work) == []
 
 
 def push_source(interop: Interop, name: str) -> str:
