@@ -194,8 +194,9 @@ def processes_mentioning(marker: str) -> list[int]:
     return pids
 
 
-def clean_up(root: Path) -> list[str]:
-    """Kills daemons and detaches mounts the run left under `root`; returns what it found."""
+def clean_up(root: Path, keep_logs: bool) -> list[str]:
+    """Kills daemons and detaches mounts the run left under `root`, then deletes it (all but
+    the daemon logs when `keep_logs`); returns what it found."""
     problems = []
     stray = processes_mentioning(str(root))
     for pid in stray:
@@ -213,6 +214,9 @@ def clean_up(root: Path) -> list[str]:
     if mounts_under(root):
         # Never delete through a mount point.
         problems.append(f"{root} kept: still has mounts")
+    elif keep_logs:
+        shutil.rmtree(root / "tmp", ignore_errors=True)
+        problems.append(f"daemon logs kept in {root / 'logs'}")
     else:
         shutil.rmtree(root, ignore_errors=True)
     return problems
@@ -290,11 +294,11 @@ def test_containerd_snapshotter_suite(go_suite: GoSuite) -> None:
     bin_path = _lazy2dfs_bin()
     # Short, so that <root>/tmp/snapshot-suite-lazy2dfs-<n>/root/lazy2dfs.sock fits a socket.
     root = Path(tempfile.mkdtemp(prefix="l2c-", dir="/tmp"))
+    problems = ["the suite did not finish"]
     try:
         problems = _run_suite(go_suite, bin_path, root)
     finally:
-        leftovers = clean_up(root)
-    problems += leftovers
+        problems += clean_up(root, keep_logs=bool(problems))
     if problems:
         pytest.fail(
             f"{len(problems)} problem(s) in containerd's snapshotter suite\n\n"
