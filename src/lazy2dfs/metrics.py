@@ -51,6 +51,11 @@ CHUNK_CACHE_EVENTS = Counter(
     ["event"],
 )
 
+LAZY_LAYERS = Counter(
+    "lazy2dfs_lazy_layers",
+    "Layers mounted lazily, so that containerd downloaded nothing (restores after a restart"
+    " excluded); with lazy2dfs_fallbacks_total, the share of layers served lazily.",
+)
 FALLBACKS = Counter(
     "lazy2dfs_fallbacks",
     "Layers that containerd had to download because they could not be served lazily, by reason.",

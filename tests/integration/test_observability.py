@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import urllib.error
@@ -36,6 +37,7 @@ from lazy2dfs.remote.reader import ChunkPool
 from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.status import StatusReport, render
 
+DEPLOY = Path(__file__).parents[2] / "deploy"
 LAYER = "sha256:" + "c" * 64
 IMAGE = "127.0.0.1:5000/obs/m:v1"
 REQUEST = LayerRequest("sha256:" + "a" * 64, IMAGE, LAYER)
@@ -97,6 +99,37 @@ def test_healthz_is_503_with_a_reason_when_the_socket_is_gone(
     status, body = get(address, "/healthz")
     assert status == 503
     assert str(daemon.address) in body.decode() and "missing" in body.decode()
+
+
+def test_the_dashboard_graphs_only_metrics_the_daemon_exports(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    _, address = observed
+    status, body = get(address, "/metrics")
+    assert status == 200
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    dashboard = json.loads((DEPLOY / "grafana/lazy2dfs-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"lazy2dfs_[a-z_]+", expr)
+    }
+    assert used and used <= families, used - families
+    # Every panel the brief names: lazy vs fallback, bytes, read wait, FUSE, cache, gRPC.
+    for family in (
+        "lazy2dfs_lazy_layers",
+        "lazy2dfs_fallbacks",
+        "lazy2dfs_fetched_bytes",
+        "lazy2dfs_served_bytes",
+        "lazy2dfs_read_network_wait_seconds",
+        "lazy2dfs_fuse_operation_duration_seconds",
+        "lazy2dfs_chunk_cache_events",
+        "lazy2dfs_grpc_call_duration_seconds",
+    ):
+        assert family in used
+    scrape = (DEPLOY / "prometheus/prometheus.yml").read_text()
+    assert "metrics_path: /metrics" in scrape and "prometheus_io_port" in scrape
 
 
 def test_the_endpoints_listen_on_the_configured_address_only(

@@ -194,6 +194,7 @@ class EstargzLayers:
     def attach(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
         self._save(snapshot_id, layer)
         self._session.call_sync(self._attach, snapshot_id, layer, layer.fetched)
+        metrics.LAZY_LAYERS.inc()
 
     def _attach(self, snapshot_id: int, layer: ResolvedEstargz, fetched: int = 0) -> None:
         """``fetched``: bytes that resolving took from the registry (footer and TOC), counted
