@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc docker-registry fuse3 libfuse3-dev pkg-config busybox-static zstd \
+	stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev skopeo \
 	golang-go golang-github-containerd-containerd-dev sqlite3 iproute2
 PROTO_FILES := $(wildcard proto/lazy2dfs/api/*.proto)
 
