@@ -42,6 +42,7 @@ log = get_logger(__name__)
 # Calls in flight get this long to finish after a stop signal.
 SHUTDOWN_GRACE_SECONDS = 30.0
 GRPC_WORKERS = 64
+SIGNAL_POLL_SECONDS = 0.2
 # Python hands the GIL over every 5 ms by default; a short call (Mounts, Stat) waiting behind
 # busy threads then waits whole intervals. 0.5 ms cut Mounts' p99 under 20 pulls (make bench).
 GIL_SWITCH_INTERVAL = 0.0005
@@ -97,6 +98,10 @@ class Daemon:
 
     def run(self) -> int:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        # Directories and files we create get their modes from us, not from whoever started us.
+        os.umask(0o022)
+        # Before any thread starts or the socket appears: a stop signal at any time is handled.
+        self._install_signal_handlers()
         root = self.config.root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = RootLock(root)
@@ -132,7 +137,6 @@ class Daemon:
             if os.geteuid() == 0:
                 os.chown(staging, 0, 0)
             os.replace(staging, self.config.address)
-            self._install_signal_handlers()
             log.info(
                 "serving",
                 address=self.config.address,
@@ -141,7 +145,10 @@ class Daemon:
                 pid=os.getpid(),
             )
             notify_systemd("READY=1")
-            self._stop.wait()
+            # Polled: a signal the kernel delivers to another thread (gRPC, FUSE) only sets a
+            # flag for the main thread, which a wait without timeout would never look at.
+            while not self._stop.wait(SIGNAL_POLL_SECONDS):
+                pass
             notify_systemd("STOPPING=1")
             log.info("stopping", grace_seconds=SHUTDOWN_GRACE_SECONDS)
         finally:
