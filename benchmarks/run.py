@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import model_start, snapshot_api
+from benchmarks import model_start, partitions, snapshot_api
 
-BENCHMARKS = {"snapshot_api": snapshot_api, "model_start": model_start}
+BENCHMARKS = {
+    "snapshot_api": snapshot_api,
+    "model_start": model_start,
+    "partitions": partitions,
+}
 
 
 def main() -> None:
