@@ -1,15 +1,21 @@
 """How much sooner a model container reads its weights with lazy2dfs than after a full pull.
 
-For each model size, one image (static busybox + a safetensors file of random float16 tensors,
-incompressible like trained weights) is pushed as eStargz to a local registry. Each trial starts
-a fresh containerd and lazy2dfs daemon (empty content store, empty chunk cache) and runs
-``lazy2dfs.localstack.coldstart``: pull, a container reading the first tensor, a container
-reading every byte. The baseline is containerd's own path on the same image: ``ctr images
-pull`` onto overlayfs (download and unpack everything), then the same containers.
+Per model size, the same bf16-like weights (4 safetensors files, one layer each) are pushed
+twice: as plain tar.gz (what containerd's overlayfs pulls today) and as eStargz (what lazy2dfs
+mounts lazily). Each trial starts a fresh containerd and lazy2dfs daemon — empty content store,
+empty chunk cache, page cache dropped — and runs ``lazy2dfs.localstack.coldstart``:
+
+* first tensor: pull, then a container reading the first MiB of the first file;
+* full load: pull, then a container reading every file to the end;
+* bytes the registry served, and the lazy2dfs daemon's CPU seconds and peak RSS.
+
+The loopback set has no network cost at all; the emulated set puts ``benchmarks.link`` (1
+Gbit/s, 20 ms round trip) between containerd/lazy2dfs and the registry.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -19,101 +25,166 @@ from typing import Any
 import trio
 
 from benchmarks import report
+from benchmarks.link import LinkEmulator
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.coldstart import METHODS, ColdStart, cold_start
+from lazy2dfs.localstack.coldstart import METHODS, cold_start
 from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import WEIGHTS_PATH, runtime_tree, sample_model
+from lazy2dfs.localstack.images import BuiltImage, build_image, build_layer, push_image
+from lazy2dfs.localstack.model import runtime_tree, sample_model
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
 
-SIZES_MIB = (64, 256, 1024)
-TRIALS = 3
+# (size MiB, trials on loopback, trials on the emulated link)
+PLAN = ((256, 3, 0), (1024, 3, 2), (4096, 1, 0))
+LINK_MBIT, LINK_RTT_MS = 1000, 20
+FIRST_BYTES = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=4 << 20, mtime=946684800)
 
 
-def _push(registry: LocalRegistry, size_mib: int) -> tuple[str, int]:
+def _images(size_mib: int) -> tuple[dict[str, BuiltImage], str]:
     model = sample_model(size_mib)
-    image = build_image(
-        [
-            build_layer(runtime_tree(), estargz=ESTARGZ),
-            build_layer({WEIGHTS_PATH: model.safetensors}, estargz=ESTARGZ),
-        ]
+    plain = [runtime_tree(), *({path: data} for path, data in sorted(model.files.items()))]
+    lazy = [build_layer(runtime_tree(), estargz=ESTARGZ)] + [
+        build_layer({path: data}, estargz=ESTARGZ) for path, data in sorted(model.files.items())
+    ]
+    return {"overlayfs": build_image(plain), "lazy2dfs": build_image(lazy)}, model.paths[0]
+
+
+def _drop_page_cache() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _daemon_usage(pid: int) -> tuple[float, float]:
+    """CPU seconds and peak RSS (MiB) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kib = next(
+        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
     )
-    ref = f"{registry.host}/bench/model-{size_mib}m:v1"
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, ref, image)
-
-    trio.run(upload)
-    return ref, model.first_tensor_end
+    return cpu, peak_kib / 1024
 
 
-def _trial(work: Path, ref: str, method: str, first_tensor_end: int) -> ColdStart:
+def _trial(
+    work: Path, registry: LocalRegistry, host: str, repo: str, method: str, first_file: str
+) -> dict[str, float]:
+    ref = f"{host}/{repo}:{method}"
+    _drop_page_cache()
     try:
         with (
             LocalSnapshotter(work / "s", log_level="warning") as daemon,
             LocalContainerd(work / "c", daemon.address) as containerd,
         ):
-            return cold_start(containerd, ref, method, first_tensor_end, "bench")
+            served_before = sum(r.size for r in registry.requests() if r.method == "GET")
+            result = cold_start(containerd, ref, method, first_file, FIRST_BYTES)
+            served = sum(r.size for r in registry.requests() if r.method == "GET") - served_before
+            assert daemon.process is not None
+            cpu, rss = _daemon_usage(daemon.process.pid)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return {
+        "first_tensor": result.to_first_tensor,
+        "full_load": result.full_load,
+        "fetched_mib": served / 2**20,
+        "daemon_cpu_s": cpu,
+        "daemon_rss_mib": rss,
+    }
 
 
 def run() -> Path:
-    raw: dict[str, dict[str, list[dict[str, float]]]] = {}
+    raw: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="l2d-start-") as tmp:
         work = Path(tmp)
         with LocalRegistry(work / "registry") as registry:
-            for size_mib in SIZES_MIB:
-                ref, first_tensor_end = _push(registry, size_mib)
-                trials = raw.setdefault(f"{size_mib} MiB", {m: [] for m in METHODS})
-                for trial in range(TRIALS):
-                    for method in METHODS:
-                        result = _trial(work / f"{trial}-{method}", ref, method, first_tensor_end)
-                        trials[method].append(
-                            {
-                                "pull": result.pull,
-                                "first_tensor": result.to_first_tensor,
-                                "full_read": result.full_read,
-                            }
-                        )
+            for size_mib, loopback_trials, link_trials in PLAN:
+                images, first_file = _images(size_mib)
+                repo = f"bench/model-{size_mib}m"
 
+                async def upload(images: dict[str, BuiltImage] = images, repo: str = repo) -> None:
+                    async with RegistryClient(plain_http=True) as client:
+                        for method, image in images.items():
+                            await push_image(client, f"{registry.host}/{repo}:{method}", image)
+
+                trio.run(upload)
+                compressed = {
+                    m: sum(len(layer.blob.data) for layer in image.layers)
+                    for m, image in images.items()
+                }
+                del images
+                for link, trials in (
+                    ("loopback", loopback_trials),
+                    ("1 Gbit/s 20 ms", link_trials),
+                ):
+                    if not trials:
+                        continue
+                    key = f"{size_mib} MiB, {link}"
+                    raw[key] = {"compressed_mib": {m: c / 2**20 for m, c in compressed.items()}}
+                    for trial in range(trials):
+                        for method in METHODS:
+                            where = work / f"{size_mib}-{trial}-{method}"
+                            if link == "loopback":
+                                result = _trial(
+                                    where, registry, registry.host, repo, method, first_file
+                                )
+                            else:
+                                with LinkEmulator(
+                                    registry.host, LINK_MBIT, LINK_RTT_MS
+                                ) as emulated:
+                                    result = _trial(
+                                        where, registry, emulated.host, repo, method, first_file
+                                    )
+                            raw[key].setdefault(method, []).append(result)
+    return _report(raw)
+
+
+def _report(raw: dict[str, dict[str, Any]]) -> Path:
     rows: list[list[Any]] = []
     plot: dict[str, dict[str, float]] = {}
-    for size, trials in raw.items():
+    for key, trials in raw.items():
         med = {
             m: {k: statistics.median(t[k] for t in trials[m]) for k in trials[m][0]}
             for m in METHODS
         }
         base, ours = med["overlayfs"], med["lazy2dfs"]
+        ideal = ""
+        if "Gbit" in key:
+            seconds = trials["compressed_mib"]["lazy2dfs"] * 2**20 / (LINK_MBIT * 1e6 / 8)
+            ideal = f"{ours['full_load'] / seconds:.2f}x of {seconds:.1f}s"
         rows.append(
             [
-                size,
+                key,
                 base["first_tensor"],
                 ours["first_tensor"],
-                base["first_tensor"] / ours["first_tensor"],
-                base["full_read"],
-                ours["full_read"],
-                (base["first_tensor"] + base["full_read"])
-                / (ours["first_tensor"] + ours["full_read"]),
+                base["full_load"],
+                ours["full_load"],
+                base["full_load"] / ours["full_load"],
+                base["fetched_mib"],
+                ours["fetched_mib"],
+                ours["daemon_cpu_s"],
+                ours["daemon_rss_mib"],
+                ideal,
             ]
         )
-        plot[f"{size} to first tensor"] = {m: med[m]["first_tensor"] for m in METHODS}
-        plot[f"{size} reading all"] = {m: med[m]["full_read"] for m in METHODS}
+        plot[f"{key}: first tensor"] = {m: med[m]["first_tensor"] for m in METHODS}
+        plot[f"{key}: full load"] = {m: med[m]["full_load"] for m in METHODS}
     return report.write(
         "model_start",
-        f"Model container cold start, seconds (median of {TRIALS})",
+        "Model container cold start: overlayfs on plain tar.gz against lazy2dfs on eStargz"
+        " (seconds, medians)",
         [
-            "model",
-            "overlayfs: pull + first tensor",
-            "lazy2dfs: pull + first tensor",
-            "speed-up to first tensor",
-            "overlayfs: read all (after pull)",
-            "lazy2dfs: read all (cold)",
-            "speed-up overall",
+            "model, link",
+            "overlayfs first tensor",
+            "lazy2dfs first tensor",
+            "overlayfs full load",
+            "lazy2dfs full load",
+            "full load speed-up",
+            "overlayfs MiB fetched",
+            "lazy2dfs MiB fetched",
+            "lazy2dfs daemon CPU s",
+            "lazy2dfs daemon peak RSS MiB",
+            "lazy2dfs full load vs bytes/link rate",
         ],
         rows,
         raw,

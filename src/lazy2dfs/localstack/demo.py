@@ -1,9 +1,9 @@
 """`make demo`: the point of lazy2dfs on one machine, with nothing but loopback.
 
 It starts a private registry, containerd and lazy2dfs daemon, makes a sample model image
-(safetensors weights in eStargz layers), then starts a container reading the model twice —
-after a full pull onto containerd's overlayfs, and after a lazy pull onto lazy2dfs — and prints
-the figures side by side. Everything it starts is stopped and everything it mounts is
+(safetensors weights, as plain tar.gz and as eStargz), then starts containers reading the
+model — after a full pull onto containerd's overlayfs, and after a lazy pull onto lazy2dfs —
+and prints the figures side by side. Everything it starts is stopped and everything it mounts is
 unmounted, even on Ctrl-C.
 """
 
@@ -22,7 +22,7 @@ from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.localstack.coldstart import METHODS, ColdStart, cold_start
 from lazy2dfs.localstack.containerd import LocalContainerd
 from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import WEIGHTS_PATH, runtime_tree, sample_model
+from lazy2dfs.localstack.model import runtime_tree, sample_model
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
@@ -43,41 +43,55 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say(f"lazy2dfs demo: everything under {work}, on 127.0.0.1 only\n")
         model = sample_model(args.size_mib)
-        say(f"1. sample model: {model.tensors} float16 tensors, {args.size_mib} MiB safetensors")
-        start = time.perf_counter()
-        image = build_image(
-            [
-                build_layer(runtime_tree(), estargz=ESTARGZ),
-                build_layer({WEIGHTS_PATH: model.safetensors}, estargz=ESTARGZ),
-            ]
+        say(
+            f"1. sample model: {model.tensors} bf16 tensors, {args.size_mib} MiB in"
+            f" {len(model.files)} safetensors files"
         )
-        say(f"   built as eStargz layers in {time.perf_counter() - start:.1f}s")
+        start = time.perf_counter()
+        images = {
+            "overlayfs": build_image([runtime_tree(), model.files]),
+            "lazy2dfs": build_image(
+                [
+                    build_layer(runtime_tree(), estargz=ESTARGZ),
+                    build_layer(model.files, estargz=ESTARGZ),
+                ]
+            ),
+        }
+        say(f"   built as plain tar.gz and as eStargz in {time.perf_counter() - start:.1f}s")
         with LocalRegistry(work / "registry") as registry:
-            ref = f"{registry.host}/demo/model:v1"
+            refs = {
+                "overlayfs": f"{registry.host}/demo/model:v1-gzip",
+                "lazy2dfs": f"{registry.host}/demo/model:v1",
+            }
 
             async def upload() -> None:
                 async with RegistryClient(plain_http=True) as client:
-                    await push_image(client, ref, image)
+                    for method, image in images.items():
+                        await push_image(client, refs[method], image)
 
             trio.run(upload)
-            say(f"2. pushed to a local registry: {ref}")
+            say(f"2. pushed to a local registry: {refs['overlayfs']}, {refs['lazy2dfs']}")
             results: dict[str, ColdStart] = {}
             for method in METHODS:
-                results[method] = _run_one(work / method, ref, method, model.first_tensor_end)
+                results[method] = _run_one(
+                    work / method, refs[method], method, model.paths[0], model.first_tensor_end
+                )
         _print_figures(results, args.size_mib)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_one(work: Path, ref: str, method: str, first_tensor_end: int) -> ColdStart:
+def _run_one(
+    work: Path, ref: str, method: str, first_file: str, first_tensor_end: int
+) -> ColdStart:
     with (
         LocalSnapshotter(work / "lazy2dfs") as daemon,
         LocalContainerd(work / "containerd", daemon.address) as containerd,
     ):
         how = "lazy2dfs pull (lazy)" if method == "lazy2dfs" else "ctr images pull (full)"
         say(f"3. {method}: private containerd 1.6, {how}, then `ctr run`")
-        result = cold_start(containerd, ref, method, first_tensor_end, f"demo-{method}")
+        result = cold_start(containerd, ref, method, first_file, first_tensor_end)
         say(
             f"   pulled in {result.pull:.2f}s; first tensor read {result.first_read:.2f}s later;"
             f" a second container read all weights in {result.full_read:.2f}s"

@@ -1,54 +1,61 @@
-"""A sample model made locally: a real safetensors file of random float16 tensors.
+"""Sample models made locally: safetensors files of bf16-like weights.
 
-Random bytes compress as badly as trained weights do, so fetch and unpack times are honest.
+bf16-like means random mantissas under a narrow range of exponents, as trained weights have:
+such bytes compress a little (gzip keeps about 80 %), so fetch, inflate and unpack times are
+honest where random bytes (incompressible) or zeros (free) would not be.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
+
 from lazy2dfs.localstack.images import Directory, File, Symlink, Tree
 
-WEIGHTS_PATH = "model/model.safetensors"
+MODEL_DIR = "model"
 BUSYBOX_APPLETS = (
-    "sh",
-    "head",
-    "cat",
-    "sha256sum",
-    "wc",
-    "ls",
-    "echo",
-    "tail",
-    "sleep",
-    "rm",
-    "mv",
-    "test",
-)
+    "sh", "head", "cat", "sha256sum", "wc", "ls", "echo", "tail", "sleep", "rm", "mv", "test",
+)  # fmt: skip
+
+
+def bf16_like(size: int, seed: int) -> bytes:
+    """``size`` bytes of little-endian bfloat16 values of magnitude about 2^-8..2^-4."""
+    rng = numpy.random.default_rng(seed)
+    count = size // 2
+    high = rng.integers(0x3B, 0x3F, size=count, dtype=numpy.uint8)
+    high |= rng.integers(0, 2, size=count, dtype=numpy.uint8) << 7  # sign
+    pairs = numpy.empty((count, 2), dtype=numpy.uint8)
+    pairs[:, 0] = rng.integers(0, 256, size=count, dtype=numpy.uint8)
+    pairs[:, 1] = high
+    return pairs.tobytes()
 
 
 @dataclass(frozen=True)
 class SampleModel:
-    """``safetensors`` is the file's bytes; ``first_tensor_end`` is how many leading bytes a
-    loader reads to get the header and the first tensor."""
+    """``files`` maps a path in the image to a safetensors file's bytes; ``first_tensor_end``
+    is how many leading bytes of the first file a loader reads for its first tensor."""
 
-    safetensors: bytes
+    files: dict[str, bytes]
     first_tensor_end: int
     tensors: int
 
+    @property
+    def paths(self) -> Sequence[str]:
+        return sorted(self.files)
 
-def sample_model(size_mib: int, layers: int = 8) -> SampleModel:
-    """``layers`` transformer-like blocks of float16 weights, ``size_mib`` MiB in all."""
-    per_tensor = (size_mib << 20) // layers // 2 * 2
-    header: dict[str, Any] = {"__metadata__": {"format": "pt", "made_by": "lazy2dfs demo"}}
+
+def _safetensors(layers: Sequence[int], per_tensor: int, seed: int) -> tuple[bytes, int]:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", "made_by": "lazy2dfs"}}
     offset = 0
-    for n in range(layers):
+    for n in layers:
         header[f"model.layers.{n}.mlp.weight"] = {
-            "dtype": "F16",
+            "dtype": "BF16",
             "shape": [per_tensor // 2],
             "data_offsets": [offset, offset + per_tensor],
         }
@@ -56,7 +63,22 @@ def sample_model(size_mib: int, layers: int = 8) -> SampleModel:
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
     prefix = struct.pack("<Q", len(encoded)) + encoded
-    return SampleModel(prefix + os.urandom(offset), len(prefix) + per_tensor, layers)
+    return prefix + bf16_like(offset, seed), len(prefix) + per_tensor
+
+
+def sample_model(size_mib: int, files: int = 4, layers: int = 8) -> SampleModel:
+    """``layers`` transformer-like blocks, ``size_mib`` MiB in all, sharded over ``files``."""
+    per_tensor = (size_mib << 20) // layers // 2 * 2
+    per_file = layers // files
+    shards: dict[str, bytes] = {}
+    first_end = 0
+    for shard in range(files):
+        blocks = range(shard * per_file, (shard + 1) * per_file)
+        data, tensor_end = _safetensors(blocks, per_tensor, seed=size_mib * 100 + shard)
+        name = f"{MODEL_DIR}/model-{shard + 1:05d}-of-{files:05d}.safetensors"
+        shards[name] = data
+        first_end = first_end or tensor_end
+    return SampleModel(shards, first_end, layers)
 
 
 def runtime_tree() -> Tree:
