@@ -10,7 +10,9 @@ unmounted, even on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +25,7 @@ from lazy2dfs.localstack.coldstart import METHODS, ColdStart, cold_start
 from lazy2dfs.localstack.containerd import LocalContainerd
 from lazy2dfs.localstack.images import build_image, build_layer, push_image
 from lazy2dfs.localstack.model import runtime_tree, sample_model
+from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[method] = _run_one(
                     work / method, refs[method], method, model.paths[0], model.first_tensor_end
                 )
-        _print_figures(results, args.size_mib)
+            _print_figures(results, args.size_mib)
+            _partition(work / "2dfs", registry, model.files)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -103,6 +107,68 @@ def _run_one(
                 " no layer"
             )
         return result
+
+
+def _partition(work: Path, registry: LocalRegistry, files: dict[str, bytes]) -> None:
+    """The same shards as a 2DFS field, one per row; a node that serves the first two pipeline
+    stages pulls rows 0 and 1 only."""
+    work.mkdir(parents=True)
+    base = f"{registry.host}/demo/runtime:v1"
+
+    async def upload() -> None:
+        async with RegistryClient(plain_http=True) as client:
+            image = build_image([build_layer(runtime_tree(), estargz=ESTARGZ)])
+            await push_image(client, base, image)
+
+    trio.run(upload)
+    allotments = []
+    for row, (path, data) in enumerate(sorted(files.items())):
+        (work / f"row{row}.safetensors").write_bytes(data)
+        allotments.append({"src": f"row{row}.safetensors", "dst": f"/{path}", "row": row, "col": 0})
+    (work / "2dfs.json").write_text(json.dumps({"allotments": allotments}))
+    target = f"{registry.host}/demo/model-2dfs:v1"
+    say(f"\n4. 2DFS: `lazy2dfs build` puts the {len(files)} shards in rows 0..{len(files) - 1}")
+    _lazy2dfs(
+        "build",
+        "-q",
+        "-f",
+        str(work / "2dfs.json"),
+        "--cache-dir",
+        str(work / "cache"),
+        "--push",
+        base,
+        target,
+    )
+    partition = f"{target}--0.0.1.0"
+    with (
+        LocalSnapshotter(work / "lazy2dfs") as daemon,
+        LocalContainerd(work / "containerd", daemon.address) as containerd,
+    ):
+        served = sum(r.size for r in registry.requests() if r.method == "GET")
+        start = time.perf_counter()
+        _lazy2dfs("pull", "--containerd-address", str(containerd.address), partition)
+        listing = containerd.ctr(
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazy2dfs",
+            partition,
+            "demo-2dfs",
+            "/bin/sh",
+            "-c",
+            "ls /model; cat /model/* > /dev/null",
+        )
+        seconds = time.perf_counter() - start
+        fetched = sum(r.size for r in registry.requests() if r.method == "GET") - served
+    say(f"   lazy2dfs pull {partition}: the container sees {' '.join(listing.split())}")
+    say(
+        f"   pulled and read in {seconds:.2f}s, fetching {fetched / 2**20:.0f} MiB of"
+        f" {sum(len(d) for d in files.values()) / 2**20:.0f} MiB of weights"
+    )
+
+
+def _lazy2dfs(*args: str) -> None:
+    subprocess.run([*lazy2dfs_argv(), *args], check=True, capture_output=True, timeout=1800)
 
 
 def _print_figures(results: dict[str, ColdStart], size_mib: int) -> None:
