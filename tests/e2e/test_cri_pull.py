@@ -1,0 +1,218 @@
+"""CRI image pulls (``runtime.v1.ImageService/PullImage``, as kubelet and crictl make them)
+into a private containerd 1.6 whose CRI plugin unpacks into lazy2dfs, configured as
+``deploy/containerd/config-1.6.toml`` ships it: eStargz layers are mounted lazily from the
+``containerd.io/snapshot/cri.*`` labels alone, plain tar.gz layers fall back to a download, and
+containers run on both."""
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lazy2dfs.api import cri_pb2, cri_pb2_grpc
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.localstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
+from lazy2dfs.localstack.images import BuiltImage, build_image, build_layer
+from lazy2dfs.localstack.model import runtime_tree
+from lazy2dfs.localstack.process import lazy2dfs_argv
+from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from lazy2dfs.remote.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
+
+from .conftest import Stack
+
+CHUNK = 1 << 20
+ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
+PULL_TIMEOUT = 300.0
+MODEL: Mapping[str, bytes] = {
+    "model/weights.bin": os.urandom(5 * CHUNK + 321),
+    "model/config.json": b'{"rows": 4, "cols": 2}',
+    "model/vocab/tokens.txt": b"\n".join(b"token-%d" % n for n in range(2000)),
+    "model/empty": b"",
+}
+
+
+@pytest.fixture(scope="module")
+def cri_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """CRI on; the daemon's background fetch off, so that every GET of a layer blob in the
+    registry's log is either containerd downloading it or a read fetching a chunk."""
+    work = tmp_path_factory.mktemp("cri")
+    with (
+        LocalRegistry(work / "r") as registry,
+        LocalSnapshotter(work / "s", config="[fetch]\nbackground = false\n") as snapshotter,
+        LocalContainerd(work / "c", snapshotter.address, cri=True) as containerd,
+    ):
+        try:
+            yield Stack(registry, snapshotter, containerd)
+        finally:
+            remove_containers(containerd)
+
+
+def remove_containers(containerd: LocalContainerd) -> None:
+    """Kills what a failed ``ctr run --rm`` may have left: shims outlive containerd, and hold
+    their containers' overlay mounts on lazy2dfs's layers."""
+    for namespace in (CRI_NAMESPACE, "default"):
+        for task in containerd.ctr(
+            "tasks", "ls", "--quiet", namespace=namespace, check=False
+        ).split():
+            containerd.ctr("tasks", "rm", "--force", task, namespace=namespace, check=False)
+        for container in containerd.ctr(
+            "containers", "ls", "--quiet", namespace=namespace, check=False
+        ).split():
+            containerd.ctr("containers", "rm", container, namespace=namespace, check=False)
+
+
+def cri_pull(containerd: LocalContainerd, ref: str) -> str:
+    """PullImage on containerd's socket; CRI answers with the image ID (the config digest)."""
+    with grpc.insecure_channel(f"unix:{containerd.address}") as channel:
+        stub = cri_pb2_grpc.ImageServiceStub(channel)
+        request = cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=ref))
+        response: cri_pb2.PullImageResponse = stub.PullImage(request, timeout=PULL_TIMEOUT)
+    return response.image_ref
+
+
+def k8s_ctr(stack: Stack, *args: str) -> str:
+    return stack.containerd.ctr(*args, namespace=CRI_NAMESPACE)
+
+
+def run_in(stack: Stack, namespace: str, ref: str, name: str, script: str) -> str:
+    argv = ["run", "--rm", "--snapshotter", "lazy2dfs", ref, name, "/bin/sh", "-c", script]
+    return stack.containerd.ctr(*argv, namespace=namespace)
+
+
+def read_all(stack: Stack, namespace: str, ref: str, name: str, files: Mapping[str, bytes]) -> None:
+    """A container on lazy2dfs reads every file; each one's bytes are right."""
+    paths = sorted(files)
+    out = run_in(stack, namespace, ref, name, "sha256sum " + " ".join(f"/{p}" for p in paths))
+    sums = {path: digest for digest, path in (line.split() for line in out.splitlines())}
+    assert sums == {f"/{p}": hashlib.sha256(files[p]).hexdigest() for p in paths}
+
+
+def chain_ids(image: BuiltImage) -> list[str]:
+    """The snapshot names containerd unpacks the layers to (OCI image-spec chain IDs)."""
+    chain = [image.layers[0].diff_id]
+    for layer in image.layers[1:]:
+        parent_and_diff = f"{chain[-1]} {layer.diff_id}".encode()
+        chain.append("sha256:" + hashlib.sha256(parent_and_diff).hexdigest())
+    return chain
+
+
+def daemon_events(stack: Stack, event: str) -> list[str]:
+    log = Path(stack.snapshotter.workdir, "lazy2dfs.log").read_text(errors="replace")
+    return [line for line in log.splitlines() if f'event="{event}"' in line]
+
+
+def blob_gets(stack: Stack, digest: str) -> list[int]:
+    """Status codes of GET requests the registry served for one blob."""
+    return [
+        r.status
+        for r in stack.registry.requests()
+        if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
+    ]
+
+
+def model_image() -> BuiltImage:
+    return build_image(
+        [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(MODEL, estargz=ESTARGZ)]
+    )
+
+
+def test_cri_runs_as_shipped_with_its_state_in_the_work_directory(cri_stack: Stack) -> None:
+    containerd = cri_stack.containerd
+    log = containerd.log()
+    started = [line for line in log.splitlines() if 'msg="Start cri plugin with config' in line]
+    assert len(started) == 1
+    for setting in (
+        "Snapshotter:lazy2dfs ",
+        "DisableSnapshotAnnotations:false ",
+        f"RootDir:{containerd.workdir}/root/io.containerd.grpc.v1.cri ",
+        f"StateDir:{containerd.workdir}/state/io.containerd.grpc.v1.cri}}",
+        f"NetworkPluginConfDir:{containerd.workdir}/cni/net.d ",
+        "StreamServerAddress:127.0.0.1 ",
+        "Registry:{ConfigPath: ",  # so 127.0.0.1 is reached over plain HTTP
+    ):
+        assert setting in started[0]
+    # CRI loads without CNI (image pulls never need it); that is its only complaint at start.
+    startup = log[: log.index(CRI_READY)]
+    errors = [line for line in startup.splitlines() if "level=error" in line]
+    assert len(errors) == 1 and "failed to load cni during init" in errors[0], errors
+
+
+def test_cri_pull_of_an_estargz_image_mounts_every_layer_lazily(cri_stack: Stack) -> None:
+    image = model_image()
+    ref = cri_stack.push("cri/model:v1", image)
+
+    assert cri_pull(cri_stack.containerd, ref) == image.config.digest
+
+    # Only the manifest and config reached containerd's content store.
+    content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()
+    assert image.manifest.digest in content and image.config.digest in content
+    for layer in image.layers:
+        assert layer.blob.digest not in content
+        # containerd never asked for the blob; the daemon read its footer and TOC by range.
+        assert set(blob_gets(cri_stack, layer.blob.digest)) <= {206}
+    mounted = daemon_events(cri_stack, "layer mounted lazily")
+    for layer in image.layers:
+        lines = [line for line in mounted if f"layer={layer.blob.digest}" in line]
+        assert len(lines) == 1, mounted
+        assert f"image={ref}" in lines[0]
+    assert not daemon_events(cri_stack, "layer fallback")
+
+    # The snapshots were committed from the labels CRI passed, not from lazy2dfs's own.
+    for layer, chain_id in zip(image.layers, chain_ids(image), strict=True):
+        info = json.loads(
+            k8s_ctr(cri_stack, "snapshots", "--snapshotter", "lazy2dfs", "info", chain_id)
+        )
+        labels = info.get("Labels", {})
+        assert labels[CRI_IMAGE_REF] == ref
+        assert labels[CRI_LAYER_DIGEST] == layer.blob.digest
+        assert labels[CRI_MANIFEST_DIGEST] == image.manifest.digest
+
+    read_all(cri_stack, CRI_NAMESPACE, ref, "cri-reader", MODEL)
+    # Every byte came by range request, none from a whole-blob download.
+    weights = image.layers[1].blob.digest
+    assert set(blob_gets(cri_stack, weights)) == {206}
+    assert k8s_ctr(cri_stack, "content", "ls", "--quiet").split() == content
+
+
+def test_lazy2dfs_pull_of_the_same_image_is_lazy_too(cri_stack: Stack) -> None:
+    """Parity with lazy2dfs's own client (covered in depth by test_lazy_pull.py): the same
+    layers, in containerd's default namespace, are mounted lazily and read the same bytes."""
+    image = model_image()
+    ref = cri_stack.push("cri/model:v1", image)
+    done = subprocess.run(
+        [*lazy2dfs_argv(), "pull", "--containerd-address", str(cri_stack.containerd.address), ref],
+        capture_output=True,
+        text=True,
+        timeout=PULL_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 lazy, 0 present, 0 downloaded" in done.stderr
+    for layer in image.layers:
+        assert layer.blob.digest not in cri_stack.ctr("content", "ls", "--quiet").split()
+    read_all(cri_stack, "default", ref, "own-reader", MODEL)
+
+
+def test_cri_pull_of_a_plain_gzip_image_falls_back_and_runs(cri_stack: Stack) -> None:
+    files = {"plain/data.bin": os.urandom(300_000), "plain/readme": b"not seekable"}
+    image = build_image([runtime_tree(), files])
+    ref = cri_stack.push("cri/plain:v1", image)
+
+    assert cri_pull(cri_stack.containerd, ref) == image.config.digest
+
+    fallbacks = daemon_events(cri_stack, "layer fallback")
+    for layer in image.layers:
+        lines = [line for line in fallbacks if f"layer={layer.blob.digest}" in line]
+        assert len(lines) == 1, fallbacks
+        assert f"image={ref}" in lines[0] and "reason=no-toc-digest" in lines[0]
+        # containerd downloaded the layer itself, and keeps it.
+        assert 200 in blob_gets(cri_stack, layer.blob.digest)
+    content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()
+    for layer in image.layers:
+        assert layer.blob.digest in content
+    read_all(cri_stack, CRI_NAMESPACE, ref, "cri-plain", files)
