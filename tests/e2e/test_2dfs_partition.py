@@ -11,11 +11,17 @@ from pathlib import Path
 import trio
 
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import build_image, build_layer
+from lazy2dfs.localstack.images import Blob, build_image, build_layer, push_image
 from lazy2dfs.localstack.model import runtime_tree
 from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.registry_client import ImageManifest, RegistryClient
-from lazy2dfs.tdfs import field_descriptor, parse_field
+from lazy2dfs.tdfs import (
+    FIELD_MEDIA_TYPE,
+    Allotment,
+    Field,
+    field_descriptor,
+    parse_field,
+)
 
 from .conftest import Stack
 
@@ -128,3 +134,34 @@ def test_v2_with_one_changed_allotment_fetches_only_new_chunks(
     assert old[0] not in served and old[2] not in served
     # Of the changed allotment: its footer and TOC, and one chunk — not its 8 chunks.
     assert 0 < served[new[1]] < 2 * CHUNK
+
+
+def test_stock_builder_layout_falls_back_and_runs_the_selected_rows(stack: Stack) -> None:
+    """A field as the Go 2DFS builder writes it: plain tar.gz allotments, no sizes, no TOC
+    digests. The partition is still computed on the client; its allotments download."""
+    allotments = [build_layer({f"model/row{row}.bin": ROWS[row]}) for row in range(4)]
+    field = Field.from_allotments(
+        Allotment(row, 0, layer.blob.digest[7:], layer.diff_id[7:])
+        for row, layer in enumerate(allotments)
+    )
+    stock = build_image(
+        [runtime_tree()], extra=[Blob(FIELD_MEDIA_TYPE, field.to_json())], in_index=True
+    )
+    ref = f"{stack.registry.host}/tdfs/stock:v1"
+
+    async def push() -> None:
+        async with RegistryClient(plain_http=True) as client:
+            for layer in allotments:
+                await client.push_blob(ref, layer.blob.digest, layer.blob.data)
+            await push_image(client, ref, stock)
+
+    trio.run(push)
+    seen_before = len(stack.registry.requests())
+    out = lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), f"{ref}--1.0.2.0")
+    assert "0 lazy, 0 present, 3 downloaded" in out  # base and two allotments
+    listing = stack.run(f"{ref}--1.0.2.0", "stock", "ls /model; sha256sum /model/*")
+    assert listing.split()[:2] == ["row1.bin", "row2.bin"]
+    for row in (1, 2):
+        assert hashlib.sha256(ROWS[row]).hexdigest() in listing
+    fetched = {r.path.rsplit("/", 1)[-1] for r in stack.registry.requests()[seen_before:]}
+    assert allotments[0].blob.digest not in fetched and allotments[3].blob.digest not in fetched
