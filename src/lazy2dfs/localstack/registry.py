@@ -4,6 +4,9 @@ It listens on ``127.0.0.1`` at a free port, keeps blobs in a directory we choose
 corrupt one on purpose), allows deletes, and writes its log, access log included, to a file:
 ``requests()`` reads back which URLs were asked for, e.g. to check that a lazy pull fetched
 only some chunks of a blob.
+
+``auth=`` (optional) makes it ask for credentials: :class:`~lazy2dfs.localstack.auth.HtpasswdAuth`
+for Basic, or :class:`~lazy2dfs.localstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.localstack.process import ChildProcess
+
+if TYPE_CHECKING:  # auth needs bcrypt and cryptography, which only tests install
+    from lazy2dfs.localstack.auth import RegistryAuth
 
 REGISTRY_BINARY: Final = "/usr/bin/docker-registry"
 START_TIMEOUT: Final = 20.0
@@ -68,8 +74,11 @@ def free_port() -> int:
 class LocalRegistry:
     """A registry under ``workdir``; ``host`` is ``127.0.0.1:<port>`` once started."""
 
-    def __init__(self, workdir: Path, storage: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, storage: Path | None = None, *, auth: RegistryAuth | None = None
+    ) -> None:
         self.workdir = workdir
+        self.auth = auth
         self.storage = storage or workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.access_log_path = workdir / "registry.log"
@@ -88,7 +97,7 @@ class LocalRegistry:
         failure: UnavailableError | None = None
         for _ in range(_START_ATTEMPTS):
             self.host = f"127.0.0.1:{free_port()}"
-            self.config_path.write_text(_CONFIG.format(storage=self.storage, addr=self.host))
+            self.config_path.write_text(self._config())
             self.process = ChildProcess(
                 "docker-registry",
                 [REGISTRY_BINARY, "serve", str(self.config_path)],
@@ -103,10 +112,21 @@ class LocalRegistry:
         assert failure is not None
         raise failure
 
+    def _config(self) -> str:
+        config = _CONFIG.format(storage=self.storage, addr=self.host)
+        if self.auth is None:
+            return config
+        from lazy2dfs.localstack.auth import write_registry_auth
+
+        return config + write_registry_auth(self.auth, self.workdir)
+
     def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
                 return bool(response.status == 200)
+        except urllib.error.HTTPError as err:
+            # With auth on, an anonymous /v2/ is refused with a challenge: that is serving.
+            return self.auth is not None and err.code == 401
         except (urllib.error.URLError, OSError):
             return False
 
