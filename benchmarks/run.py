@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import model_start, partitions, snapshot_api
+from benchmarks import build, codecs, model_start, partitions, snapshot_api
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
     "model_start": model_start,
     "partitions": partitions,
+    "codecs": codecs,
+    "build": build,
 }
 
 
