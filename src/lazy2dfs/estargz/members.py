@@ -8,21 +8,32 @@ memory.
 
 from __future__ import annotations
 
+import platform
 import zlib
+from types import ModuleType
+from typing import cast
 
 import zstandard
+from isal import isal_zlib
 
 from lazy2dfs.estargz.errors import CompressedDataError
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
+# ISA-L inflates 1.7x faster than zlib on x86_64 (`make bench`, codecs), with the same output
+# bound, member end and CRC check; on some ARM cores it is slower, so zlib stays there.
+_INFLATER: ModuleType = isal_zlib if platform.machine() in ("x86_64", "AMD64") else zlib
+# isal's stubs declare its error class as an instance; it is the class IsalError.
+_INFLATE_ERRORS = (zlib.error, cast(type[Exception], isal_zlib.error))
+
 
 def inflate_gzip_member(compressed: bytes, limit: int) -> bytes:
     """Up to ``limit`` bytes of the gzip member at the start of ``compressed``."""
     try:
-        return zlib.decompressobj(_GZIP_WBITS).decompress(compressed, limit)
-    except zlib.error as err:
+        data: bytes = _INFLATER.decompressobj(_GZIP_WBITS).decompress(compressed, limit)
+    except _INFLATE_ERRORS as err:
         raise CompressedDataError(f"bad gzip member: {err}") from None
+    return data
 
 
 def read_zstd_frame(compressed: bytes, limit: int) -> bytes:
