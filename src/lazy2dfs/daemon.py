@@ -8,6 +8,8 @@ new connections), let calls in flight finish, release everything, exit 0.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import signal
@@ -43,6 +45,7 @@ log = get_logger(__name__)
 SHUTDOWN_GRACE_SECONDS = 30.0
 GRPC_WORKERS = 64
 SIGNAL_POLL_SECONDS = 0.2
+M_MMAP_THRESHOLD = -3  # mallopt(3)
 # Python hands the GIL over every 5 ms by default; a short call (Mounts, Stat) waiting behind
 # busy threads then waits whole intervals. 0.5 ms cut Mounts' p99 under 20 pulls (make bench).
 GIL_SWITCH_INTERVAL = 0.0005
@@ -82,6 +85,16 @@ def notify_systemd(state: str) -> None:
         sock.sendall(state.encode())
 
 
+def _return_large_buffers_to_the_system() -> None:
+    """Chunks are 4 MiB buffers that come and go by the thousand. glibc raises its mmap
+    threshold after freeing one, then serves the next from the heap, which fragments and never
+    shrinks: serving 1 GiB grew RSS by ~400 MiB. A fixed 128 KiB threshold keeps every chunk in
+    its own mapping, returned on free (~60 MiB measured)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        ctypes.CDLL(libc_name).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -98,6 +111,7 @@ class Daemon:
 
     def run(self) -> int:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        _return_large_buffers_to_the_system()
         # Directories and files we create get their modes from us, not from whoever started us.
         os.umask(0o022)
         # Before any thread starts or the socket appears: a stop signal at any time is handled.
