@@ -35,7 +35,7 @@ log = get_logger(__name__)
 MERGE_GAP = 512 * 1024
 # Upper bound of one request, so one reader does not wait for a whole layer.
 MAX_SPAN = 16 * 1024 * 1024
-# Decoded chunks kept in memory: FUSE asks for 128 KiB at a time, and without this every piece
+# Decoded chunks kept in memory: FUSE asks for at most 1 MiB at a time, and without this every piece
 # of a 4 MiB chunk would be read from disk and hashed again.
 MEMORY_BYTES = 64 * 1024 * 1024
 # Background fetches under way at once, over all layers (upstream stargz uses 2).
