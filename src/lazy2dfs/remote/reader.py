@@ -14,6 +14,7 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -230,7 +231,12 @@ class LayerReader:
         assert isinstance(node.data, str)
         chunks = self.toc.chunks_for(node.data, offset, size)
         self._read_ahead(node, offset, size)
-        datas = await self._chunks(chunks, background=False)
+        with ExitStack() as pins:
+            # Another read's cache write must not evict, between our lookup and our fetch,
+            # the chunks this read is waiting for: that would cost a second download.
+            for digest in {c.digest for c in chunks}:
+                pins.enter_context(self.pool.cache.pinned(digest))
+            datas = await self._chunks(chunks, background=False)
         out = bytearray()
         for chunk in chunks:
             data = datas[chunk.digest]
