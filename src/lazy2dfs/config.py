@@ -50,6 +50,19 @@ class FetchConfig(BaseModel):
     )
 
 
+class FuseConfig(BaseModel):
+    """The FUSE mount under ``<root>/fuse``, held by the keeper process across restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    restart_grace_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="While no daemon runs (restart, upgrade, crash), reads of running containers"
+        " wait this long for the next one, then fail with EIO.",
+    )
+
+
 class RegistryConfig(BaseModel):
     """How registries are reached (credentials come from ~/.docker/config.json)."""
 
@@ -87,6 +100,7 @@ class Config(BaseModel):
     )
     cache: CacheConfig = CacheConfig()
     fetch: FetchConfig = FetchConfig()
+    fuse: FuseConfig = FuseConfig()
     registry: RegistryConfig = RegistryConfig()
 
     @field_validator("metrics_address")

@@ -11,7 +11,6 @@ under its temp root and no daemon may be left running.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from lazy2dfs import libc
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE_DIR = REPO / "tests" / "conformance"
@@ -61,7 +62,6 @@ UPSTREAM_SKIPS = {"Rename"}
 BUILD_TIMEOUT_S = 600.0
 SUITE_TIMEOUT = "5m"  # the Go binary's own -test.timeout: it panics with stacks when exceeded
 RUN_TIMEOUT_S = 420.0  # our backstop above it
-MNT_DETACH = 2
 DEPS_HINT = "run `make deps` (installs golang-go and golang-github-containerd-containerd-dev)"
 
 
@@ -169,12 +169,12 @@ def mounts_under(root: Path) -> list[str]:
 
 def detach_mounts(points: list[str]) -> list[str]:
     """Lazily unmounts `points`, last mounted first; returns those that could not be."""
-    libc = ctypes.CDLL(None, use_errno=True)
     failed = []
     for point in reversed(points):
-        if libc.umount2(os.fsencode(point), MNT_DETACH) != 0:
-            errno = ctypes.get_errno()
-            failed.append(f"{point}: {os.strerror(errno)}")
+        try:
+            libc.umount2(Path(point), libc.MNT_DETACH)
+        except OSError as exc:
+            failed.append(f"{point}: {exc.strerror}")
     return failed
 
 

@@ -16,7 +16,6 @@ and every mount under the work directory is detached, even when a test fails.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from lazy2dfs import libc
 from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, Progress, convert
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, EntryType, Toc, decode_chunk, open_blob
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
@@ -45,7 +45,6 @@ GOCODE = Path("/usr/share/gocode")
 STARGZ_SRC = GOCODE / "src/github.com/containerd/stargz-snapshotter"
 DEPS_HINT = "run `make deps`"
 TIMEOUT = 300.0
-MNT_DETACH = 2
 WEIGHTS = os.urandom(3 << 20) + b"tail"
 FILES = {
     "model/weights.bin": WEIGHTS,
@@ -212,9 +211,9 @@ def fuse_mounts_under(root: Path) -> list[str]:
 
 
 def detach_all(root: Path) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     for point in mounts_under(root):
-        libc.umount2(point.encode(), MNT_DETACH)
+        with contextlib.suppress(OSError):
+            libc.umount2(Path(point), libc.MNT_DETACH)
 
 
 @dataclass

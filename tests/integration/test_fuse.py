@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.fuse.tree import Entry, LayerTree, Node
+from lazy2dfs.localstack.snapshotter import end_keeper
 
 
 class MemoryReader:
@@ -24,13 +25,16 @@ class MemoryReader:
 
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FuseSession, Path]]:
-    path = tmp_path_factory.mktemp("fuse") / "mnt"
-    session = FuseSession(LayerFilesystem(), path)
+    root = tmp_path_factory.mktemp("fuse")
+    session = FuseSession(LayerFilesystem(), Keeper(root, grace_seconds=10))
+    path = session.mountpoint
     session.start()
     try:
+        session.mount()
         yield session, path
     finally:
         session.stop()
+        end_keeper(root)
     assert str(path) not in Path("/proc/self/mountinfo").read_text()
 
 

@@ -17,7 +17,8 @@ import trio
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.localstack.snapshotter import end_keeper
 from lazy2dfs.remote.labels import LayerRequest
 from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.remote.reader import ChunkPool
@@ -79,12 +80,14 @@ def model(tmp_path: Path) -> tuple[dict[str, bytes], MemoryLocator]:
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[FuseSession]:
-    fuse = FuseSession(LayerFilesystem(), tmp_path / "fuse")
+    fuse = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
     fuse.start()
     try:
+        fuse.mount()
         yield fuse
     finally:
         fuse.stop()
+        end_keeper(tmp_path)
 
 
 REQUEST = LayerRequest("sha256:" + "c" * 64, "127.0.0.1:5000/m:v1", "sha256:" + "a" * 64)

@@ -25,10 +25,10 @@ from lazy2dfs.api import snapshots_pb2 as pb
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.registry import free_port
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter, end_keeper
 from lazy2dfs.logfmt import LogfmtFormatter
 from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
 from lazy2dfs.remote.labels import LayerRequest
@@ -256,13 +256,15 @@ def remote(tmp_path: Path) -> Iterator[tuple[EstargzLayers, MemoryLocator]]:
     out = io.BytesIO()
     result = write_blob_from_directory(src, out, WriterOptions(chunk_size=256 * 1024))
     locator = MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest)
-    session = FuseSession(LayerFilesystem(), tmp_path / "fuse")
+    session = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
     session.start()
     try:
+        session.mount()
         pool = ChunkPool(ChunkCache(tmp_path / "cache", max_bytes=1 << 30))
         yield EstargzLayers(tmp_path, session, pool, locator, background_fetch=False), locator
     finally:
         session.stop()
+        end_keeper(tmp_path)
 
 
 def value(name: str, **labels: str) -> float:

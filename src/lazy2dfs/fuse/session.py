@@ -1,15 +1,21 @@
-"""Runs the one FUSE mount: pyfuse3's trio loop on a thread of its own.
+"""Serves the one FUSE mount: pyfuse3's trio loop on a thread of its own.
 
-The gRPC server's threads reach into the loop with ``call``/``call_sync`` (trio.from_thread),
-so all filesystem state is touched from the loop only and needs no locks.
+The mount itself belongs to the FUSE keeper (``fuse/keeper.py``), a separate process that
+outlives the daemon; the session connects to it, spawning it first if none is running, and
+hands libfuse the connection as ``/dev/fd/N``. The gRPC server's threads reach into the loop
+with ``call``/``call_sync`` (trio.from_thread), so all filesystem state is touched from the
+loop only and needs no locks.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import errno
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,16 +24,18 @@ import pyfuse3
 import trio
 import trio.lowlevel
 
+from lazy2dfs import libc
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
+from lazy2dfs.fuse.keeper import enlarge_send_buffer
 from lazy2dfs.logfmt import get_logger
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
-MNT_DETACH = 2
 START_TIMEOUT = 10.0
+KEEPER_POLL_SECONDS = 0.05
 # Kernel read-ahead on the mount. At the default 128 KiB every FUSE read is 128 KiB; at 4 MiB
 # (one default chunk) sequential readers get 1 MiB requests, the most libfuse negotiates:
 # 8x fewer round trips through the daemon for the same bytes.
@@ -46,36 +54,109 @@ def detach_stale_mount(path: Path) -> None:
     )
     if not mounted:
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        raise UnavailableError(f"cannot detach stale mount {path}: {os.strerror(err)}")
+    try:
+        libc.umount2(path, libc.MNT_DETACH)
+    except OSError as exc:
+        raise UnavailableError(f"cannot detach stale mount {path}: {exc.strerror}") from exc
     log.warning("stale FUSE mount detached", path=path)
 
 
-class FuseSession:
-    """Mounts ``filesystem`` at ``mountpoint`` until ``stop``."""
+class Keeper:
+    """The way to the FUSE keeper of one root: its socket, and how to start it."""
 
-    def __init__(self, filesystem: LayerFilesystem, mountpoint: Path) -> None:
+    def __init__(self, root: Path, grace_seconds: float) -> None:
+        self.mountpoint = root / "fuse"
+        self.socket = root / "fuse-keeper.sock"
+        self.grace_seconds = grace_seconds
+
+    def connect(self) -> socket.socket:
+        """A connection to the running keeper, or to a new one (with a fresh mount)."""
+        try:
+            return self._dial()
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        detach_stale_mount(self.mountpoint)
+        self.mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "lazy2dfs.fuse.keeper", "--mountpoint", str(self.mountpoint)]
+        argv += ["--socket", str(self.socket), "--grace", str(self.grace_seconds)]
+        # Its own session: a Ctrl-C or a stop of the daemon's process group must not reach it.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise UnavailableError(
+                    f"FUSE keeper exited with status {proc.returncode}; its log line above says"
+                    " why (is /dev/fuse there, and are we root?)"
+                )
+            try:
+                return self._dial()
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(KEEPER_POLL_SECONDS)
+        proc.kill()
+        raise UnavailableError(f"FUSE keeper did not listen on {self.socket} in {START_TIMEOUT}s")
+
+    def _dial(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            enlarge_send_buffer(sock)
+            sock.connect(str(self.socket))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def unmount_unless_busy(self) -> bool:
+        """Unmounts (the keeper then exits) unless containers still read through the mount;
+        returns whether it did."""
+        try:
+            libc.umount2(self.mountpoint)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.warning("fuse unmount failed", path=self.mountpoint, error=exc.strerror)
+            return False
+        return True
+
+
+class FuseSession:
+    """Serves ``filesystem`` on the keeper's mount: ``start`` the loop (layers can then be
+    added), ``mount`` to take requests, ``stop`` to let go."""
+
+    def __init__(self, filesystem: LayerFilesystem, keeper: Keeper) -> None:
         self.filesystem = filesystem
-        self.mountpoint = mountpoint
+        self.keeper = keeper
+        self.mountpoint = keeper.mountpoint
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._serving = False
         self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
 
     def start(self) -> None:
-        detach_stale_mount(self.mountpoint)
-        self.mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
-        options = set(pyfuse3.default_options)
-        options |= {"fsname=lazy2dfs", "subtype=lazy2dfs", "ro", "allow_other"}
-        pyfuse3.init(self.filesystem, str(self.mountpoint), options)
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT) or self._error is not None:
             raise UnavailableError(f"FUSE loop did not start: {self._error!r}")
+
+    def mount(self) -> None:
+        """Connects to the keeper and serves requests. Call once every layer is added: a
+        restarted daemon first answers the requests its predecessor left unanswered."""
+        connection = self.keeper.connect()
+        options = set(pyfuse3.default_options) | {"fsname=lazy2dfs", "subtype=lazy2dfs"}
+        # libfuse takes "/dev/fd/N" as an already mounted connection, and closes it at the end.
+        pyfuse3.init(self.filesystem, f"/dev/fd/{connection.detach()}", options)
+        self._serving = True
+        self.call_sync(self._start_serving)
         self._raise_read_ahead()
-        log.info("fuse mounted", path=self.mountpoint)
+        log.info("fuse serving", path=self.mountpoint, keeper=self.keeper.socket)
+
+    def _start_serving(self) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve, name="pyfuse3")
+
+    async def _serve(self) -> None:
+        await pyfuse3.main(min_tasks=2, max_tasks=MAX_TASKS)
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
 
     def _raise_read_ahead(self) -> None:
         st = os.stat(self.mountpoint)
@@ -103,8 +184,7 @@ class FuseSession:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._ready.set()
-            await pyfuse3.main(min_tasks=2, max_tasks=MAX_TASKS)
-            nursery.cancel_scope.cancel()
+            await trio.sleep_forever()
 
     def spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> trio.CancelScope:
         """Starts a background task in the loop (call from the loop); cancel it with the scope.
@@ -134,10 +214,29 @@ class FuseSession:
         return self._token is not None and self._thread.is_alive()
 
     def stop(self) -> None:
+        """Stops serving. The mount goes too, unless containers still use it: the keeper
+        then holds their requests for the next daemon (``restart_grace_seconds``)."""
         if not self._thread.ident:
             return  # never started
         if self.running:
-            trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
+            if self._serving:
+                trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
+            else:
+                self.call_sync(self._cancel)
             self._thread.join(timeout=30)
-        pyfuse3.close(unmount=True)
-        log.info("fuse unmounted", path=self.mountpoint)
+        if not self._serving:
+            return
+        pyfuse3.close(unmount=False)
+        if self.keeper.unmount_unless_busy():
+            log.info("fuse unmounted", path=self.mountpoint)
+        else:
+            log.warning(
+                "fuse mount kept for running containers",
+                path=self.mountpoint,
+                grace_seconds=self.keeper.grace_seconds,
+                action="start lazy2dfs serve again before the grace ends, or their reads fail",
+            )
+
+    def _cancel(self) -> None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -12,6 +16,35 @@ from lazy2dfs.fuse.session import detach_stale_mount
 from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
 
 START_TIMEOUT = 30.0
+KEEPER_EXIT_TIMEOUT = 10.0
+
+
+def keeper_pids(root: Path) -> list[int]:
+    """Processes running the FUSE keeper of ``root``."""
+    needle = os.fsencode(root / "fuse-keeper.sock")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if b"lazy2dfs.fuse.keeper" in argv and needle in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_keeper(root: Path) -> None:
+    """Ends the FUSE keeper of ``root`` and its mount, which outlive daemons on purpose:
+    teardown for tests and the demo, whatever state a test left them in."""
+    for pid in keeper_pids(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    detach_stale_mount(root / "fuse")
+    deadline = time.monotonic() + KEEPER_EXIT_TIMEOUT
+    while keeper_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class LocalSnapshotter:
@@ -51,21 +84,28 @@ class LocalSnapshotter:
         return self
 
     def stop(self) -> int:
-        """SIGTERM; also detaches the FUSE mount a killed daemon left behind."""
+        """SIGTERM, then ends what outlives a daemon on purpose: the FUSE keeper and its
+        mount (kept while containers use it); returns the daemon's exit code."""
+        code = self.stop_daemon()
+        end_keeper(self.root)
+        return code
+
+    def stop_daemon(self) -> int:
+        """SIGTERM to the daemon only, as ``systemctl restart`` does (the keeper stays)."""
         code = 0
         if self.process is not None:
             code = self.process.stop()
             self.process = None
-        detach_stale_mount(self.root / "fuse")
         return code
 
     def kill(self) -> None:
+        """SIGKILL to the daemon only, as a crash would (the keeper stays)."""
         if self.process is not None:
             self.process.kill()
             self.process = None
 
     def restart(self) -> None:
-        self.stop()
+        self.stop_daemon()
         self.start()
 
     def channel(self) -> grpc.Channel:

@@ -1,0 +1,93 @@
+"""Running containers keep reading lazily pulled weights while the daemon is killed (-9) or
+stopped (SIGTERM) and started again: the FUSE keeper holds their requests meanwhile."""
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.localstack.containerd import LocalContainerd
+from lazy2dfs.localstack.images import build_image, build_layer
+from lazy2dfs.localstack.model import runtime_tree
+from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter, keeper_pids
+
+from .conftest import Stack
+from .test_lazy_pull import lazy_pull
+
+CHUNK = 1 << 20
+ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
+WAIT_SECONDS = 60.0
+# Reads in the container go through this many one-part steps after the daemon went away.
+READER = """set -e
+sha256sum /model/part0 > /out/0
+while [ ! -e /out/go ]; do sleep 0.1; done
+for i in 1 2 3 4; do sha256sum /model/part$i > /out/$i.tmp; mv /out/$i.tmp /out/$i; done
+touch /out/done
+"""
+
+
+@pytest.fixture(scope="module")
+def keeper_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Background fetch off: what the container reads after the restart is not cached yet,
+    so it must travel kernel → keeper → new daemon → registry."""
+    work = tmp_path_factory.mktemp("keep")
+    config = "[fetch]\nbackground = false\n[fuse]\nrestart_grace_seconds = 60\n"
+    with (
+        LocalRegistry(work / "r") as registry,
+        LocalSnapshotter(work / "s", config=config) as snapshotter,
+        LocalContainerd(work / "c", snapshotter.address) as containerd,
+    ):
+        yield Stack(registry, snapshotter, containerd)
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {WAIT_SECONDS}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["kill-9", "sigterm"])
+def test_a_running_container_reads_on_across_a_daemon_restart(
+    keeper_stack: Stack, tmp_path: Path, crash: bool
+) -> None:
+    stack = keeper_stack
+    parts = [os.urandom(3 * CHUNK + i) for i in range(5)]
+    model = {f"model/part{i}": data for i, data in enumerate(parts)}
+    image = build_image(
+        [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(model, estargz=ESTARGZ)]
+    )
+    ref = stack.push(f"restart/model:{'kill' if crash else 'term'}", image)
+    assert "0 downloaded" in lazy_pull(stack, ref)
+    name = f"reader-{'kill' if crash else 'term'}"
+    out = tmp_path / "out"
+    out.mkdir()
+    bind = f"type=bind,src={out},dst=/out,options=rbind:rw"
+    stack.ctr(
+        "run", "-d", "--snapshotter", "lazy2dfs", "--mount", bind, ref, name, "sh", "-c", READER
+    )
+    try:
+        wait_for(out / "0")
+        snapshots = stack.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls")
+        if crash:
+            stack.snapshotter.kill()
+        else:
+            assert stack.snapshotter.stop_daemon() == 0
+        assert keeper_pids(stack.snapshotter.root), "the keeper went with the daemon"
+        (out / "go").touch()
+        time.sleep(1.5)
+        assert not (out / "1").exists(), "a read was served with no daemon running"
+
+        stack.restart_snapshotter(crash=False)
+        wait_for(out / "done")
+        for i, data in enumerate(parts):
+            assert (out / str(i)).read_text().split()[0] == hashlib.sha256(data).hexdigest()
+        assert stack.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls") == snapshots
+    finally:
+        stack.containerd.ctr("task", "rm", "-f", name, check=False)
+        stack.containerd.ctr("containers", "rm", name, check=False)

@@ -1,0 +1,115 @@
+"""The FUSE keeper holds the mount while no daemon serves it: a reader blocked across a daemon
+restart gets its bytes from the next daemon, and after the grace period an EIO, never a hang."""
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazy2dfs.fuse.filesystem import LayerFilesystem
+from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.fuse.tree import Entry, LayerTree, Node
+from lazy2dfs.localstack.snapshotter import end_keeper, keeper_pids
+
+FIRST = os.urandom(64 * 1024)
+SECOND = os.urandom(3 * 1024 * 1024 + 5)
+
+
+class MemoryReader:
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        assert isinstance(node.data, bytes)
+        return node.data[offset : offset + size]
+
+
+def serve(root: Path, grace: float) -> FuseSession:
+    """A daemon's FUSE side: the same layer, so the same inode numbers, every time."""
+    session = FuseSession(LayerFilesystem(), Keeper(root, grace_seconds=grace))
+    session.start()
+    tree = LayerTree(
+        7,
+        [
+            Entry("first.bin", "reg", size=len(FIRST), data=FIRST),
+            Entry("second.bin", "reg", size=len(SECOND), data=SECOND),
+        ],
+    )
+    session.call_sync(session.filesystem.add_layer, "7", tree, MemoryReader())
+    session.mount()
+    return session
+
+
+def mounted(path: Path) -> bool:
+    return any(
+        line.split()[4] == str(path)
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
+
+
+class BackgroundRead:
+    """Reads a whole file on a thread, as a container would while the daemon is away."""
+
+    def __init__(self, path: Path) -> None:
+        self.result: bytes | OSError | None = None
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _read(self, path: Path) -> None:
+        try:
+            self.result = path.read_bytes()
+        except OSError as exc:
+            self.result = exc
+        self.finished.set()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    end_keeper(tmp_path)
+
+
+def test_a_reader_waits_through_a_restart_and_gets_its_bytes(root: Path) -> None:
+    session = serve(root, grace=30)
+    layer = session.mountpoint / "7"
+    # An open file keeps the mount busy, as a running container's overlay does.
+    with open(layer / "first.bin", "rb") as busy:
+        assert busy.read() == FIRST
+        session.stop()
+        assert mounted(session.mountpoint) and keeper_pids(root)
+
+        reader = BackgroundRead(layer / "second.bin")
+        assert not reader.finished.wait(1.0), "served with no daemon running"
+        stopped_at = time.monotonic()
+        session = serve(root, grace=30)
+        assert reader.finished.wait(30)
+        assert reader.result == SECOND
+        assert time.monotonic() - stopped_at < 10
+        busy.seek(0)
+        assert busy.read() == FIRST
+    session.stop()
+    assert not mounted(session.mountpoint)
+    deadline = time.monotonic() + 10
+    while keeper_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not keeper_pids(root), "keeper outlived its mount"
+
+
+def test_with_no_daemon_a_read_fails_with_eio_after_the_grace(root: Path) -> None:
+    session = serve(root, grace=1)
+    layer = session.mountpoint / "7"
+    with open(layer / "first.bin", "rb"):
+        session.stop()
+        started = time.monotonic()
+        reader = BackgroundRead(layer / "second.bin")
+        assert reader.finished.wait(10), "a read hung with no daemon"
+        waited = time.monotonic() - started
+        assert isinstance(reader.result, OSError) and reader.result.errno == errno.EIO
+        assert 1.0 <= waited < 5.0
+
+        # A daemon that comes back later serves again.
+        session = serve(root, grace=1)
+        assert (layer / "second.bin").read_bytes() == SECOND
+    session.stop()
