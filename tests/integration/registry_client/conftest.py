@@ -3,9 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from lazy2dfs.localstack.faults import FaultProxy
 from lazy2dfs.localstack.registry import LocalRegistry
-
-from .faults import FaultProxy
 
 
 @pytest.fixture(scope="module")

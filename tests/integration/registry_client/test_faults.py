@@ -7,6 +7,7 @@ from urllib.parse import quote
 import pytest
 import trio
 
+from lazy2dfs.localstack.faults import FaultProxy
 from lazy2dfs.localstack.images import push_image
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import (
@@ -16,7 +17,6 @@ from lazy2dfs.registry_client import (
     RetryPolicy,
 )
 
-from .faults import FaultProxy
 from .support import FAST_RETRY, run, sample_image
 
 IMAGE = sample_image()
