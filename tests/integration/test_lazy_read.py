@@ -206,3 +206,38 @@ def test_a_registry_that_stops_answering_gives_eio_after_the_deadline(
         (remote.path(1) / "model/weights-1.bin").read_bytes()
     assert err.value.errno == errno.EIO
     assert time.monotonic() - start < 10
+
+
+class CountingCache(ChunkCache):
+    """Counts chunks read back from disk (each one a read and a sha256 of the chunk)."""
+
+    disk_reads = 0
+
+    def get(self, digest: str) -> bytes | None:
+        data = super().get(digest)
+        if data is not None:
+            self.disk_reads += 1
+        return data
+
+
+def test_concurrent_lookups_read_a_chunk_from_disk_once(tmp_path: Path) -> None:
+    cache = CountingCache(tmp_path / "cache", max_bytes=1 << 30)
+    data = os.urandom(CHUNK)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert cache.put(digest, data)
+    results: list[bytes | None] = []
+
+    async def main() -> None:
+        pool = ChunkPool(cache)
+
+        async def lookup() -> None:
+            results.append(await pool.lookup(digest))
+
+        # As the kernel sends the 1 MiB reads of one chunk: all at once.
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(lookup)
+
+    trio.run(main)
+    assert results == [data] * 4
+    assert cache.disk_reads == 1

@@ -98,20 +98,20 @@ class Relay:
     def run(self) -> None:
         threading.Thread(target=self._from_kernel, name="kernel", daemon=True).start()
         threading.Thread(target=self._expire, name="expire", daemon=True).start()
-        self._listener.settimeout(EXPIRY_CHECK_SECONDS)
         while not self._gone.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
+            except OSError:
+                break  # stop() shut the listener down
             self._serve(sock)
 
     def stop(self) -> None:
         """Ends the relay; lock-free, as it runs in a signal handler."""
         self._gone.set()
         connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+            if connection is not None:
                 connection.sock.shutdown(socket.SHUT_RDWR)
 
     # Kernel to daemon.

@@ -9,9 +9,11 @@ loop only and needs no locks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,6 +38,7 @@ T = TypeVar("T")
 
 START_TIMEOUT = 10.0
 KEEPER_POLL_SECONDS = 0.05
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Kernel read-ahead on the mount. At the default 128 KiB every FUSE read is 128 KiB; at 4 MiB
 # (one default chunk) sequential readers get 1 MiB requests, the most libfuse negotiates:
 # 8x fewer round trips through the daemon for the same bytes.
@@ -68,6 +71,8 @@ class Keeper:
         self.mountpoint = root / "fuse"
         self.socket = root / "fuse-keeper.sock"
         self.grace_seconds = grace_seconds
+        self.pid: int | None = None  # of the keeper connected to
+        self._child: subprocess.Popen[bytes] | None = None
 
     def connect(self) -> socket.socket:
         """A connection to the running keeper, or to a new one (with a fresh mount)."""
@@ -80,7 +85,9 @@ class Keeper:
         argv = [sys.executable, "-m", "lazy2dfs.fuse.keeper", "--mountpoint", str(self.mountpoint)]
         argv += ["--socket", str(self.socket), "--grace", str(self.grace_seconds)]
         # Its own session: a Ctrl-C or a stop of the daemon's process group must not reach it.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = self._child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -103,6 +110,8 @@ class Keeper:
         except OSError:
             sock.close()
             raise
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        self.pid = PEERCRED.unpack(credentials)[0]
         return sock
 
     def unmount_unless_busy(self) -> bool:
@@ -114,7 +123,24 @@ class Keeper:
             if exc.errno != errno.EBUSY:
                 log.warning("fuse unmount failed", path=self.mountpoint, error=exc.strerror)
             return False
+        self._wait_for_keeper_exit()
         return True
+
+    def _wait_for_keeper_exit(self) -> None:
+        """The keeper exits once its mount is gone; wait, so that a stopped daemon leaves no
+        process behind (bounded: a keeper that lingers is logged, not waited for)."""
+        if self._child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._child.wait(START_TIMEOUT)  # our child: reap it, too
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.pid is not None and time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(KEEPER_POLL_SECONDS)
+        if self.pid is not None:
+            log.warning("fuse keeper still running after unmount", pid=self.pid)
 
 
 class FuseSession:
