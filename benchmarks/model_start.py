@@ -15,8 +15,6 @@ Gbit/s, 20 ms round trip) between containerd/lazy2dfs and the registry.
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,19 +23,24 @@ from typing import Any
 import trio
 
 from benchmarks import report
-from benchmarks.link import LinkEmulator
+from benchmarks.coldstack import (
+    EMULATED,
+    LINK_BYTES_PER_SECOND,
+    LOOPBACK,
+    Served,
+    cold_stack,
+    daemon_usage,
+    registry_host,
+)
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.localstack.coldstart import METHODS, cold_start
-from lazy2dfs.localstack.containerd import LocalContainerd
 from lazy2dfs.localstack.images import BuiltImage, build_image, build_layer, push_image
 from lazy2dfs.localstack.model import runtime_tree, sample_model
 from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
 
 # (size MiB, trials on loopback, trials on the emulated link)
 PLAN = ((256, 3, 1), (1024, 3, 2), (4096, 1, 1))
-LINK_MBIT, LINK_RTT_MS = 1000, 20
 FIRST_BYTES = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=4 << 20, mtime=946684800)
 
@@ -51,46 +54,21 @@ def _images(size_mib: int) -> tuple[dict[str, BuiltImage], str]:
     return {"overlayfs": build_image(plain), "lazy2dfs": build_image(lazy)}, model.paths[0]
 
 
-def _drop_page_cache() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def _daemon_usage(pid: int) -> tuple[float, float]:
-    """CPU seconds and peak RSS (MiB) of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak_kib = next(
-        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
-    )
-    return cpu, peak_kib / 1024
-
-
 def _trial(
     work: Path, registry: LocalRegistry, host: str, repo: str, method: str, first_file: str
 ) -> dict[str, float]:
-    ref = f"{host}/{repo}:{method}"
-    _drop_page_cache()
-    try:
-        with (
-            LocalSnapshotter(work / "s", log_level="warning") as daemon,
-            LocalContainerd(work / "c", daemon.address) as containerd,
-        ):
-            served_before = sum(r.size for r in registry.requests() if r.method == "GET")
-            result = cold_start(containerd, ref, method, first_file, FIRST_BYTES)
-            served = sum(r.size for r in registry.requests() if r.method == "GET") - served_before
-            assert daemon.process is not None
-            cpu, rss = _daemon_usage(daemon.process.pid)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {
-        "first_tensor": result.to_first_tensor,
-        "full_load": result.full_load,
-        "fetched_mib": served / 2**20,
-        "daemon_cpu_s": cpu,
-        "daemon_rss_mib": rss,
-    }
+    with cold_stack(work) as (daemon, containerd):
+        served = Served(registry)
+        result = cold_start(containerd, f"{host}/{repo}:{method}", method, first_file, FIRST_BYTES)
+        assert daemon.process is not None
+        cpu, rss = daemon_usage(daemon.process.pid)
+        return {
+            "first_tensor": result.to_first_tensor,
+            "full_load": result.full_load,
+            "fetched_mib": served.bytes() / 2**20,
+            "daemon_cpu_s": cpu,
+            "daemon_rss_mib": rss,
+        }
 
 
 def run() -> Path:
@@ -113,10 +91,7 @@ def run() -> Path:
                     for m, image in images.items()
                 }
                 del images
-                for link, trials in (
-                    ("loopback", loopback_trials),
-                    ("1 Gbit/s 20 ms", link_trials),
-                ):
+                for link, trials in ((LOOPBACK, loopback_trials), (EMULATED, link_trials)):
                     if not trials:
                         continue
                     key = f"{size_mib} MiB, {link}"
@@ -124,17 +99,8 @@ def run() -> Path:
                     for trial in range(trials):
                         for method in METHODS:
                             where = work / f"{size_mib}-{trial}-{method}"
-                            if link == "loopback":
-                                result = _trial(
-                                    where, registry, registry.host, repo, method, first_file
-                                )
-                            else:
-                                with LinkEmulator(
-                                    registry.host, LINK_MBIT, LINK_RTT_MS
-                                ) as emulated:
-                                    result = _trial(
-                                        where, registry, emulated.host, repo, method, first_file
-                                    )
+                            with registry_host(registry, link) as host:
+                                result = _trial(where, registry, host, repo, method, first_file)
                             raw[key].setdefault(method, []).append(result)
     return _report(raw)
 
@@ -149,8 +115,8 @@ def _report(raw: dict[str, dict[str, Any]]) -> Path:
         }
         base, ours = med["overlayfs"], med["lazy2dfs"]
         ideal = ""
-        if "Gbit" in key:
-            seconds = trials["compressed_mib"]["lazy2dfs"] * 2**20 / (LINK_MBIT * 1e6 / 8)
+        if key.endswith(EMULATED):
+            seconds = trials["compressed_mib"]["lazy2dfs"] * 2**20 / LINK_BYTES_PER_SECOND
             ideal = f"{ours['full_load'] / seconds:.2f}x of {seconds:.1f}s"
         rows.append(
             [

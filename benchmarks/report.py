@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -45,16 +46,7 @@ def write(
     ylabel: str,
 ) -> Path:
     """``plot_groups`` maps a group label (x axis) to {series: value}."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(
-        json.dumps({"machine": machine(), "columns": columns, "rows": rows, "raw": raw}, indent=1)
-    )
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |"]
-    lines.append("|" + "---|" * len(columns))
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    lines += ["", f"Measured {machine()['when']} on {machine()['cpus']} CPUs, `make bench`."]
-    (RESULTS_DIR / f"{name}.md").write_text("\n".join(lines) + "\n")
-
+    write_tables(name, title, columns, rows, raw)
     series = sorted({s for group in plot_groups.values() for s in group})
     fig, ax = plt.subplots(figsize=(max(6, len(plot_groups) * 1.2), 4))
     width = 0.8 / max(1, len(series))
@@ -66,8 +58,36 @@ def write(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    return save_figure(name, fig)
+
+
+def write_tables(
+    name: str,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    raw: dict[str, Any],
+    notes: Sequence[str] = (),
+) -> None:
+    """``<name>.json`` and ``<name>.md``, for benchmarks that draw their own figures;
+    ``notes`` are paragraphs under the table."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(
+        json.dumps({"machine": machine(), "columns": columns, "rows": rows, "raw": raw}, indent=1)
+    )
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    for note in notes:
+        lines += ["", note]
+    lines += ["", f"Measured {machine()['when']} on {machine()['cpus']} CPUs, `make bench`."]
+    (RESULTS_DIR / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def save_figure(name: str, fig: Figure, suffix: str = "") -> Path:
+    """Saves ``fig`` as ``<name><suffix>.png`` and closes it."""
     fig.tight_layout()
-    png = RESULTS_DIR / f"{name}.png"
+    png = RESULTS_DIR / f"{name}{suffix}.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png

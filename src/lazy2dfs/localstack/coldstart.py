@@ -1,11 +1,13 @@
 """One cold start of a model container, timed: a pull, a container that reads the first part
 of the first weights file, then a container that reads every weights file to the end. Shared by
-`make demo` and the benchmarks, so the figures they print come from the same procedure."""
+`make demo` and the benchmarks, so the figures they print come from the same procedure; the
+steps are public too, for benchmarks that time several reads after one pull."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -41,19 +43,44 @@ def _timed(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def pull(containerd: LocalContainerd, ref: str, method: str) -> float:
+    """Seconds to pull ``ref`` for ``method``: ``ctr`` for overlayfs, ``lazy2dfs pull`` else."""
+    if method == "overlayfs":
+        argv = [*_ctr(containerd), "images", "pull", "--plain-http", "--snapshotter", method, ref]
+    else:
+        argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(containerd.address), ref]
+    return _timed(argv)
+
+
+def read_first(containerd: LocalContainerd, ref: str, method: str, path: str, size: int) -> float:
+    """Seconds for a new container to start and read the first ``size`` bytes of ``path``."""
+    script = f"head -c {size} {PurePosixPath('/', path)} | wc -c"
+    return _run_script(containerd, ref, method, "first", script)
+
+
+def read_all(
+    containerd: LocalContainerd, ref: str, method: str, paths: Sequence[str] = ()
+) -> float:
+    """Seconds for a new container to read ``paths`` (default: every weights file) to the end."""
+    names = " ".join(str(PurePosixPath("/", p)) for p in paths) or f"/{MODEL_DIR}/*"
+    return _run_script(containerd, ref, method, "full", f"cat {names} > /dev/null")
+
+
 def cold_start(
     containerd: LocalContainerd, ref: str, method: str, first_file: str, first_bytes: int
 ) -> ColdStart:
     """``first_bytes`` of ``first_file`` (a path in the image) is what "first tensor" reads."""
-    ctr = ["ctr", "--address", str(containerd.address)]
-    if method == "overlayfs":
-        pull = [*ctr, "images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref]
-    else:
-        pull = [*lazy2dfs_argv(), "pull", "--containerd-address", str(containerd.address), ref]
-    run = [*ctr, "run", "--rm", "--snapshotter", method, ref]
-    pulled = _timed(pull)
-    first = PurePosixPath("/", first_file)
-    script = f"head -c {first_bytes} {first} | wc -c"
-    first_read = _timed([*run, "first", "/bin/sh", "-c", script])
-    full_read = _timed([*run, "full", "/bin/sh", "-c", f"cat /{MODEL_DIR}/* > /dev/null"])
-    return ColdStart(method, pulled, first_read, full_read)
+    pulled = pull(containerd, ref, method)
+    first_read = read_first(containerd, ref, method, first_file, first_bytes)
+    return ColdStart(method, pulled, first_read, read_all(containerd, ref, method))
+
+
+def _ctr(containerd: LocalContainerd) -> list[str]:
+    return ["ctr", "--address", str(containerd.address)]
+
+
+def _run_script(
+    containerd: LocalContainerd, ref: str, method: str, name: str, script: str
+) -> float:
+    run = [*_ctr(containerd), "run", "--rm", "--snapshotter", method, ref, name]
+    return _timed([*run, "/bin/sh", "-c", script])

@@ -1,0 +1,81 @@
+"""What every cold-start benchmark trial needs, so that their figures mean the same thing.
+
+A trial runs on a fresh lazy2dfs daemon and containerd (empty content store, snapshots and
+chunk cache) after the page cache is dropped, and reaches the registry either on loopback or
+through ``benchmarks.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
+registry's access log says it served.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmarks.link import LinkEmulator
+from lazy2dfs.localstack.containerd import LocalContainerd
+from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+
+LINK_MBIT, LINK_RTT_MS = 1000, 20
+LOOPBACK, EMULATED = "loopback", "1 Gbit/s 20 ms"
+LINK_BYTES_PER_SECOND = LINK_MBIT * 1e6 / 8
+
+
+def drop_page_cache() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def daemon_usage(pid: int) -> tuple[float, float]:
+    """CPU seconds and peak RSS (MiB) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kib = next(
+        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
+    )
+    return cpu, peak_kib / 1024
+
+
+@contextmanager
+def cold_stack(work: Path) -> Iterator[tuple[LocalSnapshotter, LocalContainerd]]:
+    """A fresh daemon and containerd under ``work``, after the page cache is dropped; ``work``
+    is removed afterwards, so no trial inherits another's content or chunks."""
+    drop_page_cache()
+    try:
+        with (
+            LocalSnapshotter(work / "s", log_level="warning") as daemon,
+            LocalContainerd(work / "c", daemon.address) as containerd,
+        ):
+            yield daemon, containerd
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def registry_host(registry: LocalRegistry, link: str) -> Iterator[str]:
+    """The host to pull from to get ``link`` (``LOOPBACK`` or ``EMULATED``) to ``registry``."""
+    if link == LOOPBACK:
+        yield registry.host
+        return
+    with LinkEmulator(registry.host, LINK_MBIT, LINK_RTT_MS) as emulated:
+        yield emulated.host
+
+
+class Served:
+    """Bytes ``registry`` serves from now on (GET response bodies, from its access log)."""
+
+    def __init__(self, registry: LocalRegistry) -> None:
+        self.registry = registry
+        self.start = len(registry.requests())
+
+    def bytes(self, digests: Collection[str] | None = None) -> int:
+        """All bytes served, or only those of blobs named in ``digests``."""
+        return sum(
+            r.size
+            for r in self.registry.requests()[self.start :]
+            if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
+        )
