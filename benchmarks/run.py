@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import build, codecs, model_start, partitions, snapshot_api
+from benchmarks import build, codecs, model_start, partition_matrix, snapshot_api
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
     "model_start": model_start,
-    "partitions": partitions,
+    "partition_matrix": partition_matrix,
     "codecs": codecs,
     "build": build,
 }
