@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import build, codecs, model_start, partition_matrix, snapshot_api
+from benchmarks import build, codecs, model_start, partition_matrix, restart_gap, snapshot_api
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "partition_matrix": partition_matrix,
     "codecs": codecs,
     "build": build,
+    "restart_gap": restart_gap,
 }
 
 

@@ -88,6 +88,9 @@ def test_a_running_container_reads_on_across_a_daemon_restart(
         for i, data in enumerate(parts):
             assert (out / str(i)).read_text().split()[0] == hashlib.sha256(data).hexdigest()
         assert stack.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls") == snapshots
+        # The mount is still where new containers find it, not only under the old one.
+        again = stack.run(ref, name + "-new", "sha256sum /model/part0")
+        assert again.split()[0] == hashlib.sha256(parts[0]).hexdigest()
     finally:
         stack.containerd.ctr("task", "rm", "-f", name, check=False)
         stack.containerd.ctr("containers", "rm", name, check=False)

@@ -38,7 +38,8 @@ from pathlib import Path
 from lazy2dfs import libc
 from lazy2dfs.logfmt import configure, get_logger
 
-log = get_logger(__name__)
+# By name: run as ``python -m``, this module is __main__, outside the lazy2dfs logger tree.
+log = get_logger("lazy2dfs.fuse.keeper")
 
 # Room for the largest request the kernel sends (1 MiB of write payload plus headers) and
 # the largest reply (1 MiB of read data plus its header).

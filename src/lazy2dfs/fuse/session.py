@@ -9,7 +9,6 @@ loop only and needs no locks.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -117,6 +116,10 @@ class Keeper:
     def unmount_unless_busy(self) -> bool:
         """Unmounts (the keeper then exits) unless containers still read through the mount;
         returns whether it did."""
+        if overlays_using(self.mountpoint):
+            # Not EBUSY: overlayfs takes private clones of its lower mounts, so umount2 would
+            # succeed and take the mount from new containers while old ones still read.
+            return False
         try:
             libc.umount2(self.mountpoint)
         except OSError as exc:
@@ -129,18 +132,39 @@ class Keeper:
     def _wait_for_keeper_exit(self) -> None:
         """The keeper exits once its mount is gone; wait, so that a stopped daemon leaves no
         process behind (bounded: a keeper that lingers is logged, not waited for)."""
-        if self._child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._child.wait(START_TIMEOUT)  # our child: reap it, too
         deadline = time.monotonic() + START_TIMEOUT
         while self.pid is not None and time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if self._child is not None and self._child.poll() is not None:
+                return  # our child: exited, and now reaped
+            if not _running(self.pid):
                 return
             time.sleep(KEEPER_POLL_SECONDS)
         if self.pid is not None:
             log.warning("fuse keeper still running after unmount", pid=self.pid)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, its parent yet to reap it) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def overlays_using(mountpoint: Path) -> list[str]:
+    """Mount points of overlay mounts with a lower directory under ``mountpoint``: the
+    root file systems of containers on lazily served layers."""
+    prefix = f"{mountpoint}/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        tail = fields[fields.index("-") + 1 :]
+        if tail[0] == "overlay" and any(
+            option.startswith("lowerdir=") and prefix in option for option in tail[2].split(",")
+        ):
+            found.append(fields[4])
+    return found
 
 
 class FuseSession:
