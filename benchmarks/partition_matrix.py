@@ -219,6 +219,7 @@ def _partition_trial(
 
 def run() -> Path:
     raw: dict[str, Any] = {"trials": {}, "partition_bytes": {}}
+    png = Path()
     with tempfile.TemporaryDirectory(prefix="l2d-matrix-") as tmp:
         for size_mib, trials in PLAN:
             work = Path(tmp) / f"{size_mib}m"
@@ -259,7 +260,8 @@ def run() -> Path:
                                     )
                                 cells[variant][f"{percent} %"].append(measured)
             shutil.rmtree(work, ignore_errors=True)
-    return _report(raw)
+            png = _report(raw)  # after each size, so an interrupted run still leaves results
+    return png
 
 
 Medians = dict[str, dict[str, dict[str, dict[str, float]]]]  # "size, link" → variant → "p %"
