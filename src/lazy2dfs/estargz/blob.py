@@ -73,6 +73,18 @@ def _checked(data: bytes, request: tuple[int, int]) -> bytes:
     return data
 
 
+def _outside_tail(
+    offset: int, size: int, tail: bytes, tail_start: int
+) -> Generator[tuple[int, int], bytes, bytes]:
+    """Bytes ``offset`` to ``offset + size`` of the blob, asking only for those not in the
+    ``tail`` read first: a footer read is larger than some footers, so the tail holds the
+    TOC's last bytes, which a registry should not be asked for twice."""
+    head_size = max(0, min(size, tail_start - offset))
+    head = (yield (offset, head_size)) if head_size else b""
+    end = offset + size - tail_start
+    return head + (tail[max(0, offset - tail_start) : end] if end > 0 else b"")
+
+
 def _open_steps(blob_size: int, expected_digest: str | None, limits: TocLimits) -> _Steps:
     if blob_size < min(LEGACY_FOOTER_SIZE, ZSTD_FOOTER_SIZE):
         raise FooterError(f"blob of {blob_size} bytes is smaller than any footer")
@@ -85,7 +97,9 @@ def _open_steps(blob_size: int, expected_digest: str | None, limits: TocLimits) 
             raise FooterError(f"TOC ends at {toc_end}, past the footer of a {blob_size}-byte blob")
         if zstd_footer.toc_compressed_size > limits.max_toc_bytes + _TOC_MEMBER_SLACK:
             raise TocTooLargeError(f"compressed TOC is {zstd_footer.toc_compressed_size} bytes")
-        compressed = yield (zstd_footer.toc_offset, zstd_footer.toc_compressed_size)
+        compressed = yield from _outside_tail(
+            zstd_footer.toc_offset, zstd_footer.toc_compressed_size, tail, blob_size - tail_size
+        )
         return parse_zstd_toc(
             compressed, footer=zstd_footer, expected_digest=expected_digest, limits=limits
         )
@@ -95,7 +109,7 @@ def _open_steps(blob_size: int, expected_digest: str | None, limits: TocLimits) 
         raise FooterError(f"TOC offset {footer.toc_offset} is past the end of the data")
     if toc_size > limits.max_toc_bytes + _TOC_MEMBER_SLACK:
         raise TocTooLargeError(f"TOC member is {toc_size} bytes")
-    member = yield (footer.toc_offset, toc_size)
+    member = yield from _outside_tail(footer.toc_offset, toc_size, tail, blob_size - tail_size)
     return parse_toc(
         member, toc_offset=footer.toc_offset, expected_digest=expected_digest, limits=limits
     )

@@ -109,6 +109,8 @@ def test_open_reads_only_the_tail_and_the_toc(written: tuple[bytes, str]) -> Non
 
     open_blob(read_range, len(blob))
     assert len(requests) == 2 and sum(length for _, length in requests) < len(blob) // 20
+    (toc_start, toc_length), (tail_start, _) = sorted(requests)
+    assert toc_start + toc_length <= tail_start  # no byte is read twice
 
 
 def test_legacy_footer_blob_is_read() -> None:
