@@ -326,6 +326,11 @@ class LayerReader:
         waits: list[tuple[Chunk, trio.Event]] = []
         for chunk in chunks:
             event = self.pool.claim(chunk.digest)
+            if event is None and self.pool.contains(chunk.digest):
+                # Another reader stored it after this one looked: read it, do not fetch it again.
+                self.pool.release(chunk.digest)
+                event = trio.Event()
+                event.set()
             if event is None:
                 mine.append(chunk)
             else:
