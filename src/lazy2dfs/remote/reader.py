@@ -14,7 +14,7 @@ import enum
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,6 +46,10 @@ BACKGROUND_CONCURRENCY = 2
 READ_AHEAD_BYTES = 16 * 1024 * 1024
 # How long a range request may take, retries included, before the read fails with EIO.
 FETCH_DEADLINE = 60.0
+# After a read-ahead read fails, the kernel at once asks again for the one page it wanted: a
+# chunk whose fetch ran out the deadline this recently fails that read at once, so a reader
+# waits the deadline once, not twice.
+GAVE_UP_SECONDS = 2.0
 # ``lazy2dfs status`` shows each layer's fetch rate over this many seconds.
 RATE_WINDOW = 10.0
 
@@ -146,6 +150,7 @@ class ChunkPool:
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
         self._inflight: dict[str, trio.Event] = {}
+        self._gave_up: dict[str, float] = {}  # chunk digest → when its fetch hit the deadline
         self._loading: dict[str, trio.Event] = {}  # chunks being read from disk
         self.background_limiter = trio.CapacityLimiter(BACKGROUND_CONCURRENCY)
         self.waiting_readers = 0
@@ -189,6 +194,16 @@ class ChunkPool:
         if remember:
             self._remember(digest, data)
         await trio.to_thread.run_sync(self.cache.put, digest, data)
+
+    def give_up(self, digests: Iterable[str]) -> None:
+        """Remembers chunks whose fetch ran out the deadline, for ``GAVE_UP_SECONDS``."""
+        now = trio.current_time()
+        self._gave_up = {d: t for d, t in self._gave_up.items() if now - t < GAVE_UP_SECONDS}
+        self._gave_up.update((digest, now) for digest in digests)
+
+    def gave_up_recently(self, digest: str) -> bool:
+        when = self._gave_up.get(digest)
+        return when is not None and trio.current_time() - when < GAVE_UP_SECONDS
 
     def in_flight(self, digest: str) -> bool:
         return digest in self._inflight
@@ -336,6 +351,11 @@ class LayerReader:
             else:
                 waits.append((chunk, event))
         try:
+            if any(self.pool.gave_up_recently(c.digest) for c in mine):
+                raise UnavailableError(
+                    f"the registry did not serve a chunk of {self.name} within"
+                    f" {self.pool.deadline:g}s, less than {GAVE_UP_SECONDS:g}s ago"
+                )
             if mine:
                 await self._fetch_spans(mine, found, why)
         finally:
@@ -381,6 +401,7 @@ class LayerReader:
                 with trio.move_on_after(self.pool.deadline) as deadline:
                     blob = await self.source.read_range(span.start, span.end - span.start)
                 if deadline.cancelled_caught:
+                    self.pool.give_up(c.digest for c in span.chunks)
                     raise UnavailableError(
                         f"the registry did not serve {span.end - span.start} bytes of"
                         f" {self.name} within {self.pool.deadline:g}s"

@@ -1,0 +1,62 @@
+"""A registry gone for good: a read of a chunk not fetched yet fails with EIO once the
+configured deadline has passed, not later (the kernel asks again after a failed read-ahead),
+and never hangs."""
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.localstack.containerd import LocalContainerd
+from lazy2dfs.localstack.faults import FaultProxy
+from lazy2dfs.localstack.images import build_image, build_layer
+from lazy2dfs.localstack.model import runtime_tree
+from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from lazy2dfs.localstack.soak import lazy_pull
+
+from .conftest import Stack
+
+DEADLINE = 3.0
+# Time the kernel and the daemon take beyond the deadline itself, on a busy machine.
+SLACK = 1.5
+CHUNK = 256 * 1024
+ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
+
+
+@pytest.fixture(scope="module")
+def gone_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FaultProxy]]:
+    work = tmp_path_factory.mktemp("gone")
+    config = f"[fetch]\nbackground = false\ndeadline_seconds = {DEADLINE}\n"
+    with (
+        LocalRegistry(work / "r") as registry,
+        FaultProxy(registry.host) as proxy,
+        LocalSnapshotter(work / "s", config=config) as snapshotter,
+        LocalContainerd(work / "c", snapshotter.address) as containerd,
+    ):
+        yield Stack(registry, snapshotter, containerd), proxy
+
+
+def test_a_registry_that_never_answers_fails_a_read_once_after_the_deadline(
+    gone_stack: tuple[Stack, FaultProxy],
+) -> None:
+    stack, proxy = gone_stack
+    image = build_image(
+        [
+            build_layer(runtime_tree(), estargz=ESTARGZ),
+            build_layer({"model/w.bin": os.urandom(8 * CHUNK)}, estargz=ESTARGZ),
+        ]
+    )
+    stack.push("gone/model:v1", image)
+    lazy_pull(stack.containerd, f"{proxy.host}/gone/model:v1")
+    (served,) = stack.snapshotter.root.glob("fuse/*/model/w.bin")
+    proxy.faults.blackhole = True
+    start = time.monotonic()
+    with pytest.raises(OSError) as err, open(served, "rb") as file:
+        file.read(4096)
+    elapsed = time.monotonic() - start
+    assert err.value.errno == errno.EIO
+    assert DEADLINE <= elapsed < DEADLINE + SLACK
