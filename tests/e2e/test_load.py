@@ -5,6 +5,7 @@ The registry is reached through the fault proxy with no faults armed: it records
 request's ``Range`` header, which the registry's own access log does not."""
 
 import hashlib
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -99,7 +100,7 @@ def test_twenty_containers_read_one_model_at_once_and_each_byte_is_fetched_once(
         assert sums == expected, f"{name} read wrong bytes"
 
     ranges = fetched_ranges(proxy, model.digest)
-    overlaps = [(a, b) for a, b in zip(ranges, ranges[1:], strict=False) if b[0] <= a[1]]
+    overlaps = [(a, b) for a, b in itertools.pairwise(ranges) if b[0] <= a[1]]
     assert not overlaps, f"bytes of the model layer fetched twice: {overlaps[:5]}"
     fetched = sum(end - start + 1 for start, end in ranges)
     assert fetched <= len(model.data)
