@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import build, codecs, model_start, partition_matrix, restart_gap, snapshot_api
+from benchmarks import (
+    build,
+    codecs,
+    model_start,
+    partition_matrix,
+    reliability,
+    restart_gap,
+    snapshot_api,
+)
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
@@ -13,6 +21,7 @@ BENCHMARKS = {
     "codecs": codecs,
     "build": build,
     "restart_gap": restart_gap,
+    "reliability": reliability,
 }
 
 

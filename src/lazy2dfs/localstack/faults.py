@@ -83,6 +83,12 @@ class Faults:
         with self.lock:
             self.storage_tokens.clear()
 
+    def disarm(self) -> None:
+        """Drops the one-shot faults not met yet (a read served from the cache meets none)."""
+        with self.lock:
+            self.fail_next.clear()
+            self.reset_next = self.stall_next = self.truncate_next = self.corrupt_next = 0
+
     def count(self, kind: str) -> None:
         with self.lock:
             self.injected[kind] += 1
