@@ -3,13 +3,16 @@ torn down; images are built by the tests and pushed over loopback."""
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
 
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.localstack.containerd import LocalContainerd
+from lazy2dfs.localstack.faults import FaultProxy
 from lazy2dfs.localstack.images import BuiltImage, push_image
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
@@ -23,6 +26,7 @@ class Stack:
     registry: LocalRegistry
     snapshotter: LocalSnapshotter
     containerd: LocalContainerd
+    proxy: FaultProxy | None = None  # in front of the registry, if the test asked for one
 
     def push(self, name: str, image: BuiltImage) -> str:
         ref = f"{self.registry.host}/{name}"
@@ -62,6 +66,22 @@ class Stack:
 
     def snapshot_dirs(self) -> list[str]:
         return sorted(p.name for p in (self.snapshotter.root / "snapshots").iterdir())
+
+
+@contextmanager
+def private_stack(
+    work: Path, config: str = "", log_level: str = "info", proxy: bool = False
+) -> Iterator[Stack]:
+    """A stack of a test module's own, ``config`` for the daemon; with ``proxy``, a fault
+    proxy in front of the registry (images pulled through ``proxy.host`` go through it)."""
+    with ExitStack() as running:
+        registry = running.enter_context(LocalRegistry(work / "r"))
+        front = running.enter_context(FaultProxy(registry.host)) if proxy else None
+        snapshotter = running.enter_context(
+            LocalSnapshotter(work / "s", config=config, log_level=log_level)
+        )
+        containerd = running.enter_context(LocalContainerd(work / "c", snapshotter.address))
+        yield Stack(registry, snapshotter, containerd, front)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
 from lazy2dfs.localstack.faults import FaultProxy
 from lazy2dfs.localstack.images import build_image, build_layer
 from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.localstack.soak import lazy_pull
 
-from .conftest import Stack
+from .conftest import Stack, private_stack
 
 CONTAINERS = 20
 CHUNK = 1 << 20
@@ -39,16 +36,11 @@ _RANGE = re.compile(r"(\d+)-(\d+)")
 
 
 @pytest.fixture(scope="module")
-def load_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FaultProxy]]:
+def load_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Background fetch off: every chunk is fetched because a container read it."""
     work = tmp_path_factory.mktemp("load")
-    with (
-        LocalRegistry(work / "r") as registry,
-        FaultProxy(registry.host) as proxy,
-        LocalSnapshotter(work / "s", config="[fetch]\nbackground = false\n") as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd), proxy
+    with private_stack(work, config="[fetch]\nbackground = false\n", proxy=True) as stack:
+        yield stack
 
 
 def fetched_ranges(proxy: FaultProxy, digest: str) -> list[tuple[int, int]]:
@@ -63,9 +55,10 @@ def fetched_ranges(proxy: FaultProxy, digest: str) -> list[tuple[int, int]]:
 
 
 def test_twenty_containers_read_one_model_at_once_and_each_byte_is_fetched_once(
-    load_stack: tuple[Stack, FaultProxy], tmp_path: Path
+    load_stack: Stack, tmp_path: Path
 ) -> None:
-    stack, proxy = load_stack
+    stack, proxy = load_stack, load_stack.proxy
+    assert proxy is not None
     image = build_image(
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(MODEL.files, estargz=ESTARGZ)]
     )

@@ -10,15 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.faults import FaultProxy
 from lazy2dfs.localstack.images import build_image, build_layer
 from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.localstack.soak import lazy_pull
 
-from .conftest import Stack
+from .conftest import Stack, private_stack
 
 DEADLINE = 3.0
 # Time the kernel and the daemon take beyond the deadline itself, on a busy machine.
@@ -28,22 +24,17 @@ ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
 
 
 @pytest.fixture(scope="module")
-def gone_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FaultProxy]]:
-    work = tmp_path_factory.mktemp("gone")
+def gone_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = f"[fetch]\nbackground = false\ndeadline_seconds = {DEADLINE}\n"
-    with (
-        LocalRegistry(work / "r") as registry,
-        FaultProxy(registry.host) as proxy,
-        LocalSnapshotter(work / "s", config=config) as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd), proxy
+    with private_stack(tmp_path_factory.mktemp("gone"), config=config, proxy=True) as stack:
+        yield stack
 
 
 def test_a_registry_that_never_answers_fails_a_read_once_after_the_deadline(
-    gone_stack: tuple[Stack, FaultProxy],
+    gone_stack: Stack,
 ) -> None:
-    stack, proxy = gone_stack
+    stack, proxy = gone_stack, gone_stack.proxy
+    assert proxy is not None
     image = build_image(
         [
             build_layer(runtime_tree(), estargz=ESTARGZ),

@@ -37,6 +37,9 @@ class Resources:
     fds: int
     db_fds: int
     rss_kib: int
+    # Of it, memory not backed by files: what a leak grows. The rest is library pages, which
+    # the first use of a code path after the warm-up brings in once.
+    rss_anon_kib: int
     threads: int
     mounts: int
 
@@ -83,6 +86,7 @@ def measure(pid: int, roots: Sequence[Path]) -> Resources:
         fds=len(targets),
         db_fds=sum(Path(t).name.startswith(DB_NAME) for t in targets),
         rss_kib=_status_field(pid, "VmRSS"),
+        rss_anon_kib=_status_field(pid, "RssAnon"),
         threads=_status_field(pid, "Threads"),
         mounts=len(mounts_under(roots)),
     )
