@@ -334,6 +334,13 @@ def soak_figures(stack: Stack) -> list[Row]:
             case,
             "RSS MiB: warm-up, end",
             f"{warm.rss_kib / 1024:.1f}, {end.rss_kib / 1024:.1f}",
+            "",
+        ],
+        [
+            "soak",
+            case,
+            "of it anonymous: warm-up, end",
+            f"{warm.rss_anon_kib / 1024:.1f}, {end.rss_anon_kib / 1024:.1f}",
             "+16 at most",
         ],
     ]
