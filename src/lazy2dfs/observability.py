@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
@@ -29,7 +28,7 @@ from lazy2dfs import __version__, metrics
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.config import Config
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.fuse.session import FuseSession, is_mounted
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
@@ -57,13 +56,6 @@ class DaemonParts:
     layers: EstargzLayers
     cache: ChunkCache
     snapshotter: OverlaySnapshotter
-
-
-def _is_mounted(path: Path) -> bool:
-    return any(
-        line.split()[4] == str(path)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-    )
 
 
 class _LoopProbe:
@@ -170,7 +162,7 @@ class Observability:
             return False, f"gRPC socket {parts.config.address} is missing"
         if not parts.session.running:
             return False, "FUSE loop is not running"
-        if not _is_mounted(parts.session.mountpoint):
+        if not is_mounted(parts.session.mountpoint):
             return False, f"FUSE mount {parts.session.mountpoint} is gone"
         if not self._probe.answers():
             return False, f"FUSE loop did not answer within {LOOP_TIMEOUT}s"

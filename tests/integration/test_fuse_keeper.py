@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.fuse.session import FuseSession, Keeper, is_mounted
 from lazy2dfs.fuse.tree import Entry, LayerTree, Node
 from lazy2dfs.localstack.snapshotter import end_keeper, keeper_pids
 
@@ -39,13 +39,6 @@ def serve(root: Path, grace: float) -> FuseSession:
     session.call_sync(session.filesystem.add_layer, "7", tree, MemoryReader())
     session.mount()
     return session
-
-
-def mounted(path: Path) -> bool:
-    return any(
-        line.split()[4] == str(path)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-    )
 
 
 class BackgroundRead:
@@ -78,7 +71,7 @@ def test_a_reader_waits_through_a_restart_and_gets_its_bytes(root: Path) -> None
     with open(layer / "first.bin", "rb") as busy:
         assert busy.read() == FIRST
         session.stop()
-        assert mounted(session.mountpoint) and keeper_pids(root)
+        assert is_mounted(session.mountpoint) and keeper_pids(root)
 
         reader = BackgroundRead(layer / "second.bin")
         assert not reader.finished.wait(1.0), "served with no daemon running"
@@ -90,7 +83,7 @@ def test_a_reader_waits_through_a_restart_and_gets_its_bytes(root: Path) -> None
         busy.seek(0)
         assert busy.read() == FIRST
     session.stop()
-    assert not mounted(session.mountpoint)
+    assert not is_mounted(session.mountpoint)
     deadline = time.monotonic() + 10
     while keeper_pids(root) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -165,7 +165,6 @@ class Relay:
     # Daemon to kernel.
 
     def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(None)
         enlarge_send_buffer(sock)
         connection = _Connection(sock)
         sender = threading.Thread(target=self._send, args=(connection,), name="send", daemon=True)

@@ -47,14 +47,18 @@ READ_AHEAD_KB = 4096
 MAX_TASKS = 64
 
 
-def detach_stale_mount(path: Path) -> None:
-    """Detaches whatever a killed daemon left mounted at ``path`` ("transport endpoint is not
-    connected" for anyone who touched it)."""
-    mounted = any(
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted at ``path`` in this mount namespace."""
+    return any(
         line.split()[4] == str(path)
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
     )
-    if not mounted:
+
+
+def detach_stale_mount(path: Path) -> None:
+    """Detaches whatever a killed daemon left mounted at ``path`` ("transport endpoint is not
+    connected" for anyone who touched it)."""
+    if not is_mounted(path):
         return
     try:
         libc.umount2(path, libc.MNT_DETACH)
