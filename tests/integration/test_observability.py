@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -298,9 +299,16 @@ def test_a_corrupt_chunk_is_counted_and_logged_with_layer_image_and_reason(
     locator.blob.corrupt_at = len(locator.blob.data) // 4
     with caplog.at_level(logging.ERROR, logger="lazy2dfs"), pytest.raises(OSError):
         (layers.path(1) / "model/weights.bin").read_bytes()
-    # The kernel may retry the failed read: each attempt fetches and fails again.
-    lines = logfmt_lines(caplog, "chunk verification failed")
-    assert value("lazy2dfs_verification_failures_total", what="chunk") == before + len(lines)
+    # The kernel may retry the failed read: each attempt fetches and fails again. A read-ahead
+    # may still be between counting its failure and logging it: wait (bounded) for it.
+    deadline = time.monotonic() + 5.0
+    while True:
+        lines = logfmt_lines(caplog, "chunk verification failed")
+        counted = value("lazy2dfs_verification_failures_total", what="chunk") - before
+        if counted == len(lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert counted == len(lines)
     assert lines
     for line in lines:
         assert f"layer={LAYER}" in line and f"image={IMAGE}" in line and "reason=" in line
