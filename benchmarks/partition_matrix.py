@@ -49,6 +49,7 @@ from lazy2dfs.localstack.coldstart import ColdStart, cold_start, pull, read_all,
 from lazy2dfs.localstack.images import Blob, build_image, build_layer, push_image
 from lazy2dfs.localstack.model import runtime_tree, sample_model
 from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     OCI_MANIFEST,
     ImageManifest,
@@ -64,7 +65,6 @@ from lazy2dfs.tdfs import (
     build,
     partition_image,
 )
-from lazy2dfs.tdfs.progress import Progress
 
 # (model MiB, trials per link); 4 GiB once, so that the whole matrix fits in 45 minutes.
 PLAN = ((256, 3), (1024, 3), (4096, 1))

@@ -9,6 +9,7 @@ new connections), let calls in flight finish, release everything, exit 0.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -27,12 +28,12 @@ from lazy2dfs.config import Config
 from lazy2dfs.errors import FailedPreconditionError, UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.layers.locator import RegistryLocator
+from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.observability import DaemonParts, Observability
 from lazy2dfs.registry_client import RegistryClient
-from lazy2dfs.remote.layers import EstargzLayers
-from lazy2dfs.remote.reader import MEMORY_BYTES, ChunkPool
-from lazy2dfs.remote.registry import RegistryLocator
+from lazy2dfs.remote.reader import ChunkPool
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.service import SnapshotsService
@@ -130,7 +131,7 @@ class Daemon:
             session.start()
             cache = ChunkCache(root / "cache", self.config.cache.max_bytes)
             pool = session.call_sync(
-                ChunkPool, cache, MEMORY_BYTES, self.config.fetch.deadline_seconds
+                functools.partial(ChunkPool, cache, deadline=self.config.fetch.deadline_seconds)
             )
             layers = EstargzLayers(
                 root, session, pool, RegistryLocator(registry), self.config.fetch.background

@@ -1,6 +1,9 @@
 """The daemon's HTTP face on ``metrics_address``: ``/metrics`` (Prometheus text format),
 ``/healthz`` (for probes) and ``/status`` (JSON, read by ``lazy2dfs status``).
 
+The metrics every part counts are declared in ``lazy2dfs.metrics``; what is read at scrape
+time (snapshots by kind, each mounted layer's bytes, the cache's size) is collected here.
+
 One thread serves the three, one request at a time. Scrapes are cheap, and the snapshot store
 gives each thread its own sqlite connection for the daemon's lifetime, so a thread per request
 would leak a connection per scrape. A stalled client is cut off after ``CLIENT_TIMEOUT``.
@@ -16,21 +19,24 @@ import socketserver
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import REGISTRY, disable_created_metrics, make_wsgi_app
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from lazy2dfs import __version__, metrics
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.config import Config
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.fuse.session import FuseSession, is_mounted
+from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.logfmt import get_logger
-from lazy2dfs.remote.layers import EstargzLayers
+from lazy2dfs.mountinfo import is_mounted
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.snapshot import Kind
 from lazy2dfs.status import CacheStatus, FallbackStatus, LayerStatus, StatusReport
@@ -105,6 +111,102 @@ class _QuietHandler(WSGIRequestHandler):
         """Not logged: a scrape every few seconds would drown the daemon's own events."""
 
 
+class DaemonCollector(Collector):
+    """State read at scrape time: snapshots by kind, mounted remote layers and what each has
+    fetched and served, and the chunk cache's size.
+
+    Two snapshots of one layer digest in one image (a layer repeated in an image) share their
+    series: their numbers are added, so no scrape ever holds a duplicate series."""
+
+    def __init__(
+        self,
+        layers: Callable[[], list[LayerStatus]],
+        cache: ChunkCache,
+        snapshots_by_kind: Callable[[], Mapping[Kind, int]],
+    ) -> None:
+        self._layers = layers
+        self._cache = cache
+        self._snapshots_by_kind = snapshots_by_kind
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so that registering does not read the store."""
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, with_samples: bool = False) -> Iterator[Metric]:
+        layer_labels = ["layer", "image"]
+        snapshots = GaugeMetricFamily(
+            "lazy2dfs_snapshots", "Snapshots in the store, by kind.", labels=["kind"]
+        )
+        remote = GaugeMetricFamily(
+            "lazy2dfs_remote_layers", "Remote layers mounted in the FUSE filesystem."
+        )
+        size = GaugeMetricFamily(
+            "lazy2dfs_layer_size_bytes", "Compressed size of a mounted layer.", labels=layer_labels
+        )
+        fetched = CounterMetricFamily(
+            "lazy2dfs_layer_fetched_bytes",
+            "Bytes of a mounted layer's blob fetched from the registry since it was mounted"
+            " (TOC and chunks; a chunk fetched for another layer is not fetched again).",
+            labels=layer_labels,
+        )
+        served = CounterMetricFamily(
+            "lazy2dfs_layer_served_bytes",
+            "File bytes of a mounted layer served to readers.",
+            labels=layer_labels,
+        )
+        prefetched = CounterMetricFamily(
+            "lazy2dfs_layer_prefetched_bytes",
+            "Bytes of a mounted layer fetched in the background, no reader waiting.",
+            labels=layer_labels,
+        )
+        ratio = GaugeMetricFamily(
+            "lazy2dfs_layer_fetch_ratio",
+            "Fetched bytes over the layer's size, at most 1 (approximate: a re-fetch after an"
+            " eviction counts twice, a chunk shared with another layer not at all).",
+            labels=layer_labels,
+        )
+        cache_bytes = GaugeMetricFamily(
+            "lazy2dfs_chunk_cache_bytes", "Decoded chunk bytes in the disk cache."
+        )
+        cache_limit = GaugeMetricFamily(
+            "lazy2dfs_chunk_cache_limit_bytes", "The disk cache's bound (cache.max_bytes)."
+        )
+        cache_entries = GaugeMetricFamily(
+            "lazy2dfs_chunk_cache_entries", "Chunks in the disk cache."
+        )
+        if with_samples:
+            try:
+                counts = self._snapshots_by_kind()
+            except sqlite3.Error:
+                counts = None  # /healthz says why; the other metrics still help
+            if counts is not None:
+                for kind in (Kind.ACTIVE, Kind.COMMITTED, Kind.VIEW):
+                    snapshots.add_metric([kind.filter_name], counts.get(kind, 0))
+            totals: dict[tuple[str, str], list[int]] = {}
+            layers = self._layers()
+            for layer in layers:
+                total = totals.setdefault((layer["layer"], layer["image"]), [0, 0, 0, 0])
+                total[0] += layer["size"]
+                total[1] += layer["fetched"]
+                total[2] += layer["served"]
+                total[3] += layer["prefetched"]
+            remote.add_metric([], len(layers))
+            for (digest, image), (s, f, v, p) in sorted(totals.items()):
+                size.add_metric([digest, image], s)
+                fetched.add_metric([digest, image], f)
+                served.add_metric([digest, image], v)
+                prefetched.add_metric([digest, image], p)
+                ratio.add_metric([digest, image], min(1.0, f / s) if s else 1.0)
+            cache_bytes.add_metric([], self._cache.size_bytes)
+            cache_limit.add_metric([], self._cache.max_bytes)
+            cache_entries.add_metric([], self._cache.entries)
+        yield from (snapshots, remote, size, fetched, served, prefetched, ratio)
+        yield from (cache_bytes, cache_limit, cache_entries)
+
+
 class Observability:
     """Serves the endpoints from ``start`` to ``stop``, bound to ``config.metrics_address``."""
 
@@ -116,10 +218,8 @@ class Observability:
         self._started = time.monotonic()
         self._digest = config_digest(parts.config)
         self._probe = _LoopProbe(parts.session)
-        self._collector = metrics.DaemonCollector(
-            lambda: tuple(parts.layers.readers.values()),
-            parts.cache,
-            parts.snapshotter.count_by_kind,
+        self._collector = DaemonCollector(
+            self._layers, parts.cache, parts.snapshotter.count_by_kind
         )
         self._metrics_app = make_wsgi_app()
         self._server: _Server | None = None
@@ -182,8 +282,30 @@ class Observability:
             }
         except sqlite3.Error:
             kinds = {}
+        return StatusReport(
+            version=__version__,
+            pid=os.getpid(),
+            uptime_seconds=time.monotonic() - self._started,
+            config_digest=self._digest,
+            healthy=healthy,
+            health=health,
+            snapshots=kinds,
+            cache=CacheStatus(
+                bytes=parts.cache.size_bytes,
+                limit_bytes=parts.cache.max_bytes,
+                entries=parts.cache.entries,
+            ),
+            layers=self._layers(),
+            fallbacks=FallbackStatus(
+                by_reason=_fallbacks_by_reason(),
+                recent=[f.to_json() for f in metrics.RECENT_FALLBACKS.items()],
+            ),
+        )
+
+    def _layers(self) -> list[LayerStatus]:
+        """What each mounted layer has fetched and served, for /status and /metrics."""
         layers: list[LayerStatus] = []
-        for snapshot_id, reader in sorted(tuple(parts.layers.readers.items())):
+        for snapshot_id, reader in sorted(tuple(self._parts.layers.readers.items())):
             stats = reader.stats
             layers.append(
                 LayerStatus(
@@ -200,25 +322,7 @@ class Observability:
                     fetch_rate=stats.fetch_rate(),
                 )
             )
-        return StatusReport(
-            version=__version__,
-            pid=os.getpid(),
-            uptime_seconds=time.monotonic() - self._started,
-            config_digest=self._digest,
-            healthy=healthy,
-            health=health,
-            snapshots=kinds,
-            cache=CacheStatus(
-                bytes=parts.cache.size_bytes,
-                limit_bytes=parts.cache.max_bytes,
-                entries=parts.cache.entries,
-            ),
-            layers=layers,
-            fallbacks=FallbackStatus(
-                by_reason=_fallbacks_by_reason(),
-                recent=[f.to_json() for f in metrics.RECENT_FALLBACKS.items()],
-            ),
-        )
+        return layers
 
     def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

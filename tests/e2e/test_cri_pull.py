@@ -22,7 +22,7 @@ from lazy2dfs.localstack.model import runtime_tree
 from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-from lazy2dfs.remote.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
+from lazy2dfs.snapshotter.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
 
 from .conftest import Stack
 

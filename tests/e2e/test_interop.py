@@ -30,7 +30,7 @@ import pytest
 import trio
 
 from lazy2dfs import libc
-from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, Progress, convert
+from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, convert
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, EntryType, Toc, decode_chunk, open_blob
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
 from lazy2dfs.localstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
@@ -39,6 +39,7 @@ from lazy2dfs.localstack.model import runtime_tree
 from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import RegistryClient, SyncRegistryClient, sha256_digest
 
 GOCODE = Path("/usr/share/gocode")

@@ -15,14 +15,7 @@ import pytest
 import trio
 import zstandard
 
-from lazy2dfs.convert import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER_GZIP,
-    OCI_LAYER_ZSTD,
-    ConvertOptions,
-    Progress,
-    convert,
-)
+from lazy2dfs.convert import ConvertOptions, convert
 from lazy2dfs.estargz import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
@@ -36,10 +29,14 @@ from lazy2dfs.estargz.zstdchunked import (
 from lazy2dfs.localstack.images import BuiltImage, build_image, push_image
 from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     ImageManifest,
     RegistryClient,

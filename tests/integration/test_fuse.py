@@ -11,16 +11,15 @@ import pytest
 
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
-from lazy2dfs.fuse.tree import Entry, LayerTree, Node
+from lazy2dfs.fuse.tree import Entry, LayerTree
 from lazy2dfs.localstack.snapshotter import end_keeper
 
 
 class MemoryReader:
-    """Serves file bytes kept in ``node.data``."""
+    """Serves the bytes ``FILES`` holds under each file's key (its path)."""
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
-        assert isinstance(node.data, bytes)
-        return node.data[offset : offset + size]
+    async def read(self, key: str, offset: int, size: int) -> bytes:
+        return FILES[key][offset : offset + size]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +43,16 @@ def add(session: FuseSession, name: str, slot: int, entries: list[Entry]) -> Non
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 17)
 
+FILES: dict[str, bytes] = {
+    "models/resnet/weights.bin": WEIGHTS,
+    "deep/implied/file": b"hi",
+    ".prefetch.landmark": b"\x0f",
+    "keep": b"keep",
+    "gone": b"gone",
+    "opaque/old": b"old",
+    "opaque/new": b"new",
+}
+
 
 def test_metadata_and_bytes_come_through(mount: tuple[FuseSession, Path]) -> None:
     session, path = mount
@@ -62,14 +71,14 @@ def test_metadata_and_bytes_come_through(mount: tuple[FuseSession, Path]) -> Non
                 gid=100,
                 size=len(WEIGHTS),
                 mtime_ns=946684800 * 10**9,
-                data=WEIGHTS,
+                key="models/resnet/weights.bin",
                 xattrs={b"user.origin": b"2dfs"},
             ),
             Entry("models/resnet/latest", "symlink", link_name="weights.bin"),
             Entry("models/resnet/copy", "hardlink", link_name="models/resnet/weights.bin"),
-            Entry("deep/implied/file", "reg", size=2, data=b"hi"),
+            Entry("deep/implied/file", "reg", size=2, key="deep/implied/file"),
             Entry("dev/null", "char", mode=0o666, dev_major=1, dev_minor=3),
-            Entry(".prefetch.landmark", "reg", size=1, data=b"\x0f"),
+            Entry(".prefetch.landmark", "reg", size=1, key=".prefetch.landmark"),
         ],
     )
     root = path / "layer-a"
@@ -100,9 +109,9 @@ def test_overlay_sees_whiteouts_and_opaque_dirs(
         "lower",
         2,
         [
-            Entry("keep", "reg", size=4, data=b"keep"),
-            Entry("gone", "reg", size=4, data=b"gone"),
-            Entry("opaque/old", "reg", size=3, data=b"old"),
+            Entry("keep", "reg", size=4, key="keep"),
+            Entry("gone", "reg", size=4, key="gone"),
+            Entry("opaque/old", "reg", size=3, key="opaque/old"),
         ],
     )
     add(
@@ -112,7 +121,7 @@ def test_overlay_sees_whiteouts_and_opaque_dirs(
         [
             Entry(".wh.gone", "reg"),
             Entry("opaque/.wh..wh..opq", "reg"),
-            Entry("opaque/new", "reg", size=3, data=b"new"),
+            Entry("opaque/new", "reg", size=3, key="opaque/new"),
         ],
     )
     merged = tmp_path / "merged"

@@ -11,18 +11,25 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper, is_mounted
-from lazy2dfs.fuse.tree import Entry, LayerTree, Node
+from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.fuse.tree import Entry, LayerTree
 from lazy2dfs.localstack.snapshotter import end_keeper, keeper_pids
+from lazy2dfs.mountinfo import is_mounted
 
 FIRST = os.urandom(64 * 1024)
 SECOND = os.urandom(3 * 1024 * 1024 + 5)
 
+FILES: dict[str, bytes] = {
+    "first.bin": FIRST,
+    "second.bin": SECOND,
+}
+
 
 class MemoryReader:
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
-        assert isinstance(node.data, bytes)
-        return node.data[offset : offset + size]
+    """Serves the bytes ``FILES`` holds under each file's key (its path)."""
+
+    async def read(self, key: str, offset: int, size: int) -> bytes:
+        return FILES[key][offset : offset + size]
 
 
 def serve(root: Path, grace: float) -> FuseSession:
@@ -32,8 +39,8 @@ def serve(root: Path, grace: float) -> FuseSession:
     tree = LayerTree(
         7,
         [
-            Entry("first.bin", "reg", size=len(FIRST), data=FIRST),
-            Entry("second.bin", "reg", size=len(SECOND), data=SECOND),
+            Entry("first.bin", "reg", size=len(FIRST), key="first.bin"),
+            Entry("second.bin", "reg", size=len(SECOND), key="second.bin"),
         ],
     )
     session.call_sync(session.filesystem.add_layer, "7", tree, MemoryReader())

@@ -15,13 +15,14 @@ import pytest
 import trio
 
 from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.config import FetchConfig
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.localstack.snapshotter import end_keeper
-from lazy2dfs.remote.labels import LayerRequest
-from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 
 CHUNK = 256 * 1024
@@ -228,7 +229,7 @@ def test_concurrent_lookups_read_a_chunk_from_disk_once(tmp_path: Path) -> None:
     results: list[bytes | None] = []
 
     async def main() -> None:
-        pool = ChunkPool(cache)
+        pool = ChunkPool(cache, deadline=FetchConfig().deadline_seconds)
 
         async def lookup() -> None:
             results.append(await pool.lookup(digest))

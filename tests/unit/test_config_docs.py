@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazy2dfs import config, config_docs
+from lazy2dfs import config
+from lazy2dfs.cli import config as config_docs
 from lazy2dfs.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

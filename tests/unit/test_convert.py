@@ -11,30 +11,27 @@ import pytest
 import zstandard
 
 from lazy2dfs.convert import (
-    DOCKER_CONFIG,
-    DOCKER_FOREIGN_LAYER,
-    DOCKER_LAYER_GZIP,
-    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
-    OCI_LAYER_ZSTD,
     ConfigMismatchError,
     ConvertedLayer,
     ConvertOptions,
-    Progress,
     UnsupportedImageError,
-    convert_layer_file,
-    decompress_layer,
-    rewrite_config,
-    rewrite_index,
-    rewrite_manifest,
 )
+from lazy2dfs.convert.documents import rewrite_config, rewrite_index, rewrite_manifest
+from lazy2dfs.convert.layer import convert_layer_file, decompress_layer
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, Compression
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
+from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
+    DOCKER_CONFIG,
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
 )
 

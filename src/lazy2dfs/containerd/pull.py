@@ -39,7 +39,7 @@ from lazy2dfs.registry_client import (
     parse_reference,
     select_platform,
 )
-from lazy2dfs.remote import labels as L
+from lazy2dfs.snapshotter import labels as L
 from lazy2dfs.tdfs import (
     FIELD_MEDIA_TYPE,
     field_descriptor,

@@ -10,12 +10,12 @@ them in, or passes a ``read_range(offset, length)`` callable to :func:`open_blob
 :func:`decode_chunk` verifies the chunk digest and raises rather than return unverified bytes.
 """
 
+from lazy2dfs.digest import DigestMismatchError
 from lazy2dfs.estargz.blob import open_blob, open_blob_async
 from lazy2dfs.estargz.decode import decode_chunk
 from lazy2dfs.estargz.errors import (
     ChunkDigestMismatchError,
     CompressedDataError,
-    DigestMismatchError,
     FooterError,
     FormatError,
     SourceError,

@@ -6,6 +6,7 @@ full pull" and the FUSE layer to ``EIO``. They subclass the project's domain err
 gRPC mapping in one place stays complete.
 """
 
+from lazy2dfs.digest import DigestMismatchError
 from lazy2dfs.errors import IntegrityError, InvalidArgumentError
 
 
@@ -27,10 +28,6 @@ class TocTooLargeError(TocError):
 
 class UnsafePathError(TocError):
     """An entry name is absolute or climbs out of the layer root with ``..``."""
-
-
-class DigestMismatchError(IntegrityError):
-    """Bytes did not hash to the digest that the TOC or the image annotation promised."""
 
 
 class TocDigestMismatchError(DigestMismatchError):

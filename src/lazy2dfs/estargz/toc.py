@@ -15,7 +15,6 @@ import bisect
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from lazy2dfs.digest import is_sha256_digest
 from lazy2dfs.errors import InvalidArgumentError, NotFoundError
 from lazy2dfs.estargz.errors import TocError, TocTooLargeError, UnsafePathError
 
@@ -32,7 +32,6 @@ NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 LANDMARK_CONTENTS = b"\x0f"
 
 _MAX_INT = (1 << 63) - 1
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class EntryType(StrEnum):
@@ -318,7 +317,7 @@ class _EntryFields:
 
     def digest(self, key: str) -> str:
         value = self.string(key)
-        if value and not _DIGEST_RE.fullmatch(value):
+        if value and not is_sha256_digest(value):
             raise self._fail(key, f"{value!r} is not a sha256 digest")
         return value
 

@@ -3,7 +3,7 @@
 The mount's root lists one directory per remote layer (named by the layer's id); each is the
 root of a ``LayerTree``. Everything is read-only and immutable, so attributes and entries can be
 cached by the kernel for long, and file contents stay in the page cache (``keep_cache``).
-Bytes come from the layer's ``FileReader``, which fetches, verifies and caches chunks.
+Bytes come from the layer's ``FileReader`` (``lazy2dfs.remote``), asked by file key.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ BLOCK_SIZE = 4096
 
 
 class FileReader(Protocol):
-    """Produces verified bytes of one regular file of a layer."""
+    """Produces verified bytes of a layer's regular files, named by ``Entry.key``: the read
+    path knows files by name, not by FUSE node."""
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes: ...
+    async def read(self, key: str, offset: int, size: int) -> bytes: ...
 
 
 @dataclass
@@ -210,7 +211,7 @@ class LayerFilesystem(pyfuse3.Operations):
         size = min(size, node.size - off)
         reader = self._layers[slot_of(fh)].reader
         try:
-            return await reader.read(node, off, size)
+            return await reader.read(node.key, off, size)
         except Exception as exc:
             # Whatever went wrong, the reader gets EIO now: never a hang, never wrong bytes.
             log.error(

@@ -30,6 +30,7 @@ from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.keeper import enlarge_send_buffer
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.mountinfo import is_mounted, read_mounts
 
 log = get_logger(__name__)
 
@@ -45,14 +46,6 @@ READ_AHEAD_KB = 4096
 # Workers serving FUSE requests concurrently: a read waiting on the network must not block
 # lookups and cached reads behind it.
 MAX_TASKS = 64
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether something is mounted at ``path`` in this mount namespace."""
-    return any(
-        line.split()[4] == str(path)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-    )
 
 
 def detach_stale_mount(path: Path) -> None:
@@ -160,15 +153,12 @@ def overlays_using(mountpoint: Path) -> list[str]:
     """Mount points of overlay mounts with a lower directory under ``mountpoint``: the
     root file systems of containers on lazily served layers."""
     prefix = f"{mountpoint}/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        tail = fields[fields.index("-") + 1 :]
-        if tail[0] == "overlay" and any(
-            option.startswith("lowerdir=") and prefix in option for option in tail[2].split(",")
-        ):
-            found.append(fields[4])
-    return found
+    return [
+        entry.mount_point
+        for entry in read_mounts()
+        if entry.fs_type == "overlay"
+        and any(o.startswith("lowerdir") and prefix in o for o in entry.super_options)
+    ]
 
 
 class FuseSession:

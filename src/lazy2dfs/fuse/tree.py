@@ -39,8 +39,8 @@ _TYPE_BITS = {
 
 @dataclass(frozen=True)
 class Entry:
-    """One TOC entry, reduced to what the filesystem shows. ``data`` is what the reader needs
-    to produce the file's bytes (for eStargz: its chunks); the tree never looks inside it."""
+    """One TOC entry, reduced to what the filesystem shows. ``key`` names a regular file to
+    the layer's reader (for eStargz: its TOC path); the tree never looks inside it."""
 
     name: str
     type: str  # dir reg symlink hardlink char block fifo
@@ -53,7 +53,7 @@ class Entry:
     dev_major: int = 0
     dev_minor: int = 0
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
-    data: object = None
+    key: str = ""
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Node:
     target: bytes = b""
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     children: dict[bytes, Node] = field(default_factory=dict)
-    data: object = None
+    key: str = ""  # a regular file's name to the reader
 
     @property
     def is_dir(self) -> bool:
@@ -149,7 +149,7 @@ class LayerTree:
         size = entry.size if entry.type == "reg" else 0
         node = self._new(kind | (entry.mode & 0o7777), entry.uid, entry.gid, size, entry.mtime_ns)
         node.xattrs = dict(entry.xattrs)
-        node.data = entry.data
+        node.key = entry.key
         if entry.type == "symlink":
             node.target = entry.link_name.encode()
             node.size = len(node.target)

@@ -1,15 +1,13 @@
 """OCI distribution client: references (with 2DFS partitions), manifests, verified blobs,
 range reads with registry fallbacks, auth, containerd hosts.toml mirrors, and push."""
 
+from lazy2dfs.digest import DigestMismatchError, InvalidDigestError, sha256_digest, validate_digest
 from lazy2dfs.registry_client.blobs import BlobReader
 from lazy2dfs.registry_client.client import FetchedManifest, RegistryClient, ResolvedImage
 from lazy2dfs.registry_client.credentials import Credentials, CredentialStore
-from lazy2dfs.registry_client.digest import sha256_digest, validate_digest
 from lazy2dfs.registry_client.errors import (
     BlobNotFoundError,
     ConfigError,
-    DigestMismatchError,
-    InvalidDigestError,
     InvalidReferenceError,
     MalformedManifestError,
     ManifestNotFoundError,
@@ -22,16 +20,23 @@ from lazy2dfs.registry_client.errors import (
 )
 from lazy2dfs.registry_client.hosts import Capability, Endpoint, RegistryHosts
 from lazy2dfs.registry_client.manifest import (
+    DOCKER_CONFIG,
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+    OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     Descriptor,
     DescriptorPlatform,
     ImageIndex,
     ImageManifest,
+    oci_media_type,
     parse_manifest,
     select_platform,
 )
@@ -41,11 +46,17 @@ from lazy2dfs.registry_client.retry import RetryPolicy
 from lazy2dfs.registry_client.sync import SyncRegistryClient
 
 __all__ = [
+    "DOCKER_CONFIG",
+    "DOCKER_FOREIGN_LAYER",
+    "DOCKER_LAYER_GZIP",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
     "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_LAYER_GZIP",
+    "OCI_LAYER_NONDISTRIBUTABLE_GZIP",
+    "OCI_LAYER_TAR",
+    "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
     "BlobNotFoundError",
     "BlobReader",
@@ -79,6 +90,7 @@ __all__ = [
     "UnauthorizedError",
     "UnsupportedManifestError",
     "host_platform",
+    "oci_media_type",
     "parse_manifest",
     "parse_platform",
     "parse_reference",

@@ -20,9 +20,9 @@ from typing import Final
 import httpx
 import trio
 
+from lazy2dfs.digest import Verifier
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.auth import pull_scope
-from lazy2dfs.registry_client.digest import Verifier
 from lazy2dfs.registry_client.errors import (
     BlobNotFoundError,
     RangeError,

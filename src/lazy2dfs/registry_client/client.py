@@ -21,15 +21,20 @@ from typing import Final, TypeVar
 import httpx
 import trio
 
+from lazy2dfs.digest import (
+    DigestMismatchError,
+    Verifier,
+    sha256_digest,
+    validate_digest,
+    verify_bytes,
+)
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import push as _push
 from lazy2dfs.registry_client.auth import pull_scope
 from lazy2dfs.registry_client.blobs import BlobReader
 from lazy2dfs.registry_client.credentials import CredentialStore, default_docker_config
-from lazy2dfs.registry_client.digest import Verifier, sha256_digest, validate_digest, verify_bytes
 from lazy2dfs.registry_client.errors import (
     BlobNotFoundError,
-    DigestMismatchError,
     MalformedManifestError,
     ManifestNotFoundError,
     RegistryProtocolError,

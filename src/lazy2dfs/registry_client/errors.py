@@ -20,10 +20,6 @@ class InvalidReferenceError(InvalidArgumentError):
     """An image reference (or a 2DFS partition suffix in it) is malformed."""
 
 
-class InvalidDigestError(InvalidArgumentError):
-    """A digest string is not ``algorithm:hex`` of a supported algorithm."""
-
-
 class ConfigError(InvalidArgumentError):
     """A hosts.toml, Docker config.json or credential helper answer cannot be used."""
 
@@ -58,10 +54,6 @@ class RegistryUnavailableError(UnavailableError):
 
 class RegistryProtocolError(UnavailableError):
     """The registry answered something that breaks the distribution or HTTP protocol."""
-
-
-class DigestMismatchError(IntegrityError):
-    """Bytes fetched by digest hash to something else; they are dropped, never returned."""
 
 
 class MalformedManifestError(IntegrityError):

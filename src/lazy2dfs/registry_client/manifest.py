@@ -12,9 +12,8 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lazy2dfs.registry_client.digest import validate_digest
+from lazy2dfs.digest import InvalidDigestError, validate_digest
 from lazy2dfs.registry_client.errors import (
-    InvalidDigestError,
     MalformedManifestError,
     PlatformNotFoundError,
     UnsupportedManifestError,
@@ -27,7 +26,21 @@ DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD: Final = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_TAR: Final = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_NONDISTRIBUTABLE_GZIP: Final = (
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+)
+DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_FOREIGN_LAYER: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+_DOCKER_TO_OCI: Final = {
+    DOCKER_MANIFEST: OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST: OCI_INDEX,
+    DOCKER_CONFIG: OCI_CONFIG,
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    DOCKER_FOREIGN_LAYER: OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+}
 
 MANIFEST_TYPES: Final = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES: Final = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
@@ -35,6 +48,11 @@ INDEX_TYPES: Final = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 ACCEPT: Final = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 # containerd refuses manifests above 4 MiB; so do we, before parsing anything bigger.
 MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
+
+
+def oci_media_type(media_type: str) -> str:
+    """The OCI media type for a Docker one; OCI and unknown types are returned unchanged."""
+    return _DOCKER_TO_OCI.get(media_type, media_type)
 
 
 class _Model(BaseModel):

@@ -17,10 +17,9 @@ from typing import Final, NoReturn
 import httpx
 import trio
 
+from lazy2dfs.digest import DigestMismatchError, sha256_digest
 from lazy2dfs.registry_client.auth import pull_scope, push_scope
-from lazy2dfs.registry_client.digest import sha256_digest
 from lazy2dfs.registry_client.errors import (
-    DigestMismatchError,
     RegistryProtocolError,
     UnauthorizedError,
 )

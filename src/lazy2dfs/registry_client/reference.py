@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final
 
-from lazy2dfs.registry_client.digest import validate_digest
-from lazy2dfs.registry_client.errors import InvalidDigestError, InvalidReferenceError
+from lazy2dfs.digest import InvalidDigestError, validate_digest
+from lazy2dfs.registry_client.errors import InvalidReferenceError
 
 DOCKER_HUB: Final = "docker.io"
 _DOCKER_HUB_ALIASES: Final = frozenset({"docker.io", "index.docker.io"})

@@ -1,1 +1,2 @@
-"""Remote layers: what to fetch (from snapshot labels), how to find its TOC, how to read it."""
+"""The read path: a file range of a layer → chunks → disk cache or range requests →
+decompress → verify. No FUSE and no snapshotter types: FUSE asks by file key."""

@@ -26,7 +26,6 @@ from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.errors import IntegrityError, Lazy2dfsError, UnavailableError
 from lazy2dfs.estargz.decode import decode_chunk
 from lazy2dfs.estargz.toc import Chunk, Toc
-from lazy2dfs.fuse.tree import Node
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.retry import on_behalf_of
 
@@ -44,8 +43,6 @@ MEMORY_BYTES = 64 * 1024 * 1024
 BACKGROUND_CONCURRENCY = 2
 # A reader reading sequentially gets this much of the file after its read fetched ahead.
 READ_AHEAD_BYTES = 16 * 1024 * 1024
-# How long a range request may take, retries included, before the read fails with EIO.
-FETCH_DEADLINE = 60.0
 # After a read-ahead read fails, the kernel at once asks again for the one page it wanted: a
 # chunk whose fetch ran out the deadline this recently fails that read at once, so a reader
 # waits the deadline once, not twice.
@@ -139,9 +136,12 @@ class ChunkPool:
     def __init__(
         self,
         cache: ChunkCache,
+        *,
+        deadline: float,
         memory_bytes: int = MEMORY_BYTES,
-        deadline: float = FETCH_DEADLINE,
     ) -> None:
+        """``deadline``: seconds a range request may take, retries included, before the read
+        fails with EIO (``fetch.deadline_seconds``)."""
         self.cache = cache
         self.deadline = deadline
         # Inflating and hashing run in threads (zlib and hashlib release the GIL): one per core.
@@ -272,12 +272,12 @@ class LayerReader:
         self.pool = pool
         self.stats = LayerStats(size=size)
         self._spawn = spawn
-        self._next_offset: dict[int, int] = {}  # by inode: where a sequential read goes on
+        self._next_offset: dict[str, int] = {}  # by file: where a sequential read goes on
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
-        assert isinstance(node.data, str)
-        chunks = self.toc.chunks_for(node.data, offset, size)
-        self._read_ahead(node, offset, size)
+    async def read(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes ``offset``..``offset+size`` of the file at ``path`` in the layer."""
+        chunks = self.toc.chunks_for(path, offset, size)
+        self._read_ahead(path, offset, size)
         with ExitStack() as pins:
             # Another read's cache write must not evict, between our lookup and our fetch,
             # the chunks this read is waiting for: that would cost a second download.
@@ -294,18 +294,17 @@ class LayerReader:
         metrics.BYTES_SERVED.inc(len(out))
         return bytes(out)
 
-    def _read_ahead(self, node: Node, offset: int, size: int) -> None:
+    def _read_ahead(self, path: str, offset: int, size: int) -> None:
         """A sequential reader (this read starts where its last one ended) gets the next
         ``READ_AHEAD_BYTES`` of the file fetched in the background, so its next reads find
         them; a random reader fetches only what it reads."""
-        assert isinstance(node.data, str)
-        sequential = self._next_offset.get(node.inode) == offset
-        self._next_offset[node.inode] = offset + size
-        if not sequential or self._spawn is None or offset + size >= node.size:
+        sequential = self._next_offset.get(path) == offset
+        self._next_offset[path] = offset + size
+        if not sequential or self._spawn is None or offset + size >= self.toc.resolve(path).size:
             return
         ahead = [
             c
-            for c in self.toc.chunks_for(node.data, offset + size, READ_AHEAD_BYTES)
+            for c in self.toc.chunks_for(path, offset + size, READ_AHEAD_BYTES)
             if not self.pool.in_flight(c.digest) and not self.pool.contains(c.digest)
         ]
         if ahead:

@@ -25,8 +25,8 @@ from typing import Any
 from lazy2dfs import metrics
 from lazy2dfs.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
 from lazy2dfs.logfmt import get_logger
-from lazy2dfs.remote.labels import LayerRequest, layer_request
 from lazy2dfs.snapshotter import filters
+from lazy2dfs.snapshotter.labels import LayerRequest, layer_request
 from lazy2dfs.snapshotter.mounts import Mount, OverlayFeatures, snapshot_mounts
 from lazy2dfs.snapshotter.remote import NotLazyError, RemoteLayers
 from lazy2dfs.snapshotter.snapshot import Info, Kind, Usage
@@ -77,6 +77,20 @@ def _remove_tree(path: Path) -> None:
             )
 
     shutil.rmtree(path, onerror=ignore_vanished)
+
+
+def _record_fallback(request: LayerRequest, exc: NotLazyError) -> None:
+    """The one place a fallback is recorded: the log, the counter, ``lazy2dfs status``."""
+    metrics.FALLBACKS.labels(exc.reason).inc()
+    metrics.RECENT_FALLBACKS.record(request.layer_digest, request.reference, exc.reason)
+    log.warning(
+        "layer fallback",
+        layer=request.layer_digest,
+        image=request.reference,
+        reason=exc.reason,
+        detail=exc,
+        action="containerd downloads this layer in full",
+    )
 
 
 class OverlaySnapshotter:
@@ -135,15 +149,7 @@ class OverlaySnapshotter:
         try:
             layer = self._remote.resolve(request)
         except NotLazyError as exc:
-            metrics.FALLBACKS.labels(exc.reason).inc()
-            log.warning(
-                "layer fallback",
-                layer=request.layer_digest,
-                image=request.reference,
-                reason=exc.reason,
-                detail=exc,
-                action="containerd downloads this layer in full",
-            )
+            _record_fallback(request, exc)
             return False
         with self._store.write() as tx:
             if tx.exists(request.chain_id):

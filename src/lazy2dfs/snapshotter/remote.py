@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from lazy2dfs.errors import Lazy2dfsError
-from lazy2dfs.remote.labels import LayerRequest
+from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.snapshot import Usage
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from lazy2dfs.progress import Progress, human_bytes
 from lazy2dfs.registry_client import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -50,7 +51,6 @@ from lazy2dfs.tdfs.compose import BaseManifest, ComposedImage, compose_image
 from lazy2dfs.tdfs.encode import EncodedAllotment, EncodeOptions, encode_allotment
 from lazy2dfs.tdfs.field import Field
 from lazy2dfs.tdfs.layout import write_oci_layout
-from lazy2dfs.tdfs.progress import Progress, human_size
 from lazy2dfs.tdfs.spec import AllotmentSpec, load_spec
 
 # Buildkit marks provenance/SBOM manifests in an index with this annotation; they are not images.
@@ -129,7 +129,7 @@ class _Build:
         self._request = request
         self._client = client
         self._cache = cache
-        self._say = progress
+        self._say = progress.step
         self._uploaded: list[str] = []
 
     async def run(
@@ -223,12 +223,14 @@ class _Build:
                 started = time.monotonic()
                 size = sum(f.src.stat().st_size for f in spec.files)
                 label = f"allotment {position + 1}/{total} row {spec.row} col {spec.col}"
-                self._say(f"{label}: {len(spec.files)} file(s), {human_size(size)}")
+                self._say(f"{label}: {len(spec.files)} file(s), {human_bytes(size)}")
                 done = await trio.to_thread.run_sync(
                     encode_allotment, spec, self._cache, self._request.encode
                 )
                 how = "cached" if done.cached else f"encoded in {time.monotonic() - started:.1f}s"
-                self._say(f"{label}: {done.blob.digest[:19]}… {human_size(done.blob.size)} ({how})")
+                self._say(
+                    f"{label}: {done.blob.digest[:19]}… {human_bytes(done.blob.size)} ({how})"
+                )
                 results[position] = done
 
         async with trio.open_nursery() as nursery:
@@ -302,7 +304,7 @@ class _Build:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             size = await self._client.download_blob(base, digest, path)
-            self._say(f"blob {digest[:19]}… downloaded {human_size(size)}")
+            self._say(f"blob {digest[:19]}… downloaded {human_bytes(size)}")
         return path
 
     # -- export -------------------------------------------------------------------------------

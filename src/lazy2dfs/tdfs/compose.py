@@ -15,26 +15,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from lazy2dfs.registry_client import (
-    OCI_CONFIG,
     OCI_INDEX,
-    OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Descriptor,
+    oci_media_type,
     sha256_digest,
 )
 from lazy2dfs.tdfs.errors import NotA2dfsImageError
 from lazy2dfs.tdfs.field import FIELD_MEDIA_TYPE, IMAGE_NAME_ANNOTATION
-
-_DOCKER_TO_OCI: Final = {
-    "application/vnd.docker.container.image.v1+json": OCI_CONFIG,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-    ),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +86,7 @@ def compose_image(
 
 def _oci(descriptor: dict[str, Any]) -> dict[str, Any]:
     media_type = descriptor.get("mediaType", "")
-    return {**descriptor, "mediaType": _DOCKER_TO_OCI.get(media_type, media_type)}
+    return {**descriptor, "mediaType": oci_media_type(media_type)}
 
 
 def _json(document: Mapping[str, Any]) -> bytes:

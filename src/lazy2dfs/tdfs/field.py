@@ -20,17 +20,16 @@ these fields unchanged. :meth:`Field.to_json` writes the same bytes as Go for a 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from lazy2dfs.digest import is_sha256_hex
 from lazy2dfs.tdfs.errors import FieldFormatError
 
 FIELD_MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.2dfs.field"
 IMAGE_NAME_ANNOTATION: Final = "2dfs.image.name"
 
-_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
 _GO_ESCAPES: Final = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
 _GO_ESCAPES.update({"\u2028": "\\u2028", "\u2029": "\\u2029"})
 
@@ -206,7 +205,7 @@ def _optional_size(cell: Mapping[str, object], key: str, where: str) -> int | No
 
 
 def _hex_or_empty(value: object, where: str) -> str:
-    if not isinstance(value, str) or (value and not _HEX.match(value)):
+    if not isinstance(value, str) or (value and not is_sha256_hex(value)):
         hint = " (bare hex, without 'sha256:')" if isinstance(value, str) and ":" in value else ""
         raise FieldFormatError(f"{where} must be 64 lowercase hex digits or empty{hint}")
     return value

@@ -13,6 +13,7 @@ import pytest
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from lazy2dfs.localstack.images import Blob, BuiltImage, build_image, build_layer, push_image
 from lazy2dfs.localstack.registry import LocalRegistry
+from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     OCI_INDEX,
     OCI_LAYER_GZIP,
@@ -35,7 +36,6 @@ from lazy2dfs.tdfs import (
     fetch_partitioned_image,
     parse_field,
 )
-from lazy2dfs.tdfs.progress import Progress
 
 from .support import run
 

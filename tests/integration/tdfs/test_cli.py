@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs import tdfs_cli
+from lazy2dfs.cli import tdfs as tdfs_cli
 from lazy2dfs.localstack.images import build_image, push_image
 from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import host_platform

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from lazy2dfs import metrics
 from lazy2dfs.errors import AlreadyExistsError, InvalidArgumentError
-from lazy2dfs.remote import labels as L
-from lazy2dfs.remote.labels import LayerRequest, layer_request
+from lazy2dfs.snapshotter import labels as L
+from lazy2dfs.snapshotter.labels import LayerRequest, layer_request
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.remote import NotLazyError
@@ -99,8 +100,13 @@ def test_a_layer_that_cannot_be_lazy_falls_back_to_an_ordinary_snapshot(tmp_path
     layers = DirectoryLayers(tmp_path, refuse={DIGEST})
     store = Store(tmp_path / "db")
     s = OverlaySnapshotter(tmp_path, store, OverlayFeatures(False, False), layers)
+    before = metrics.FALLBACKS.labels("no-toc")._value.get()
     (mount,) = s.prepare(f"extract-1 {CHAIN}", "", own_labels())
     assert mount.type == "bind" and s.stat(f"extract-1 {CHAIN}").kind == Kind.ACTIVE
+    # Counted and listed for `lazy2dfs status`, once.
+    assert metrics.FALLBACKS.labels("no-toc")._value.get() == before + 1
+    last = metrics.RECENT_FALLBACKS.items()[-1]
+    assert (last.layer, last.image, last.reason) == (DIGEST, "127.0.0.1:5000/model:v1", "no-toc")
     store.close()
 
 

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
@@ -27,10 +26,11 @@ from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError
 from lazy2dfs.estargz.toc import EntryType, Toc, TocEntry
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.fuse.tree import Entry, LayerTree
+from lazy2dfs.layers.locator import LayerLocator
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.retry import on_behalf_of
-from lazy2dfs.remote.labels import LayerRequest
 from lazy2dfs.remote.reader import BlobSource, ChunkPool, LayerReader
+from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.snapshotter.snapshot import Usage
 
@@ -40,18 +40,6 @@ log = get_logger(__name__)
 # Verified TOCs kept in memory by layer and TOC digest, so a blob mounted again under another
 # parent is not opened again. A TOC of a large model layer is a few hundred KiB parsed.
 OPENED_TOCS = 256
-
-
-class LayerLocator(Protocol):
-    """Where a layer's blob is; implemented over the registry client."""
-
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
-        """The layer's TOC digest (``""`` when the manifest has none) and blob size."""
-        ...
-
-    def source(self, request: LayerRequest, size: int) -> BlobSource:
-        """Range reads of the blob; no network until the first read."""
-        ...
 
 
 @dataclass
@@ -100,7 +88,7 @@ def _mtime_ns(modtime: datetime | None) -> int:
 
 
 def tree_entries(toc: Toc) -> Iterator[Entry]:
-    """The TOC's entries as the FUSE tree wants them; a file's ``data`` is its TOC path."""
+    """The TOC's entries as the FUSE tree wants them; a file's key is its TOC path."""
     for e in toc.entries:
         if e.type is EntryType.CHUNK:
             continue
@@ -120,7 +108,7 @@ def _entry(e: TocEntry) -> Entry:
         dev_major=e.dev_major,
         dev_minor=e.dev_minor,
         xattrs={k.encode(): v for k, v in e.xattrs.items()},
-        data=e.name,
+        key=e.name,
     )
 
 
@@ -149,11 +137,7 @@ class EstargzLayers:
         return self._session.mountpoint / str(snapshot_id)
 
     def resolve(self, request: LayerRequest) -> ResolvedEstargz:
-        try:
-            return self._session.call(self._resolve, request)
-        except NotLazyError as exc:
-            metrics.RECENT_FALLBACKS.record(request.layer_digest, request.reference, exc.reason)
-            raise
+        return self._session.call(self._resolve, request)
 
     async def _resolve(self, request: LayerRequest) -> ResolvedEstargz:
         try:

@@ -1,8 +1,5 @@
-"""Command-line wiring of the 2DFS subcommands: ``lazy2dfs build`` and ``lazy2dfs field``.
-
-``cli.py`` calls :func:`register` with its subparsers; each subcommand sets ``func`` to a
-handler returning the exit status. Library errors (``Lazy2dfsError``) are printed by ``cli.main``.
-"""
+"""The 2DFS commands: ``lazy2dfs build`` (an image from a base and a 2dfs.json) and
+``lazy2dfs field`` (allotments from safetensors weights)."""
 
 from __future__ import annotations
 
@@ -11,11 +8,11 @@ import os
 from pathlib import Path
 
 from lazy2dfs.errors import InvalidArgumentError
+from lazy2dfs.progress import Progress, human_bytes
 from lazy2dfs.registry_client import Platform, parse_platform
 from lazy2dfs.tdfs.builder import BuildRequest, build
 from lazy2dfs.tdfs.cache import default_cache_root
 from lazy2dfs.tdfs.encode import EncodeOptions
-from lazy2dfs.tdfs.progress import Progress, human_size
 from lazy2dfs.tdfs.safetensors_split import split_safetensors
 
 
@@ -129,7 +126,7 @@ def _from_safetensors(args: argparse.Namespace) -> int:
         layers = f"layers {group.layers[0]}-{group.layers[-1]}" if group.layers else "no layers"
         print(
             f"row {group.row}: {layers}, {group.tensors} tensors, "
-            f"{human_size(group.size)} -> {group.path}"
+            f"{human_bytes(group.size)} -> {group.path}"
         )
     print(f"wrote {result.spec}")
     return 0

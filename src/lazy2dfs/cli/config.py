@@ -225,7 +225,7 @@ def _docs(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``lazy2dfs config`` to the command line (``cli.build_parser`` calls this)."""
+    """Adds ``lazy2dfs config`` to the command line."""
     parser = subparsers.add_parser(
         "config", help="print the default configuration, or check a configuration file"
     )

@@ -1,6 +1,9 @@
-"""Finds a layer's blob and TOC digest in its registry, for ``EstargzLayers``."""
+"""Where a lazily served layer's blob is and what vouches for its TOC: ``LayerLocator``, and
+``RegistryLocator``, which answers from labels or the image's manifest."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
@@ -10,8 +13,21 @@ from lazy2dfs.registry_client import (
     RegistryClient,
     parse_reference,
 )
-from lazy2dfs.remote.labels import LayerRequest
+from lazy2dfs.remote.reader import BlobSource
+from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
+
+
+class LayerLocator(Protocol):
+    """Where a layer's blob is; implemented over the registry client."""
+
+    async def locate(self, request: LayerRequest) -> tuple[str, int]:
+        """The layer's TOC digest (``""`` when the manifest has none) and blob size."""
+        ...
+
+    def source(self, request: LayerRequest, size: int) -> BlobSource:
+        """Range reads of the blob; no network until the first read."""
+        ...
 
 
 class RegistryLocator:

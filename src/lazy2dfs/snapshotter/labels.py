@@ -14,10 +14,10 @@ snapshotter. Three dialects name the image and layer:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lazy2dfs.digest import is_sha256_digest
 from lazy2dfs.errors import InvalidArgumentError
 
 TARGET_REF = "containerd.io/snapshot.ref"
@@ -36,8 +36,6 @@ OWN_MANIFEST_DIGEST = OWN_PREFIX + "manifest-digest"
 OWN_TOC_DIGEST = OWN_PREFIX + "toc-digest"
 OWN_LAYER_SIZE = OWN_PREFIX + "layer-size"
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
 
 @dataclass(frozen=True)
 class LayerRequest:
@@ -55,7 +53,7 @@ def _digest(labels: Mapping[str, str], key: str, required: bool) -> str:
     value = labels.get(key, "")
     if not value and not required:
         return ""
-    if not _DIGEST.match(value):
+    if not is_sha256_digest(value):
         raise InvalidArgumentError(f"label {key}={value!r} is not a sha256 digest")
     return value
 

@@ -2,7 +2,8 @@
 
 A digest is ``algorithm:hex``; sha256 is what every registry uses, sha512 is allowed by the
 OCI spec. ``Verifier`` hashes a stream as it passes so that large blobs are checked without
-being held in memory.
+being held in memory. Every part that checks or validates a digest (registry client, TOC,
+snapshot labels, 2DFS field) uses this module, so they agree on what a digest is.
 """
 
 from __future__ import annotations
@@ -11,10 +12,30 @@ import hashlib
 import re
 from typing import Final
 
-from lazy2dfs.registry_client.errors import DigestMismatchError, InvalidDigestError
+from lazy2dfs.errors import IntegrityError, InvalidArgumentError
 
 _HEX_LENGTH: Final = {"sha256": 64, "sha512": 128}
 _DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class InvalidDigestError(InvalidArgumentError):
+    """A string that should be a digest is not one."""
+
+
+class DigestMismatchError(IntegrityError):
+    """Bytes did not hash to the digest that vouches for them; they are dropped, never
+    returned."""
+
+
+def is_sha256_digest(text: str) -> bool:
+    """``sha256:`` and 64 lowercase hex digits: what TOCs and snapshot labels carry."""
+    return text.startswith("sha256:") and is_sha256_hex(text[7:])
+
+
+def is_sha256_hex(text: str) -> bool:
+    """64 lowercase hex digits: a bare sha256, as the 2DFS field stores digests."""
+    return _SHA256_HEX.fullmatch(text) is not None
 
 
 def validate_digest(digest: str) -> str:

@@ -1,0 +1,41 @@
+"""``lazy2dfs serve``: the daemon containerd registers as a proxy snapshotter."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lazy2dfs import config, logfmt
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser("serve", help="run the snapshotter daemon containerd talks to")
+    serve.add_argument("--root", type=Path, help="state directory (default /var/lib/lazy2dfs)")
+    serve.add_argument(
+        "--address", type=Path, help="gRPC unix socket (default /run/lazy2dfs/lazy2dfs.sock)"
+    )
+    serve.add_argument(
+        "--config", type=Path, help=f"TOML configuration (default {config.DEFAULT_CONFIG_PATH})"
+    )
+    serve.add_argument("--metrics-address", help="HOST:PORT serving Prometheus /metrics")
+    serve.add_argument("--log-level", choices=LOG_LEVELS)
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the daemon pulls in FUSE and gRPC, which no other command needs.
+    from lazy2dfs.daemon import Daemon
+
+    cfg = config.load(
+        args.config,
+        overrides={
+            "root": args.root,
+            "address": args.address,
+            "metrics_address": args.metrics_address,
+            "log_level": args.log_level,
+        },
+    )
+    logfmt.configure(cfg.log_level)
+    return Daemon(cfg).run()

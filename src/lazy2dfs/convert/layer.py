@@ -1,0 +1,127 @@
+"""One layer's conversion: decompress the source blob (checking its diff ID), write it as
+eStargz or zstd:chunked, and read the result's TOC back."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final, Protocol
+
+import zstandard
+
+from lazy2dfs.convert.errors import UnsupportedImageError
+from lazy2dfs.estargz import Compression, WriteResult, WriterOptions, open_blob, write_blob_from_tar
+from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
+from lazy2dfs.registry_client import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+_COPY_BLOCK: Final = 1 << 20
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """``zstd`` writes zstd:chunked instead of eStargz (gzip); ``workers`` compress in
+    parallel (default: every core); ``level`` as in :class:`WriterOptions`."""
+
+    zstd: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    level: int | None = None
+
+    @property
+    def compression(self) -> Compression:
+        return Compression.ZSTD if self.zstd else Compression.GZIP
+
+    @property
+    def media_type(self) -> str:
+        return OCI_LAYER_ZSTD if self.zstd else OCI_LAYER_GZIP
+
+    def writer_options(self) -> WriterOptions:
+        return WriterOptions(
+            chunk_size=self.chunk_size,
+            compression=self.compression,
+            level=self.level,
+            workers=self.workers,
+        )
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class _CountingReader:
+    """A read-only file wrapper that reports how far the reader got (for the progress line)."""
+
+    def __init__(self, raw: IO[bytes], report: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._report = report
+        self._seen = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._seen = max(self._seen, self._raw.tell())
+        self._report(self._seen)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+def decompress_layer(source: Path, tar_path: Path, report: Callable[[int], None]) -> str:
+    """Writes the plain tar of ``source`` (gzip, zstd, or already plain) to ``tar_path`` and
+    returns its diff ID. Detection is by magic bytes, not media type: registries and tools
+    mislabel. Multi-member gzip (eStargz) and multi-frame zstd (zstd:chunked) both work."""
+    digest = hashlib.sha256()
+    with source.open("rb") as raw, tar_path.open("wb") as out:
+        magic = raw.read(4)
+        raw.seek(0)
+        stream: _Readable
+        if magic.startswith(_GZIP_MAGIC):
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif magic == _ZSTD_MAGIC:
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        else:
+            stream = raw
+        try:
+            while block := stream.read(_COPY_BLOCK):
+                digest.update(block)
+                out.write(block)
+                report(raw.tell())
+        except (OSError, EOFError, zstandard.ZstdError) as err:
+            raise UnsupportedImageError(f"cannot decompress layer: {err}") from None
+    return "sha256:" + digest.hexdigest()
+
+
+def convert_layer_file(
+    tar_path: Path, out_path: Path, options: ConvertOptions, report: Callable[[int], None]
+) -> WriteResult:
+    """Writes the blob for a plain tar and reads its TOC back: a writer bug must not reach a
+    registry, and reading two ranges of a local file costs nothing next to compressing it."""
+    with tar_path.open("rb") as raw, out_path.open("wb") as out:
+        result = write_blob_from_tar(
+            _CountingReader(raw, report),  # type: ignore[arg-type]
+            out,
+            options.writer_options(),
+        )
+    with out_path.open("rb") as blob:
+
+        def read_range(offset: int, length: int) -> bytes:
+            blob.seek(offset)
+            return blob.read(length)
+
+        open_blob(read_range, result.blob_size, expected_toc_digest=result.toc_digest)
+    return result
