@@ -23,7 +23,7 @@ import grpc
 
 from lazy2dfs import libc
 from lazy2dfs.api import snapshots_pb2_grpc
-from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.config import Config
 from lazy2dfs.errors import FailedPreconditionError, UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
@@ -33,7 +33,7 @@ from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.observability import DaemonParts, Observability
 from lazy2dfs.registry_client import RegistryClient
-from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.service import SnapshotsService
@@ -126,15 +126,17 @@ class Daemon:
             hosts_dir=self.config.registry.hosts_dir, plain_http=self.config.registry.plain_http
         )
         server: grpc.Server | None = None
+        cache: CacheStore | None = None
         observability: Observability | None = None
         try:
             session.start()
-            cache = ChunkCache(root / "cache", self.config.cache.max_bytes)
-            pool = session.call_sync(
-                functools.partial(ChunkPool, cache, deadline=self.config.fetch.deadline_seconds)
+            cache = CacheStore(root / "cache", self.config.cache.max_bytes)
+            context = session.call_sync(
+                functools.partial(FetchContext, cache, deadline=self.config.fetch.deadline_seconds)
             )
+            session.call_sync(session.spawn, "record written segments", context.record_written)
             layers = EstargzLayers(
-                root, session, pool, RegistryLocator(registry), self.config.fetch.background
+                root, session, context, RegistryLocator(registry), self.config.fetch.background
             )
             snapshotter = OverlaySnapshotter(root, store, OverlayFeatures.detect(), layers)
             # Layers are restored: requests that waited for us through a restart find them.
@@ -175,6 +177,8 @@ class Daemon:
             if session.running:
                 session.call(registry.aclose)
             session.stop()
+            if cache is not None:
+                cache.flush()
             store.close()
             lock.release()
         log.info("stopped")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from lazy2dfs.errors import IntegrityError, InvalidArgumentError
@@ -78,3 +79,16 @@ def verify_bytes(data: bytes, expected: str, what: str) -> bytes:
     verifier.update(data)
     verifier.verify(what)
     return data
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """containerd's chain IDs, which name layer snapshots: the first layer's diff ID, then
+    sha256 of "parent child" for each next one."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if not chain:
+            chain.append(diff_id)
+        else:
+            joined = f"{chain[-1]} {diff_id}".encode()
+            chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
+    return chain

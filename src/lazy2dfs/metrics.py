@@ -36,11 +36,16 @@ GRPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-CHUNK_CACHE_EVENTS = Counter(
-    "lazy2dfs_chunk_cache_events",
-    "Chunk lookups and cache changes, by event: memory_hit (decoded chunk in memory), hit (on"
-    " disk), miss (fetched from the registry), write, eviction, corrupt, disk_full.",
+CACHE_EVENTS = Counter(
+    "lazy2dfs_cache_events",
+    "Segments the cache took or refused, by event: write (decoded from the registry), copied (from"
+    " another cached blob holding the same chunks), full (cache.max_bytes reached and nothing"
+    " evictable: served uncached), disk_full (the disk refused the write: served uncached).",
     ["event"],
+)
+CACHE_EVICTIONS = Counter(
+    "lazy2dfs_cache_evictions",
+    "Cached blobs removed, least recently used first, to keep the cache under cache.max_bytes.",
 )
 
 LAZY_LAYERS = Counter(
@@ -66,8 +71,9 @@ READ_WAIT = Histogram(
 
 VERIFICATION_FAILURES = Counter(
     "lazy2dfs_verification_failures",
-    "Bytes from a registry that failed their digest, by what: chunk (a chunk's sha256 or its"
-    " compression) or toc. Corrupt cache entries count as chunk_cache_events{event=corrupt}.",
+    "Bytes that failed verification, by what: chunk (a chunk's sha256 or its compression), toc"
+    " (the TOC against its manifest annotation), diff_id (a complete layer's tar stream against"
+    " its image's config, or its TOC).",
     ["what"],
 )
 

@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from lazy2dfs import __version__, metrics
-from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.config import Config
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.session import FuseSession
@@ -60,7 +60,7 @@ class DaemonParts:
     config: Config
     session: FuseSession
     layers: EstargzLayers
-    cache: ChunkCache
+    cache: CacheStore
     snapshotter: OverlaySnapshotter
 
 
@@ -121,7 +121,7 @@ class DaemonCollector(Collector):
     def __init__(
         self,
         layers: Callable[[], list[LayerStatus]],
-        cache: ChunkCache,
+        cache: CacheStore,
         snapshots_by_kind: Callable[[], Mapping[Kind, int]],
     ) -> None:
         self._layers = layers
@@ -169,13 +169,14 @@ class DaemonCollector(Collector):
             labels=layer_labels,
         )
         cache_bytes = GaugeMetricFamily(
-            "lazy2dfs_chunk_cache_bytes", "Decoded chunk bytes in the disk cache."
+            "lazy2dfs_cache_bytes",
+            "Bytes of layers in the disk cache (file contents and tar headers).",
         )
         cache_limit = GaugeMetricFamily(
-            "lazy2dfs_chunk_cache_limit_bytes", "The disk cache's bound (cache.max_bytes)."
+            "lazy2dfs_cache_limit_bytes", "The disk cache's bound (cache.max_bytes)."
         )
-        cache_entries = GaugeMetricFamily(
-            "lazy2dfs_chunk_cache_entries", "Chunks in the disk cache."
+        cache_layers = GaugeMetricFamily(
+            "lazy2dfs_cache_layers", "Blobs (layers) in the disk cache, in use or not."
         )
         if with_samples:
             try:
@@ -202,9 +203,9 @@ class DaemonCollector(Collector):
                 ratio.add_metric([digest, image], min(1.0, f / s) if s else 1.0)
             cache_bytes.add_metric([], self._cache.size_bytes)
             cache_limit.add_metric([], self._cache.max_bytes)
-            cache_entries.add_metric([], self._cache.entries)
+            cache_layers.add_metric([], self._cache.blobs)
         yield from (snapshots, remote, size, fetched, served, prefetched, ratio)
-        yield from (cache_bytes, cache_limit, cache_entries)
+        yield from (cache_bytes, cache_limit, cache_layers)
 
 
 class Observability:
@@ -293,7 +294,7 @@ class Observability:
             cache=CacheStatus(
                 bytes=parts.cache.size_bytes,
                 limit_bytes=parts.cache.max_bytes,
-                entries=parts.cache.entries,
+                layers=parts.cache.blobs,
             ),
             layers=self._layers(),
             fallbacks=FallbackStatus(

@@ -22,7 +22,7 @@ class LayerStatus(TypedDict):
 class CacheStatus(TypedDict):
     bytes: int
     limit_bytes: int
-    entries: int
+    layers: int  # blobs cached, in use or not
 
 
 class FallbackStatus(TypedDict):

@@ -166,10 +166,9 @@ def test_fetched_bytes_match_the_registry_and_the_cache_counts_lookups(
     assert first.sum("lazy2dfs_layer_prefetched_bytes_total", layer=weights) < fetched
     ratio = first.sum("lazy2dfs_layer_fetch_ratio", layer=weights)
     assert 0 < ratio == pytest.approx(fetched / len(WEIGHTS), rel=0.05)
-    misses = first.sum("lazy2dfs_chunk_cache_events_total", event="miss")
-    assert misses > before.sum("lazy2dfs_chunk_cache_events_total", event="miss")
-    assert first.sum("lazy2dfs_chunk_cache_events_total", event="write") >= 1
-    assert first.sum("lazy2dfs_chunk_cache_bytes") >= CHUNK
+    writes = first.sum("lazy2dfs_cache_events_total", event="write")
+    assert writes > before.sum("lazy2dfs_cache_events_total", event="write")
+    assert first.sum("lazy2dfs_cache_bytes") >= CHUNK
     assert first.sum("lazy2dfs_read_network_wait_seconds_count") >= 1
     assert first.sum("lazy2dfs_fuse_operations_total", operation="read", result="ok") >= 1
     assert first.sum("lazy2dfs_fuse_operation_duration_seconds_count", operation="read") >= 1
@@ -183,7 +182,7 @@ def test_fetched_bytes_match_the_registry_and_the_cache_counts_lookups(
         "lazy2dfs_layer_fetched_bytes_total"
     )
 
-    # Another part of the same chunk, beyond the kernel's readahead: decoded in memory.
+    # Another part of the same chunk, beyond the kernel's readahead: read from the cache.
     out = observed.stack.run(
         ref, "again", "dd if=/model/weights.bin bs=1000 skip=900 count=1 2>/dev/null | wc -c"
     )
@@ -191,10 +190,7 @@ def test_fetched_bytes_match_the_registry_and_the_cache_counts_lookups(
     second = observed.settled(weights)
     assert second.sum("lazy2dfs_layer_fetched_bytes_total", layer=weights) == fetched
     assert observed.registry_bytes(weights) == served_by_registry
-    assert second.sum("lazy2dfs_chunk_cache_events_total", event="miss") == misses
-    assert second.sum("lazy2dfs_chunk_cache_events_total", event="memory_hit") > first.sum(
-        "lazy2dfs_chunk_cache_events_total", event="memory_hit"
-    )
+    assert second.sum("lazy2dfs_cache_events_total", event="write") == writes
 
 
 def test_a_plain_gzip_layer_is_counted_and_listed_as_a_fallback(observed: Observed) -> None:
@@ -251,7 +247,6 @@ def test_after_a_restart_reads_hit_the_disk_cache_not_the_registry(
     )
     assert out.strip() == "1000"
     after = observed.scrape()
-    assert after.sum("lazy2dfs_chunk_cache_events_total", event="hit") >= 1
     assert after.sum("lazy2dfs_layer_fetched_bytes_total", layer=weights) == 0
     assert observed.registry_bytes(weights) == served_by_registry
     assert after.sum("lazy2dfs_remote_layers") >= 2

@@ -1,5 +1,6 @@
-"""The read path end to end below the registry: an eStargz blob in memory, chunks fetched on
-first read through the real FUSE mount, verified, cached, and served again after a restart."""
+"""The read path end to end below the registry: an eStargz blob in memory, segments fetched on
+first read through the real FUSE mount, verified, cached, served again after a restart, and a
+complete layer verified against its diff ID and served from its local tree."""
 
 import errno
 import hashlib
@@ -7,21 +8,21 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
 
-from lazy2dfs.cache.chunks import ChunkCache
-from lazy2dfs.config import FetchConfig
+from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.layers.locator import Located
 from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.localstack.snapshotter import end_keeper
-from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 
@@ -48,16 +49,20 @@ class MemoryBlob:
             piece[self.corrupt_at - offset] ^= 0xFF
         return bytes(piece)
 
+    async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [await self.read_range(offset, length) for offset, length in ranges]
+
 
 @dataclass
 class MemoryLocator:
     blob: MemoryBlob
     toc_digest: str
+    diff_id: str = ""
     located: int = 0
 
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
+    async def locate(self, request: LayerRequest) -> Located:
         self.located += 1
-        return self.toc_digest, len(self.blob.data)
+        return Located(self.toc_digest, len(self.blob.data), self.diff_id)
 
     def source(self, request: LayerRequest, size: int) -> MemoryBlob:
         return self.blob
@@ -74,9 +79,10 @@ def model(tmp_path: Path) -> tuple[dict[str, bytes], MemoryLocator]:
     for name, data in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
+    (src / "model/config.json").chmod(0o640)
     out = io.BytesIO()
     result = write_blob_from_directory(src, out, WriterOptions(chunk_size=CHUNK, workers=2))
-    return files, MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest)
+    return files, MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest, result.diff_id)
 
 
 @pytest.fixture
@@ -95,10 +101,23 @@ REQUEST = LayerRequest("sha256:" + "c" * 64, "127.0.0.1:5000/m:v1", "sha256:" + 
 
 
 def layers(
-    root: Path, session: FuseSession, locator: MemoryLocator, deadline: float = 60.0
+    root: Path,
+    session: FuseSession,
+    locator: MemoryLocator,
+    deadline: float = 60.0,
+    background: bool = False,
 ) -> EstargzLayers:
-    pool = ChunkPool(ChunkCache(root / "cache", max_bytes=1 << 30), deadline=deadline)
-    return EstargzLayers(root, session, pool, locator, background_fetch=False)
+    store = CacheStore(root / "cache", max_bytes=1 << 30)
+    context = session.call_sync(lambda: FetchContext(store, deadline=deadline))
+    return EstargzLayers(root, session, context, locator, background_fetch=background)
+
+
+def wait_for_local_tree(remote: EstargzLayers, snapshot_id: int, fuse: Path) -> Path:
+    deadline = time.monotonic() + 30
+    while remote.path(snapshot_id) == fuse / str(snapshot_id):
+        assert time.monotonic() < deadline, "the layer never switched to its local tree"
+        time.sleep(0.05)
+    return remote.path(snapshot_id)
 
 
 def test_first_read_fetches_only_what_it_needs(
@@ -134,11 +153,12 @@ def test_a_corrupt_chunk_is_an_io_error_and_never_cached(
     files, locator = model
     remote = layers(tmp_path, session, locator)
     remote.attach(1, remote.resolve(REQUEST))
-    chunk = remote.readers[1].toc.chunks_for("model/weights-1.bin", 0, 1)[0]
+    fetcher = remote.readers[1].fetcher
+    chunk = fetcher.layout.toc.chunks_for("model/weights-1.bin", 0, 1)[0]
     locator.blob.corrupt_at = chunk.compressed_offset + chunk.compressed_size // 2
     with pytest.raises(OSError):
         (remote.path(1) / "model/weights-1.bin").read_bytes()
-    assert not remote.readers[1].pool.contains(chunk.digest)
+    assert not fetcher.cache.present(fetcher.layout.segment_of(chunk))
     locator.blob.corrupt_at = None  # the registry recovers: the same read now succeeds
     assert (remote.path(1) / "model/weights-1.bin").read_bytes() == files["model/weights-1.bin"]
 
@@ -189,7 +209,7 @@ def test_twenty_concurrent_readers_fetch_each_chunk_once(
     for thread in threads:
         thread.join(timeout=60)
     assert len(results) == 20 and all(r == files["model/weights-0.bin"] for r in results)
-    chunks = remote.readers[1].toc.chunks_for("model/weights-0.bin")
+    chunks = remote.readers[1].fetcher.layout.toc.chunks_for("model/weights-0.bin")
     compressed = sum(c.compressed_size for c in chunks)
     # Merged spans may carry a few neighbouring bytes, never a second copy of a chunk.
     assert locator.blob.served - opened < compressed + 64 * 1024
@@ -209,36 +229,41 @@ def test_a_registry_that_stops_answering_gives_eio_after_the_deadline(
     assert time.monotonic() - start < 10
 
 
-class CountingCache(ChunkCache):
-    """Counts chunks read back from disk (each one a read and a sha256 of the chunk)."""
+def test_a_complete_layer_is_verified_and_new_mounts_use_its_local_tree(
+    tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
+) -> None:
+    files, locator = model
+    remote = layers(tmp_path, session, locator, background=True)
+    remote.attach(1, remote.resolve(REQUEST))
+    fuse_view = remote.path(1)
+    local = wait_for_local_tree(remote, 1, session.mountpoint)
+    assert not str(local).startswith(str(session.mountpoint))
+    for name, data in files.items():
+        assert (local / name).read_bytes() == data
+        assert (fuse_view / name).read_bytes() == data  # running containers keep reading
+        assert os.stat(local / name).st_mode == os.stat(fuse_view / name).st_mode
+    assert oct(os.stat(local / "model/config.json").st_mode & 0o777) == oct(0o640)
+    # Every byte of the blob fetched once: a second pass for the diff ID fetches nothing.
+    assert locator.blob.served < len(locator.blob.data) * 1.02
+    # A restarted daemon serves the verified layer from its local tree at once.
+    session.call_sync(session.filesystem.remove_layer, "1")
+    again = layers(tmp_path, session, locator)
+    again.restore(1, REQUEST)
+    assert again.path(1) == local
 
-    disk_reads = 0
 
-    def get(self, digest: str) -> bytes | None:
-        data = super().get(digest)
-        if data is not None:
-            self.disk_reads += 1
-        return data
-
-
-def test_concurrent_lookups_read_a_chunk_from_disk_once(tmp_path: Path) -> None:
-    cache = CountingCache(tmp_path / "cache", max_bytes=1 << 30)
-    data = os.urandom(CHUNK)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    assert cache.put(digest, data)
-    results: list[bytes | None] = []
-
-    async def main() -> None:
-        pool = ChunkPool(cache, deadline=FetchConfig().deadline_seconds)
-
-        async def lookup() -> None:
-            results.append(await pool.lookup(digest))
-
-        # As the kernel sends the 1 MiB reads of one chunk: all at once.
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(lookup)
-
-    trio.run(main)
-    assert results == [data] * 4
-    assert cache.disk_reads == 1
+def test_a_layer_whose_config_names_another_diff_id_stays_off_the_local_tree(
+    tmp_path: Path,
+    session: FuseSession,
+    model: tuple[dict[str, bytes], MemoryLocator],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, locator = model
+    locator.diff_id = "sha256:" + "d" * 64  # another image's layer
+    remote = layers(tmp_path, session, locator, background=True)
+    remote.attach(1, remote.resolve(REQUEST))
+    deadline = time.monotonic() + 30
+    while "layer is not what its image says" not in caplog.text:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert remote.path(1) == session.mountpoint / "1"

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,19 +22,20 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from lazy2dfs.api import snapshots_pb2 as pb
-from lazy2dfs.cache.chunks import ChunkCache
+from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.cli.status import render
 from lazy2dfs.config import FetchConfig
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.layers.locator import Located
 from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.localstack.registry import free_port
 from lazy2dfs.localstack.snapshotter import LocalSnapshotter, end_keeper
 from lazy2dfs.logfmt import LogfmtFormatter
 from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
-from lazy2dfs.remote.reader import ChunkPool
+from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.status import StatusReport
@@ -83,7 +84,7 @@ def test_metrics_health_and_status_of_a_serving_daemon(
     assert samples[("lazy2dfs_snapshots", (("kind", "committed"),))] == 0
     assert samples[("lazy2dfs_grpc_calls_total", (("code", "OK"), ("method", "Prepare")))] == 1
     assert samples[("lazy2dfs_remote_layers", ())] == 0
-    assert samples[("lazy2dfs_chunk_cache_limit_bytes", ())] == 20 * 1024**3
+    assert samples[("lazy2dfs_cache_limit_bytes", ())] == 20 * 1024**3
     assert not [name for name, _ in samples if name.endswith("_created")]
     assert get(address, "/healthz") == (200, b"ok\n")
     status, body = get(address, "/status")
@@ -126,7 +127,7 @@ def test_the_dashboard_graphs_only_metrics_the_daemon_exports(
         "lazy2dfs_served_bytes",
         "lazy2dfs_read_network_wait_seconds",
         "lazy2dfs_fuse_operation_duration_seconds",
-        "lazy2dfs_chunk_cache_events",
+        "lazy2dfs_cache_events",
         "lazy2dfs_grpc_call_duration_seconds",
     ):
         assert family in used
@@ -191,7 +192,7 @@ def test_status_table_names_layers_cache_and_recent_fallbacks() -> None:
         "healthy": False,
         "health": "FUSE mount /x is gone",
         "snapshots": {"active": 1, "committed": 2, "view": 0},
-        "cache": {"bytes": 3 * 2**20, "limit_bytes": 12 * 2**20, "entries": 3},
+        "cache": {"bytes": 3 * 2**20, "limit_bytes": 12 * 2**20, "layers": 3},
         "layers": [
             {
                 "id": 4,
@@ -214,7 +215,7 @@ def test_status_table_names_layers_cache_and_recent_fallbacks() -> None:
     render(report, out)
     text = out.getvalue()
     assert "UNHEALTHY: FUSE mount /x is gone" in text and "up 1m15s" in text
-    assert "3.0 MiB of 12.0 MiB (25%), 3 chunks" in text
+    assert "3.0 MiB of 12.0 MiB (25%), 3 layers" in text
     assert "1 active, 2 committed, 0 view" in text
     (row,) = [line for line in text.splitlines() if line.startswith(IMAGE)]
     assert LAYER[:19] in row and "2.0 MiB (25%)" in row and "1.0 MiB/s" in row
@@ -237,14 +238,18 @@ class MemoryBlob:
             piece[self.corrupt_at - offset] ^= 0xFF
         return bytes(piece)
 
+    async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [await self.read_range(offset, length) for offset, length in ranges]
+
 
 @dataclass
 class MemoryLocator:
     blob: MemoryBlob
     toc_digest: str
+    diff_id: str = ""
 
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
-        return self.toc_digest, len(self.blob.data)
+    async def locate(self, request: LayerRequest) -> Located:
+        return Located(self.toc_digest, len(self.blob.data), self.diff_id)
 
     def source(self, request: LayerRequest, size: int) -> MemoryBlob:
         return self.blob
@@ -257,16 +262,16 @@ def remote(tmp_path: Path) -> Iterator[tuple[EstargzLayers, MemoryLocator]]:
     (src / "model/weights.bin").write_bytes(os.urandom(1024 * 1024))
     out = io.BytesIO()
     result = write_blob_from_directory(src, out, WriterOptions(chunk_size=256 * 1024))
-    locator = MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest)
+    locator = MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest, result.diff_id)
     session = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
     session.start()
     try:
         session.mount()
-        pool = ChunkPool(
-            ChunkCache(tmp_path / "cache", max_bytes=1 << 30),
-            deadline=FetchConfig().deadline_seconds,
+        store = CacheStore(tmp_path / "cache", max_bytes=1 << 30)
+        context = session.call_sync(
+            lambda: FetchContext(store, deadline=FetchConfig().deadline_seconds)
         )
-        yield EstargzLayers(tmp_path, session, pool, locator, background_fetch=False), locator
+        yield EstargzLayers(tmp_path, session, context, locator, background_fetch=False), locator
     finally:
         session.stop()
         end_keeper(tmp_path)

@@ -1,6 +1,6 @@
 import hashlib
 
-from lazy2dfs.containerd.pull import chain_ids
+from lazy2dfs.digest import chain_ids
 
 
 def test_chain_ids_follow_the_oci_definition() -> None:

@@ -7,7 +7,7 @@ import trio
 
 from lazy2dfs.estargz import Toc, WriterOptions, open_blob_async
 from lazy2dfs.estargz.footer import FOOTER_SIZE
-from lazy2dfs.layers.mounted import RecordedRanges
+from lazy2dfs.layers.saved import RecordedRanges
 
 from .estargz.support import make_tar, write
 

@@ -1,1 +1,2 @@
-"""Content-addressed chunk store on disk, shared by every layer and image."""
+"""The unpacked layers on local disk: one cache per blob (``layer``), all of them bounded
+and shared (``store``)."""

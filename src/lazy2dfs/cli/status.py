@@ -101,7 +101,7 @@ def render(report: StatusReport, out: TextIO) -> None:
     used = 100.0 * cache["bytes"] / cache["limit_bytes"] if cache["limit_bytes"] else 0.0
     print(
         f"cache: {human_bytes(cache['bytes'])} of {human_bytes(cache['limit_bytes'])}"
-        f" ({used:.0f}%), {cache['entries']} chunks",
+        f" ({used:.0f}%), {cache['layers']} layers",
         file=out,
     )
     kinds = report["snapshots"]

@@ -11,18 +11,18 @@ removing the image removes its snapshots.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lazy2dfs.api import descriptor_pb2
 from lazy2dfs.containerd.client import ContainerdClient
+from lazy2dfs.digest import chain_ids
 from lazy2dfs.errors import AlreadyExistsError, IntegrityError, InvalidArgumentError
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
 from lazy2dfs.logfmt import get_logger
@@ -49,18 +49,6 @@ from lazy2dfs.tdfs import (
 )
 
 log = get_logger(__name__)
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """containerd's chain IDs: the first layer's diff ID, then sha256 of "parent child"."""
-    chain: list[str] = []
-    for diff_id in diff_ids:
-        if not chain:
-            chain.append(diff_id)
-        else:
-            joined = f"{chain[-1]} {diff_id}".encode()
-            chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
-    return chain
 
 
 def to_proto(descriptor: Descriptor) -> descriptor_pb2.Descriptor:
@@ -161,8 +149,12 @@ class Puller:
         manifest_label = manifest.descriptor.digest if resolved.manifest_in_registry else ""
         with self.containerd.lease():
             parent = ""
-            for number, (layer, chain) in enumerate(zip(layers, chains, strict=True), 1):
-                how = self._unpack(str(resolved.pinned), manifest_label, layer, chain, parent)
+            for number, (layer, chain, diff_id) in enumerate(
+                zip(layers, chains, diff_ids, strict=True), 1
+            ):
+                how = self._unpack(
+                    str(resolved.pinned), manifest_label, layer, chain, parent, diff_id
+                )
                 setattr(report, how, getattr(report, how) + 1)
                 self.progress(
                     f"  layer {number}/{len(layers)} {layer.digest[7:19]}"
@@ -198,7 +190,13 @@ class Puller:
         self.containerd.write_content(descriptor.digest, data, descriptor.size, labels)
 
     def _unpack(
-        self, image: str, manifest_digest: str, layer: Descriptor, chain: str, parent: str
+        self,
+        image: str,
+        manifest_digest: str,
+        layer: Descriptor,
+        chain: str,
+        parent: str,
+        diff_id: str,
     ) -> str:
         """Makes snapshot ``chain`` exist; says how: lazy, present or downloaded."""
         if self.containerd.snapshot_exists(self.snapshotter, chain):
@@ -208,6 +206,7 @@ class Puller:
             L.OWN_REFERENCE: image,
             L.OWN_LAYER_DIGEST: layer.digest,
             L.OWN_LAYER_SIZE: str(layer.size),
+            L.OWN_DIFF_ID: diff_id,
         }
         if manifest_digest:
             labels[L.OWN_MANIFEST_DIGEST] = manifest_digest

@@ -55,3 +55,52 @@ def read_zstd_frame(compressed: bytes, limit: int) -> bytes:
     except zstandard.ZstdError as err:
         raise CompressedDataError(f"bad zstd frame: {err}") from None
     return b"".join(parts)
+
+
+def inflate_gzip_members(compressed: bytes, limit: int) -> bytes:
+    """Every gzip member in ``compressed``, decoded and joined; more than ``limit`` bytes of
+    output is an error (a member that inflates beyond what its entries can hold is a bomb)."""
+    parts: list[bytes] = []
+    have = 0
+    rest = memoryview(compressed)
+    try:
+        while len(rest):
+            inflater = _INFLATER.decompressobj(_GZIP_WBITS)
+            part = inflater.decompress(rest, limit - have + 1)
+            have += len(part)
+            if have > limit:
+                raise CompressedDataError(f"members decode to more than {limit} bytes")
+            parts.append(part)
+            if not inflater.eof:
+                raise CompressedDataError("gzip member is truncated")
+            rest = rest[len(rest) - len(inflater.unused_data) :]
+    except _INFLATE_ERRORS as err:
+        raise CompressedDataError(f"bad gzip member: {err}") from None
+    return b"".join(parts)
+
+
+def read_zstd_frames(compressed: bytes, limit: int) -> bytes:
+    """Every zstd frame in ``compressed`` (skippable frames yield nothing), decoded and joined;
+    more than ``limit`` bytes of output is an error."""
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(
+            compressed, read_across_frames=True
+        ) as reader:
+            data = _read_at_most(reader, limit + 1)
+    except zstandard.ZstdError as err:
+        raise CompressedDataError(f"bad zstd frame: {err}") from None
+    if len(data) > limit:
+        raise CompressedDataError(f"frames decode to more than {limit} bytes")
+    return data
+
+
+def _read_at_most(reader: zstandard.ZstdDecompressionReader, count: int) -> bytes:
+    parts: list[bytes] = []
+    have = 0
+    while have < count:
+        part = reader.read(count - have)
+        if not part:
+            break
+        parts.append(part)
+        have += len(part)
+    return b"".join(parts)

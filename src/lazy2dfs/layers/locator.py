@@ -3,27 +3,40 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Protocol
 
+from lazy2dfs.digest import chain_ids
 from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
 from lazy2dfs.registry_client import (
     BlobReader,
     ImageManifest,
+    Reference,
     RegistryClient,
     parse_reference,
 )
-from lazy2dfs.remote.reader import BlobSource
+from lazy2dfs.remote.fetch import BlobSource
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.tdfs.field import FIELD_MEDIA_TYPE
+
+
+@dataclass(frozen=True)
+class Located:
+    """What vouches for a layer's bytes: the TOC digest (``""`` when the manifest has none),
+    the blob's size, and the diff ID the image's config gives it (``""`` when unknown)."""
+
+    toc_digest: str
+    size: int
+    diff_id: str
 
 
 class LayerLocator(Protocol):
     """Where a layer's blob is; implemented over the registry client."""
 
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
-        """The layer's TOC digest (``""`` when the manifest has none) and blob size."""
-        ...
+    async def locate(self, request: LayerRequest) -> Located: ...
 
     def source(self, request: LayerRequest, size: int) -> BlobSource:
         """Range reads of the blob; no network until the first read."""
@@ -31,35 +44,65 @@ class LayerLocator(Protocol):
 
 
 class RegistryLocator:
-    """Learns a layer's TOC digest and size from its labels when they carry the size (as
-    ``lazy2dfs pull`` writes them, from the manifest it verified — also for 2DFS partitions,
-    whose manifest exists only on the client), else from the image's manifest."""
+    """Learns a layer's TOC digest, size and diff ID from its labels when they carry them (as
+    ``lazy2dfs pull`` writes them, from the manifest and config it verified — also for 2DFS
+    partitions, whose manifest exists only on the client), else from the image's manifest and
+    config. The config must name the layer by the chain ID containerd asked for, so that a
+    label cannot tie a layer to another image's chain."""
 
     def __init__(self, client: RegistryClient) -> None:
         self._client = client
 
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
+    async def locate(self, request: LayerRequest) -> Located:
         if request.layer_size:
-            return request.toc_digest, request.layer_size
+            return Located(request.toc_digest, request.layer_size, request.diff_id)
         ref = parse_reference(request.reference)
         try:
             if request.manifest_digest:
                 fetched = await self._client.get_manifest(ref, request.manifest_digest)
                 manifest = fetched.manifest
+                pinned = ref.with_digest(request.manifest_digest)
             else:
-                manifest = (await self._client.get_image(ref)).manifest
+                image = await self._client.get_image(ref)
+                manifest, pinned = image.manifest, image.reference
         except Lazy2dfsError as exc:
             raise NotLazyError("no-manifest", f"manifest of {request.reference}: {exc}") from exc
         if not isinstance(manifest, ImageManifest):
             raise NotLazyError("no-manifest", f"{request.reference} names an index, not an image")
-        for layer in manifest.layers:
-            if layer.digest == request.layer_digest:
-                toc = (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION, "")
-                return request.toc_digest or toc, layer.size
-        raise NotLazyError(
-            "not-in-manifest",
-            f"layer {request.layer_digest} is not in the manifest of {request.reference}",
+        position = next(
+            (i for i, d in enumerate(manifest.layers) if d.digest == request.layer_digest), None
         )
+        if position is None:
+            raise NotLazyError(
+                "not-in-manifest",
+                f"layer {request.layer_digest} is not in the manifest of {request.reference}",
+            )
+        layer = manifest.layers[position]
+        toc = request.toc_digest or (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION, "")
+        diff_id = await self._diff_id(pinned, manifest, position, request)
+        return Located(toc, layer.size, diff_id)
+
+    async def _diff_id(
+        self, ref: Reference, manifest: ImageManifest, position: int, request: LayerRequest
+    ) -> str:
+        try:
+            config = json.loads(await self._client.get_blob(ref, manifest.config.digest))
+            diff_ids = config["rootfs"]["diff_ids"]
+        except (Lazy2dfsError, ValueError, KeyError, TypeError) as exc:
+            raise NotLazyError("no-config", f"config of {request.reference}: {exc!r}") from exc
+        layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+            raise NotLazyError(
+                "no-config", f"config of {request.reference} does not list a diff ID per layer"
+            )
+        chains = chain_ids([str(d) for d in diff_ids[: position + 1]])
+        if chains[-1] != request.chain_id:
+            raise NotLazyError(
+                "chain-mismatch",
+                f"snapshot {request.chain_id} is not layer {position} of {request.reference}"
+                f" (its config gives chain ID {chains[-1]})",
+            )
+        return str(diff_ids[position])
 
     def source(self, request: LayerRequest, size: int) -> BlobReader:
         return self._client.blob_reader(request.reference, request.layer_digest, size)

@@ -1,80 +1,68 @@
-"""Remote layers in eStargz (or zstd:chunked), attached to the FUSE mount.
+"""Remote layers in eStargz (or zstd:chunked): resolved, attached to the FUSE mount, fetched
+in the background, verified, and finally served from a local tree.
 
 Resolving a layer reads its footer and TOC — two range requests — and verifies the TOC against
 the digest the image's manifest vouches for. A layer without such a digest, or that is not
 seekable, is refused with ``NotLazyError`` and containerd downloads it instead. The footer and
-TOC bytes are kept under ``<root>/layers/<id>/``, so a restarted daemon shows the same tree
-without the network; the chunk cache keeps what was fetched.
+TOC bytes are kept under ``<root>/layers/<id>/`` (``layers.saved``), so a restarted daemon
+shows the same tree without the network; the blob's cache (``cache``) keeps what was fetched.
+
+The life of a layer: attached (FUSE directory, reads fetch what they need, the background
+fetch takes the rest in load order) → complete (every segment cached) → verified (its tar
+stream hashes to the diff ID its image's config gives, ``layers.verify``) → local (its tree is
+a real directory, ``layers.localtree``, and new mounts use it instead of FUSE). Containers that
+mounted the FUSE directory keep reading through it, from the same cached bytes.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import os
 import shutil
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import trio
 
 from lazy2dfs import metrics
-from lazy2dfs.errors import IntegrityError, Lazy2dfsError, UnavailableError
+from lazy2dfs.cache.layer import LayerCache
+from lazy2dfs.errors import Lazy2dfsError, UnavailableError
 from lazy2dfs.estargz.blob import open_blob_async
 from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError
+from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.estargz.toc import EntryType, Toc, TocEntry
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.fuse.tree import Entry, LayerTree
+from lazy2dfs.layers import localtree, saved, verify
 from lazy2dfs.layers.locator import LayerLocator
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.retry import on_behalf_of
-from lazy2dfs.remote.reader import BlobSource, ChunkPool, LayerReader
+from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
+from lazy2dfs.remote.prefetch import fetch_layer
+from lazy2dfs.remote.reader import LayerReader
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.snapshotter.snapshot import Usage
 
 log = get_logger(__name__)
 
-
-# Verified TOCs kept in memory by layer and TOC digest, so a blob mounted again under another
-# parent is not opened again. A TOC of a large model layer is a few hundred KiB parsed.
+# Verified TOCs (and their layouts) kept in memory by layer and TOC digest, so a blob mounted
+# again under another parent is not opened again. A TOC of a large model layer is a few
+# hundred KiB parsed.
 OPENED_TOCS = 256
-
-
-@dataclass
-class RecordedRanges:
-    """The ranges read while opening a blob, to replay them after a restart."""
-
-    ranges: dict[int, bytes] = field(default_factory=dict)
-
-    def recording(self, source: BlobSource) -> BlobSource:
-        recorder = self
-
-        class Recording:
-            async def read_range(self, offset: int, length: int) -> bytes:
-                data = await source.read_range(offset, length)
-                recorder.ranges[offset] = data
-                return data
-
-        return Recording()
-
-    async def read_range(self, offset: int, length: int) -> bytes:
-        data = self.ranges.get(offset, b"")
-        if len(data) < length:
-            raise IntegrityError(f"saved TOC has no range {offset}+{length}")
-        # A layer saved before the TOC read skipped the bytes the tail holds has the whole
-        # member at this offset: its start is what is asked for now.
-        return data[:length]
+TREE = "tree"  # a verified blob's local tree, in its cache directory
+DIFF_ID = "diff-id"  # written once the tree is complete and the diff ID checked
 
 
 @dataclass
 class ResolvedEstargz:
     request: LayerRequest
     toc: Toc
-    toc_digest: str
-    size: int
-    recorded: RecordedRanges
+    layout: BlobLayout
+    layer: saved.SavedLayer
     fetched: int = 0  # bytes resolving took from the registry; 0 when the TOC was known
 
     @property
@@ -112,6 +100,17 @@ def _entry(e: TocEntry) -> Entry:
     )
 
 
+@dataclass
+class _Attached:
+    """One snapshot's layer: its FUSE tree and reader, and the blob's cache."""
+
+    layer: ResolvedEstargz
+    tree: LayerTree
+    reader: LayerReader
+    cache: LayerCache
+    local: Path | None = None  # the verified local tree, once there is one
+
+
 class EstargzLayers:
     """``RemoteLayers`` for the daemon: resolve over the network, attach to the FUSE mount."""
 
@@ -119,21 +118,32 @@ class EstargzLayers:
         self,
         root: Path,
         session: FuseSession,
-        pool: ChunkPool,
+        context: FetchContext,
         locator: LayerLocator,
         background_fetch: bool = True,
     ) -> None:
         self._dir = root / "layers"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._session = session
-        self._pool = pool
+        self._context = context
         self._locator = locator
         self._background_fetch = background_fetch
         self._tasks: dict[int, trio.CancelScope] = {}
-        self._opened: OrderedDict[tuple[str, str], tuple[Toc, RecordedRanges]] = OrderedDict()
-        self.readers: dict[int, LayerReader] = {}
+        self._opened: OrderedDict[tuple[str, str], tuple[Toc, BlobLayout, saved.SavedLayer]] = (
+            OrderedDict()
+        )
+        self._attached: dict[int, _Attached] = {}
+
+    @property
+    def readers(self) -> dict[int, LayerReader]:
+        """Mounted layers' readers by snapshot id (for metrics and status)."""
+        return {i: a.reader for i, a in tuple(self._attached.items())}
 
     def path(self, snapshot_id: int) -> Path:
+        """Where a snapshot's files are: its verified local tree, or its FUSE directory."""
+        attached = self._attached.get(snapshot_id)
+        if attached is not None and attached.local is not None:
+            return attached.local
         return self._session.mountpoint / str(snapshot_id)
 
     def resolve(self, request: LayerRequest) -> ResolvedEstargz:
@@ -142,22 +152,28 @@ class EstargzLayers:
     async def _resolve(self, request: LayerRequest) -> ResolvedEstargz:
         try:
             with on_behalf_of(layer=request.layer_digest, image=request.reference):
-                toc_digest, size = await self._locator.locate(request)
-                if not toc_digest:
+                located = await self._locator.locate(request)
+                if not located.toc_digest:
                     raise NotLazyError(
                         "no-toc-digest",
                         "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
                         " the layer is not eStargz, or its TOC cannot be verified",
                     )
-                known = self._opened.get((request.layer_digest, toc_digest))
+                known = self._opened.get((request.layer_digest, located.toc_digest))
                 if known is not None:
                     # The same blob under another parent (a 2DFS update, a shared base):
                     # its verified TOC is reused, nothing is fetched.
-                    self._opened.move_to_end((request.layer_digest, toc_digest))
-                    return ResolvedEstargz(request, known[0], toc_digest, size, known[1])
-                recorded = RecordedRanges()
-                source = recorded.recording(self._locator.source(request, size))
-                toc = await open_blob_async(source.read_range, size, expected_toc_digest=toc_digest)
+                    self._opened.move_to_end((request.layer_digest, located.toc_digest))
+                    toc, layout, old = known
+                    layer = saved.SavedLayer(
+                        located.toc_digest, located.size, located.diff_id, old.recorded
+                    )
+                    return ResolvedEstargz(request, toc, layout, layer)
+                recorded = saved.RecordedRanges()
+                source = recorded.recording(self._locator.source(request, located.size))
+                toc = await open_blob_async(
+                    source.read_range, located.size, expected_toc_digest=located.toc_digest
+                )
         except TocDigestMismatchError as exc:
             metrics.VERIFICATION_FAILURES.labels("toc").inc()
             log.error(
@@ -171,59 +187,100 @@ class EstargzLayers:
             raise NotLazyError("not-seekable", str(exc)) from exc
         except UnavailableError as exc:
             raise NotLazyError("unreachable", str(exc)) from exc
-        self._opened[(request.layer_digest, toc_digest)] = (toc, recorded)
+        layout = await trio.to_thread.run_sync(BlobLayout, toc)
+        layer = saved.SavedLayer(located.toc_digest, located.size, located.diff_id, recorded)
+        self._opened[(request.layer_digest, located.toc_digest)] = (toc, layout, layer)
         if len(self._opened) > OPENED_TOCS:
             self._opened.popitem(last=False)
-        fetched = sum(len(data) for data in recorded.ranges.values())
-        return ResolvedEstargz(request, toc, toc_digest, size, recorded, fetched)
+        return ResolvedEstargz(request, toc, layout, layer, recorded.fetched)
 
     def attach(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
-        self._save(snapshot_id, layer)
+        saved.save(self._dir / str(snapshot_id), layer.layer)
         self._session.call_sync(self._attach, snapshot_id, layer, layer.fetched)
         metrics.LAZY_LAYERS.inc()
 
     def _attach(self, snapshot_id: int, layer: ResolvedEstargz, fetched: int = 0) -> None:
         """``fetched``: bytes that resolving took from the registry (footer and TOC), counted
         as the layer's; a restored layer took them from disk."""
+        request = layer.request
+        cache = self._context.store.open(request.layer_digest, layer.layout)
         tree = LayerTree(snapshot_id, tree_entries(layer.toc))
-        source = self._locator.source(layer.request, layer.size)
-        reader = LayerReader(
-            layer.request.layer_digest,
-            layer.request.reference,
-            layer.toc,
-            source,
-            self._pool,
-            layer.size,
-            spawn=self._session.spawn,
+        source = self._locator.source(request, layer.layer.size)
+        stats = LayerStats(size=layer.layer.size)
+        fetcher = SegmentFetcher(
+            self._context, request.layer_digest, request.reference, source, cache, stats
         )
-        reader.count_fetched(fetched, background=False)
+        fetcher.count_fetched(fetched, background=False)
+        reader = LayerReader(fetcher, spawn=self._session.spawn)
         self._session.filesystem.add_layer(str(snapshot_id), tree, reader)
-        self.readers[snapshot_id] = reader
-        if self._background_fetch:
+        attached = _Attached(layer, tree, reader, cache)
+        self._attached[snapshot_id] = attached
+        local = cache.directory / TREE
+        if _recorded_diff_id(cache) == layer.layer.diff_id != "" and local.is_dir():
+            attached.local = local
+        elif self._background_fetch:
             self._tasks[snapshot_id] = self._session.spawn(
-                f"fetch {layer.request.layer_digest}", reader.fetch_all
+                f"fetch {request.layer_digest}",
+                functools.partial(self._complete, snapshot_id, attached, fetcher),
             )
 
-    def _save(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
-        target = self._dir / str(snapshot_id)
-        staging = self._dir / f".{snapshot_id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        for offset, data in layer.recorded.ranges.items():
-            (staging / f"{offset}.bin").write_bytes(data)
-        meta = {"toc_digest": layer.toc_digest, "size": layer.size}
-        (staging / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+    async def _complete(
+        self, snapshot_id: int, attached: _Attached, fetcher: SegmentFetcher
+    ) -> None:
+        """Fetches the rest of the layer, verifies it, and writes its local tree."""
+        request = attached.layer.request
+        await fetch_layer(fetcher)
+        cache = attached.cache
+        if not cache.complete:
+            return
+        await trio.to_thread.run_sync(cache.flush)
+        local = cache.directory / TREE
+        expected = attached.layer.layer.diff_id
+        known = _recorded_diff_id(cache)
+        if known is None:
+            tail = attached.layer.layer.recorded.span(
+                attached.layer.toc.payload_end, attached.layer.layer.size
+            )
+            try:
+                known = await trio.to_thread.run_sync(verify.diff_id, cache, tail)
+            except Lazy2dfsError as exc:
+                self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")
+                return
+            if not local.is_dir():
+                backing = functools.partial(_backing, cache)
+                await trio.to_thread.run_sync(localtree.write_tree, attached.tree, backing, local)
+            _record_diff_id(cache, known)
+        if expected and known != expected:
+            self._refuse(snapshot_id, attached, f"its tar hashes to {known}, not {expected}")
+            return
+        log.info(
+            "layer verified",
+            layer=request.layer_digest,
+            image=request.reference,
+            diff_id=known,
+            local=local,
+            bytes=fetcher.stats.fetched,
+        )
+        if expected:
+            attached.local = local
+
+    def _refuse(self, snapshot_id: int, attached: _Attached, why: str) -> None:
+        request = attached.layer.request
+        metrics.VERIFICATION_FAILURES.labels("diff_id").inc()
+        log.error(
+            "layer is not what its image says",
+            layer=request.layer_digest,
+            image=request.reference,
+            snapshot=request.chain_id,
+            id=snapshot_id,
+            reason=why,
+            action="remove the image; its layer is not served",
+        )
 
     def restore(self, snapshot_id: int, request: LayerRequest) -> None:
-        saved = self._dir / str(snapshot_id)
         try:
-            meta = json.loads((saved / "meta.json").read_text())
-            recorded = RecordedRanges({int(p.stem): p.read_bytes() for p in saved.glob("*.bin")})
-            toc = self._session.call(
-                self._reopen, recorded, int(meta["size"]), str(meta["toc_digest"])
-            )
+            layer = saved.load(self._dir / str(snapshot_id))
+            toc = self._session.call(self._reopen, layer.recorded, layer.size, layer.toc_digest)
         except (OSError, ValueError, KeyError, Lazy2dfsError) as exc:
             log.error(
                 "remote layer not restored",
@@ -233,11 +290,11 @@ class EstargzLayers:
                 action="remove the image and pull it again",
             )
             return
-        layer = ResolvedEstargz(request, toc, meta["toc_digest"], int(meta["size"]), recorded)
-        self._session.call_sync(self._attach, snapshot_id, layer)
+        resolved = ResolvedEstargz(request, toc, BlobLayout(toc), layer)
+        self._session.call_sync(self._attach, snapshot_id, resolved)
 
     @staticmethod
-    async def _reopen(recorded: RecordedRanges, size: int, toc_digest: str) -> Toc:
+    async def _reopen(recorded: saved.RecordedRanges, size: int, toc_digest: str) -> Toc:
         return await open_blob_async(recorded.read_range, size, expected_toc_digest=toc_digest)
 
     def detach(self, snapshot_id: int) -> None:
@@ -248,5 +305,31 @@ class EstargzLayers:
         scope = self._tasks.pop(snapshot_id, None)
         if scope is not None:
             scope.cancel()
-        self.readers.pop(snapshot_id, None)
+        attached = self._attached.pop(snapshot_id, None)
         self._session.filesystem.remove_layer(str(snapshot_id))
+        if attached is not None:
+            self._context.store.release(attached.cache)
+
+
+def _backing(cache: LayerCache, key: str) -> Path | None:
+    file = cache.layout.file(key)
+    return None if file is None else cache.backing_path(file)
+
+
+def _recorded_diff_id(cache: LayerCache) -> str | None:
+    try:
+        return (cache.directory / DIFF_ID).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _record_diff_id(cache: LayerCache, value: str) -> None:
+    path = cache.directory / DIFF_ID
+    staging = path.with_name(f".{DIFF_ID}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, value.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(staging, path)

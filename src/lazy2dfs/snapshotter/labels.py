@@ -8,8 +8,8 @@ snapshotter. Three dialects name the image and layer:
   is false.
 * the stargz tools (``ctr-remote image rpull``, nerdctl with a stargz-named snapshotter):
   ``containerd.io/snapshot/remote/stargz.reference``, ``…/stargz.digest``.
-* lazy2dfs's own pull, which also passes what it already knows from the manifest (TOC digest,
-  blob size), saving a manifest fetch per layer.
+* lazy2dfs's own pull, which also passes what it already knows from the manifest and config
+  (TOC digest, blob size, diff ID), saving a manifest and a config fetch per layer.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ OWN_LAYER_DIGEST = OWN_PREFIX + "layer-digest"
 OWN_MANIFEST_DIGEST = OWN_PREFIX + "manifest-digest"
 OWN_TOC_DIGEST = OWN_PREFIX + "toc-digest"
 OWN_LAYER_SIZE = OWN_PREFIX + "layer-size"
+OWN_DIFF_ID = OWN_PREFIX + "diff-id"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class LayerRequest:
     manifest_digest: str = ""
     toc_digest: str = ""
     layer_size: int = 0
+    diff_id: str = ""  # what the image's config says the layer's tar hashes to
 
 
 def _digest(labels: Mapping[str, str], key: str, required: bool) -> str:
@@ -74,6 +76,7 @@ def layer_request(labels: Mapping[str, str]) -> LayerRequest | None:
             manifest_digest=_digest(labels, OWN_MANIFEST_DIGEST, required=False),
             toc_digest=_digest(labels, OWN_TOC_DIGEST, required=False),
             layer_size=int(size),
+            diff_id=_digest(labels, OWN_DIFF_ID, required=False),
         )
     if CRI_IMAGE_REF in labels and CRI_LAYER_DIGEST in labels:
         return LayerRequest(

@@ -1,0 +1,318 @@
+"""One blob's bytes on local disk: the unpacked layer, filled in as segments arrive.
+
+Each regular file of the layer has a backing file ``data/<n>`` (``n``: its number in the
+layout), created sparse at the file's size on the first write; a segment's verified payloads
+are written at their file offsets. Reading a present range is then a ``pread``: no decoding and
+no second hash. The backing files become the layer's local tree once every segment is present
+(``layers.localtree``), which is what makes a warm start cost what overlayfs costs.
+
+Which segments are present is recorded in ``present.log``, an append-only list of records
+(segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
+``fdatasync``ed, and the log is synced before anyone relies on it, so after a crash or a power
+loss the log lists only segments whose bytes are durable; a torn last record fails its CRC and
+is cut off. Serving does not wait for that: a segment is readable as soon as its bytes are in
+the page cache, and until its record is durable a crash only costs fetching it again.
+
+A segment's gap (tar padding and headers, see ``estargz.layout``) is kept in its record: with
+the payloads it rebuilds the layer's tar stream, whose digest (the diff ID) is what containerd
+names the layer by. A segment copied from another layer, rather than decoded, holds only
+payloads; its gap is *assumed* empty when none of its chunks ends a file (only then can tar
+bytes follow a payload in a member) and *unknown* otherwise.
+
+Thread-safe: writes come from decoding threads, reads from the FUSE loop's worker threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazy2dfs.errors import IntegrityError, UnavailableError
+from lazy2dfs.estargz.layout import BlobLayout, RegularFile, Segment
+from lazy2dfs.logfmt import get_logger
+
+log = get_logger(__name__)
+
+# (segment, flags, gap length, CRC-32 of the first three and the gap)
+_RECORD = struct.Struct("<IIII")
+_OPEN_FILES = 64  # backing files kept open per layer; more are reopened on demand
+
+
+class Gap(enum.IntEnum):
+    """What is known of a present segment's gap."""
+
+    KNOWN = 1  # decoded from the blob
+    ASSUMED_EMPTY = 2  # copied payloads; the diff ID check confirms or refutes it
+    UNKNOWN = 3  # copied payloads that may be followed by tar headers: fetch to learn it
+
+
+class DiskFullError(UnavailableError):
+    """The cache's disk refused a write; the bytes are served without being kept."""
+
+
+@dataclass
+class _Pending:
+    segment: int
+    gap: Gap
+    gap_bytes: bytes
+
+
+class LayerCache:
+    """The backing files and presence records of one blob, under ``directory``."""
+
+    def __init__(self, directory: Path, layout: BlobLayout) -> None:
+        self.directory = directory
+        self.layout = layout
+        self._data = directory / "data"
+        self._data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._gaps: dict[int, Gap] = {}  # present segments
+        self._gap_at: dict[int, tuple[int, int]] = {}  # segment → (log offset, length)
+        self._pending: list[_Pending] = []
+        self._dirty: set[int] = set()  # file numbers written since the last flush
+        self._numbered = tuple(layout.files.values())  # a file's number is its index
+        self._files: OrderedDict[int, int] = OrderedDict()  # file number → descriptor
+        self._created = False  # a backing file was created since the last flush
+        self._stored = 0
+        self._log_path = directory / "present.log"
+        self._log = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._load_log()
+
+    # Presence.
+
+    def present(self, segment: Segment) -> bool:
+        return segment.index in self._gaps
+
+    def missing(self, segments: Sequence[Segment]) -> list[Segment]:
+        return [s for s in segments if s.index not in self._gaps]
+
+    def gap_state(self, segment: Segment) -> Gap | None:
+        return self._gaps.get(segment.index)
+
+    @property
+    def complete(self) -> bool:
+        """Every segment present (gaps known or assumed)."""
+        with self._lock:
+            return len(self._gaps) == len(self.layout.segments) and Gap.UNKNOWN not in set(
+                self._gaps.values()
+            )
+
+    @property
+    def stored_bytes(self) -> int:
+        """Payload and gap bytes this cache holds on disk."""
+        return self._stored
+
+    def present_count(self) -> int:
+        return len(self._gaps)
+
+    # Writing.
+
+    def store(
+        self,
+        segment: Segment,
+        payloads: Sequence[bytes | memoryview],
+        gap: Gap,
+        gap_bytes: bytes = b"",
+    ) -> None:
+        """Writes verified ``payloads`` (one per chunk of ``segment``) into the backing files;
+        the segment is readable at once and recorded at the next ``flush``. Raises
+        ``DiskFullError`` when the disk has no room (nothing is marked present)."""
+        try:
+            for chunk, payload in zip(segment.chunks, payloads, strict=True):
+                with self._descriptor(self._file_of(chunk.path)) as fd:
+                    written = os.pwrite(fd, payload, chunk.file_offset)
+                if written != len(payload):
+                    raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"cache disk full at {self.directory}: {exc}") from exc
+            raise
+        with self._lock:
+            if segment.index in self._gaps:
+                return
+            self._gaps[segment.index] = gap
+            self._dirty.update(self._file_of(c.path).number for c in segment.chunks)
+            self._pending.append(_Pending(segment.index, gap, gap_bytes))
+            self._stored += segment.payload_size + len(gap_bytes)
+
+    def flush(self) -> int:
+        """Makes written segments durable, then records them; returns how many it recorded."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            dirty, self._dirty = self._dirty, set()
+            created, self._created = self._created, False
+        if not pending:
+            return 0
+        for number in dirty:
+            with self._descriptor(self._numbered[number]) as fd:
+                os.fdatasync(fd)
+        if created:
+            _sync_directory(self._data)
+        records = bytearray()
+        offsets: list[tuple[int, int, int]] = []
+        end = os.lseek(self._log, 0, os.SEEK_END)
+        for item in pending:
+            head = struct.pack("<III", item.segment, item.gap, len(item.gap_bytes))
+            crc = zlib.crc32(item.gap_bytes, zlib.crc32(head))
+            offsets.append((item.segment, end + len(records) + _RECORD.size, len(item.gap_bytes)))
+            records += _RECORD.pack(item.segment, item.gap, len(item.gap_bytes), crc)
+            records += item.gap_bytes
+        try:
+            os.write(self._log, records)
+            os.fdatasync(self._log)
+        except OSError as exc:
+            # The disk refused the records: the segments stay readable, unrecorded, and are
+            # fetched again after a restart. Cut off what was half written.
+            os.ftruncate(self._log, end)
+            with self._lock:
+                self._pending[:0] = pending
+            log.warning(
+                "cache records not written",
+                path=self._log_path,
+                error=exc.strerror,
+                action="free space on the cache's disk; reads go on",
+            )
+            return 0
+        with self._lock:
+            for segment, offset, length in offsets:
+                self._gap_at[segment] = (offset, length)
+        return len(pending)
+
+    def _load_log(self) -> None:
+        size = os.fstat(self._log).st_size
+        data = os.pread(self._log, size, 0) if size else b""
+        position = 0
+        count = len(self.layout.segments)
+        while position + _RECORD.size <= len(data):
+            segment, flags, length, crc = _RECORD.unpack_from(data, position)
+            start = position + _RECORD.size
+            gap_bytes = data[start : start + length]
+            head = struct.pack("<III", segment, flags, length)
+            if (
+                len(gap_bytes) != length
+                or zlib.crc32(gap_bytes, zlib.crc32(head)) != crc
+                or segment >= count
+                or flags not in Gap._value2member_map_
+            ):
+                break
+            self._gaps[segment] = Gap(flags)
+            self._gap_at[segment] = (start, length)
+            self._stored += self.layout.segments[segment].payload_size + length
+            position = start + length
+        if position < len(data):
+            log.warning(
+                "cache record cut off after a crash",
+                path=self._log_path,
+                kept=position,
+                dropped=len(data) - position,
+                action="none: the segments it named are fetched again",
+            )
+            os.ftruncate(self._log, position)
+            os.fsync(self._log)
+
+    # Reading.
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes of the file at ``path``; the caller has checked that they are present."""
+        with self._descriptor(self._file_of(path)) as fd:
+            return os.pread(fd, size, offset)
+
+    def gap_bytes(self, segment: Segment) -> bytes:
+        """The recorded gap of a present segment (empty when assumed empty)."""
+        with self._lock:
+            where = self._gap_at.get(segment.index)
+            pending = next((p for p in self._pending if p.segment == segment.index), None)
+        if pending is not None:
+            return pending.gap_bytes
+        if where is None:
+            raise IntegrityError(f"segment {segment.index} of {self.directory} is not recorded")
+        offset, length = where
+        return os.pread(self._log, length, offset) if length else b""
+
+    def stream(self) -> Iterator[bytes | memoryview]:
+        """The layer's tar stream up to its TOC, rebuilt from payloads and gaps (complete
+        layers only), in pieces of at most a chunk."""
+        for segment in self.layout.segments:
+            gap = memoryview(self.gap_bytes(segment))
+            taken = 0
+            position = 0
+            for chunk in segment.chunks:
+                before = chunk.inner_offset - position
+                yield gap[taken : taken + before]
+                taken += before
+                yield self.read(chunk.path, chunk.file_offset, chunk.size)
+                position = chunk.inner_offset + chunk.size
+            yield gap[taken:]
+
+    def backing_path(self, file: RegularFile) -> Path:
+        return self._data / str(file.number)
+
+    # Files.
+
+    def _file_of(self, path: str) -> RegularFile:
+        file = self.layout.file(path)
+        if file is None:
+            raise IntegrityError(f"{path!r} has no content in this layer")
+        return file
+
+    @contextmanager
+    def _descriptor(self, file: RegularFile) -> Iterator[int]:
+        """A descriptor of ``file``'s backing file for one call. Open descriptors are kept
+        (up to ``_OPEN_FILES``) and lent as duplicates, so closing one never pulls a
+        descriptor from under a concurrent reader."""
+        with self._lock:
+            fd = self._files.get(file.number)
+            if fd is not None:
+                self._files.move_to_end(file.number)
+                lent = os.dup(fd)
+        if fd is None:
+            opened = self._open(file)
+            with self._lock:
+                kept = self._files.setdefault(file.number, opened)
+                lent = os.dup(kept)
+                if kept != opened:
+                    os.close(opened)
+                while len(self._files) > _OPEN_FILES:
+                    os.close(self._files.popitem(last=False)[1])
+        try:
+            yield lent
+        finally:
+            os.close(lent)
+
+    def _open(self, file: RegularFile) -> int:
+        path = self.backing_path(file)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, file.size)  # sparse: blocks appear as segments arrive
+        with self._lock:
+            self._created = True
+        return fd
+
+    def close(self) -> None:
+        """Flushes and releases descriptors; the cache stays on disk."""
+        self.flush()
+        with self._lock:
+            for fd in self._files.values():
+                os.close(fd)
+            self._files.clear()
+        os.close(self._log)
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,94 @@
+"""Coordination of fetches across readers: each segment fetched once at a time, readers before
+background work, and a short memory of fetches that ran out their deadline."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
+
+import trio
+import trio.lowlevel
+
+# After a read-ahead read fails, the kernel at once asks again for the one page it wanted: a
+# segment whose fetch ran out the deadline this recently fails that read at once, so a reader
+# waits the deadline once, not twice.
+GAVE_UP_SECONDS = 2.0
+
+
+class Fetch(enum.Enum):
+    """Why segments are fetched: it decides who waits for them."""
+
+    READ = "read"  # a reader waits
+    READ_AHEAD = "read-ahead"  # a sequential reader wants them next
+    PREFETCH = "prefetch"  # every segment of the layer, in the background
+
+    @property
+    def background(self) -> bool:
+        return self is not Fetch.READ
+
+
+class ReaderGate:
+    """Background fetches step aside while any reader waits on the network.
+
+    A count, not an event: with an event replaced on every foreground fetch, two overlapping
+    fetches left the first one's event unset for ever, and the layer's background fetch never
+    resumed."""
+
+    def __init__(self) -> None:
+        self._waiting = 0
+        self._idle = trio.lowlevel.ParkingLot()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self._waiting += 1
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0:
+                self._idle.unpark_all()
+
+    async def wait_idle(self) -> None:
+        """Returns when no reader waits on the network (at once if none does)."""
+        while self._waiting:
+            await self._idle.park()
+
+
+class SingleFlight:
+    """At most one fetch per key at a time; later askers wait for it, then look again."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[Hashable, trio.Event] = {}
+        self._gave_up: dict[Hashable, float] = {}
+
+    def claim(self, key: Hashable) -> trio.Event | None:
+        """None: the caller fetches ``key`` and must ``release`` it; else wait on the event."""
+        event = self._inflight.get(key)
+        if event is not None:
+            return event
+        self._inflight[key] = trio.Event()
+        return None
+
+    def release(self, key: Hashable) -> None:
+        """Wakes those waiting for ``key``: it is stored, or its fetch failed."""
+        event = self._inflight.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def in_flight(self, key: Hashable) -> bool:
+        return key in self._inflight
+
+    def give_up(self, keys: Iterable[Hashable]) -> None:
+        """Remembers keys whose fetch ran out the deadline, for ``GAVE_UP_SECONDS``."""
+        now = trio.current_time()
+        self._gave_up = {k: t for k, t in self._gave_up.items() if now - t < GAVE_UP_SECONDS}
+        self._gave_up.update((key, now) for key in keys)
+
+    def gave_up_recently(self, key: Hashable) -> bool:
+        when = self._gave_up.get(key)
+        return when is not None and trio.current_time() - when < GAVE_UP_SECONDS

@@ -1,0 +1,127 @@
+"""One blob's cache: bytes written at their file offsets, read back with pread, recorded only
+once durable, and what survives a crash."""
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazy2dfs.cache.layer import DiskFullError, Gap, LayerCache
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.estargz.decode import decode_segment
+from lazy2dfs.estargz.layout import BlobLayout
+
+from ..estargz.support import make_tar, open_bytes, write
+
+CHUNK = 64 * 1024
+FILES = {"m/weights.bin": os.urandom(3 * CHUNK + 7), "m/config.json": b'{"x": 1}'}
+
+
+@pytest.fixture(scope="module")
+def blob() -> tuple[bytes, BlobLayout]:
+    data, result = write(make_tar(FILES), WriterOptions(chunk_size=CHUNK))
+    return data, BlobLayout(open_bytes(data, result.toc_digest))
+
+
+def fill(cache: LayerCache, data: bytes, layout: BlobLayout, indices: list[int]) -> None:
+    for index in indices:
+        segment = layout.segments[index]
+        decoded = decode_segment(
+            segment, data[segment.start : segment.end], layout.toc.compression, 1 << 20
+        )
+        cache.store(segment, decoded.payloads, Gap.KNOWN, decoded.gap)
+
+
+def test_present_ranges_read_back_as_written(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout]
+) -> None:
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    assert not cache.complete and cache.missing(list(layout.segments)) == list(layout.segments)
+    fill(cache, data, layout, list(range(len(layout.segments))))
+    assert cache.complete
+    weights = FILES["m/weights.bin"]
+    assert cache.read("m/weights.bin", CHUNK - 3, 10) == weights[CHUNK - 3 : CHUNK + 7]
+    assert cache.read("m/config.json", 0, 8) == FILES["m/config.json"]
+    # The backing file is the file: sparse until written, its full size from the start.
+    backing = cache.backing_path(layout.files["m/weights.bin"])
+    assert backing.read_bytes() == weights
+    cache.close()
+
+
+def test_only_flushed_segments_survive_a_restart(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout]
+) -> None:
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    fill(cache, data, layout, [1, 2])
+    assert cache.flush() == 2
+    fill(cache, data, layout, [3])  # written, not yet recorded: a crash now loses it
+    again = LayerCache(tmp_path / "c", layout)
+    assert [s.index for s in layout.segments if again.present(s)] == [1, 2]
+    segment = layout.segments[1]
+    assert again.gap_bytes(segment) == cache.gap_bytes(segment)
+    cache.close()
+    again.close()
+
+
+def test_a_torn_last_record_is_cut_off_and_the_rest_kept(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout]
+) -> None:
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    fill(cache, data, layout, [0, 1])
+    cache.flush()
+    cache.close()
+    log = tmp_path / "c/present.log"
+    size = log.stat().st_size
+    with log.open("r+b") as f:
+        f.truncate(size - 3)  # power lost in the middle of appending the second record
+    again = LayerCache(tmp_path / "c", layout)
+    assert [s.index for s in layout.segments if again.present(s)] == [0]
+    assert log.stat().st_size < size - 3
+    fill(again, data, layout, [1])
+    again.flush()
+    again.close()
+    assert [s.index for s in layout.segments if LayerCache(tmp_path / "c", layout).present(s)] == [
+        0,
+        1,
+    ]
+
+
+def test_a_corrupt_record_is_not_trusted(tmp_path: Path, blob: tuple[bytes, BlobLayout]) -> None:
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    fill(cache, data, layout, [1])
+    cache.flush()
+    cache.close()
+    log = tmp_path / "c/present.log"
+    raw = bytearray(log.read_bytes())
+    raw[0] ^= 1  # the record now names another segment; its CRC no longer matches
+    log.write_bytes(bytes(raw))
+    assert not LayerCache(tmp_path / "c", layout).present(layout.segments[1])
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_refuses_the_write_and_marks_nothing(
+    tiny_disk: Path, blob: tuple[bytes, BlobLayout]
+) -> None:
+    data, layout = blob
+    cache = LayerCache(tiny_disk / "c", layout)
+    segments = [s for s in layout.segments if s.payload_size >= CHUNK]
+    with pytest.raises(DiskFullError):
+        fill(cache, data, layout, [s.index for s in segments])
+    assert not all(cache.present(s) for s in segments)
+    cache.close()
