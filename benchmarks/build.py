@@ -19,11 +19,11 @@ from typing import Any
 import trio
 
 from benchmarks import report
+from devstack.images import build_image, build_layer, push_image
+from devstack.model import bf16_like, runtime_tree
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import bf16_like, runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import RegistryClient
 
 SHARDS = 4

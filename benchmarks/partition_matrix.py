@@ -44,11 +44,11 @@ from benchmarks.coldstack import (
     cold_stack,
     registry_host,
 )
+from benchmarks.coldstart import ColdStart, cold_start, pull, read_all, read_first
+from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.model import runtime_tree, sample_model
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.coldstart import ColdStart, cold_start, pull, read_all, read_first
-from lazy2dfs.localstack.images import Blob, build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import (
     OCI_MANIFEST,
     ImageManifest,

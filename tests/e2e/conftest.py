@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from devstack.containerd import LocalContainerd
+from devstack.faults import FaultProxy
+from devstack.images import BuiltImage, push_image
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.faults import FaultProxy
-from lazy2dfs.localstack.images import BuiltImage, push_image
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
 
 RECONNECT_TIMEOUT = 30.0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import trio
 
+from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import Blob, build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.registry_client import ImageManifest, RegistryClient
 from lazy2dfs.tdfs import (
     FIELD_MEDIA_TYPE,

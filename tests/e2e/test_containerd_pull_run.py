@@ -3,8 +3,8 @@
 import hashlib
 import os
 
-from lazy2dfs.localstack.images import build_image
-from lazy2dfs.localstack.model import runtime_tree
+from devstack.images import build_image
+from devstack.model import runtime_tree
 
 from .conftest import Stack
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
+from devstack.images import BuiltImage, build_image, build_layer
+from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.api import cri_pb2, cri_pb2_grpc
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
-from lazy2dfs.localstack.images import BuiltImage, build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.remote.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
 
 from .conftest import Stack

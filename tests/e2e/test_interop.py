@@ -29,16 +29,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from devstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
+from devstack.images import build_image, push_image
+from devstack.model import runtime_tree
+from devstack.process import ChildProcess, lazy2dfs_argv
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs import libc
 from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, Progress, convert
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, EntryType, Toc, decode_chunk, open_blob
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
-from lazy2dfs.localstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
-from lazy2dfs.localstack.images import build_image, push_image
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient, SyncRegistryClient, sha256_digest
 
 GOCODE = Path("/usr/share/gocode")

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.containerd import LocalContainerd
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
 from .conftest import Stack
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.soak import lazy_pull
+from devstack.faults import FaultProxy
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree, sample_model
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.faults import FaultProxy
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.soak import lazy_pull
 
 from .conftest import Stack, private_stack
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.containerd import LocalContainerd
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry, free_port
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry, free_port
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
 from .conftest import Stack
 from .test_lazy_pull import lazy_pull

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.containerd import LocalContainerd
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter, keeper_pids
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter, keeper_pids
 
 from .conftest import Stack
 from .test_lazy_pull import lazy_pull

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from devstack.snapshotter import LocalSnapshotter
 
 
 @pytest.fixture

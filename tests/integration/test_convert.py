@@ -15,6 +15,9 @@ import pytest
 import trio
 import zstandard
 
+from devstack.images import BuiltImage, build_image, push_image
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
 from lazy2dfs.convert import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -33,9 +36,6 @@ from lazy2dfs.estargz.zstdchunked import (
     MANIFEST_CHECKSUM_ANNOTATION,
     MANIFEST_POSITION_ANNOTATION,
 )
-from lazy2dfs.localstack.images import BuiltImage, build_image, push_image
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import (
     DOCKER_MANIFEST,
     OCI_INDEX,

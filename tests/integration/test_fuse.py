@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.snapshotter import end_keeper
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.fuse.tree import Entry, LayerTree, Node
-from lazy2dfs.localstack.snapshotter import end_keeper
 
 
 class MemoryReader:

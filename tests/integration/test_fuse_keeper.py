@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.snapshotter import end_keeper, keeper_pids
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper, is_mounted
 from lazy2dfs.fuse.tree import Entry, LayerTree, Node
-from lazy2dfs.localstack.snapshotter import end_keeper, keeper_pids
 
 FIRST = os.urandom(64 * 1024)
 SECOND = os.urandom(3 * 1024 * 1024 + 5)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from devstack.snapshotter import end_keeper
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
-from lazy2dfs.localstack.snapshotter import end_keeper
 from lazy2dfs.remote.labels import LayerRequest
 from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.remote.reader import ChunkPool

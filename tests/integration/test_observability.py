@@ -21,15 +21,15 @@ import trio
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.process import lazy2dfs_argv
+from devstack.registry import free_port
+from devstack.snapshotter import LocalSnapshotter, end_keeper
 from lazy2dfs import metrics
 from lazy2dfs.api import snapshots_pb2 as pb
 from lazy2dfs.cache.chunks import ChunkCache
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import free_port
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter, end_keeper
 from lazy2dfs.logfmt import LogfmtFormatter
 from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
 from lazy2dfs.remote.labels import LayerRequest

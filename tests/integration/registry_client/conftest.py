@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs.localstack.faults import FaultProxy
-from lazy2dfs.localstack.registry import LocalRegistry
+from devstack.faults import FaultProxy
+from devstack.registry import LocalRegistry
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import trio
 
-from lazy2dfs.localstack.images import BuiltImage, File, Symlink, build_image
+from devstack.images import BuiltImage, File, Symlink, build_image
 from lazy2dfs.registry_client import CredentialStore, RegistryClient, RetryPolicy
 
 T = TypeVar("T")

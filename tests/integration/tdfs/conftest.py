@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs.localstack.registry import LocalRegistry
+from devstack.registry import LocalRegistry
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.images import Blob, BuiltImage, build_image, build_layer, push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
-from lazy2dfs.localstack.images import Blob, BuiltImage, build_image, build_layer, push_image
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import (
     OCI_INDEX,
     OCI_LAYER_GZIP,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.images import build_image, push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs import tdfs_cli
-from lazy2dfs.localstack.images import build_image, push_image
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import host_platform
 from lazy2dfs.tdfs import fetch_partitioned_image
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from devstack.containerd import LocalContainerd
+from devstack.process import lazy2dfs_argv
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.process import lazy2dfs_argv
 
 PULL_TIMEOUT = 120.0
 DB_NAME = "metadata.db"  # the daemon's sqlite store under its root, with -wal and -shm

@@ -29,14 +29,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.process import ChildProcess
 
 START_TIMEOUT = 30.0
 CTR_TIMEOUT = 300.0
 
-# The repository's copy: localstack runs from a source checkout (make test, make demo).
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "containerd" / "config-1.6.toml"
+# The repository's copy: devstack runs from a source checkout (make test, make demo).
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "containerd" / "config-1.6.toml"
 SNAPSHOTTER = "lazy2dfs"
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 CRI_NAMESPACE = "k8s.io"  # where CRI keeps its images and containers

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import trio
 
+from benchmarks.coldstart import METHODS, ColdStart, cold_start
+from devstack.containerd import LocalContainerd
+from devstack.images import build_image, build_layer, push_image
+from devstack.model import runtime_tree, sample_model
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.coldstart import METHODS, ColdStart, cold_start
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.registry_client import RegistryClient
 
 ESTARGZ = WriterOptions(chunk_size=4 << 20, mtime=946684800)
@@ -38,7 +38,7 @@ def say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lazy2dfs.localstack.demo")
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo")
     parser.add_argument("--size-mib", type=int, default=384, help="weights size (384)")
     args = parser.parse_args(argv)
 

@@ -5,8 +5,8 @@ corrupt one on purpose), allows deletes, and writes its log, access log included
 ``requests()`` reads back which URLs were asked for, e.g. to check that a lazy pull fetched
 only some chunks of a blob.
 
-``auth=`` (optional) makes it ask for credentials: :class:`~lazy2dfs.localstack.auth.HtpasswdAuth`
-for Basic, or :class:`~lazy2dfs.localstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
+``auth=`` (optional) makes it ask for credentials: :class:`~devstack.auth.HtpasswdAuth`
+for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.process import ChildProcess
 
 if TYPE_CHECKING:  # auth needs bcrypt and cryptography, which only tests install
-    from lazy2dfs.localstack.auth import RegistryAuth
+    from devstack.auth import RegistryAuth
 
 REGISTRY_BINARY: Final = "/usr/bin/docker-registry"
 START_TIMEOUT: Final = 20.0
@@ -116,7 +116,7 @@ class LocalRegistry:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
         if self.auth is None:
             return config
-        from lazy2dfs.localstack.auth import write_registry_auth
+        from devstack.auth import write_registry_auth
 
         return config + write_registry_auth(self.auth, self.workdir)
 
