@@ -20,8 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from benchmarks import report
 from benchmarks.coldstack import (
     EMULATED,
@@ -33,11 +31,10 @@ from benchmarks.coldstack import (
     registry_host,
 )
 from benchmarks.coldstart import METHODS, cold_start
-from devstack.images import BuiltImage, build_image, build_layer, push_image
+from devstack.images import BuiltImage, build_image, build_layer
 from devstack.model import runtime_tree, sample_model
 from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.registry_client import RegistryClient
 
 # (size MiB, trials on loopback, trials on the emulated link)
 PLAN = ((256, 3, 1), (1024, 3, 2), (4096, 1, 1))
@@ -80,12 +77,8 @@ def run() -> Path:
                 images, first_file = _images(size_mib)
                 repo = f"bench/model-{size_mib}m"
 
-                async def upload(images: dict[str, BuiltImage] = images, repo: str = repo) -> None:
-                    async with RegistryClient(plain_http=True) as client:
-                        for method, image in images.items():
-                            await push_image(client, f"{registry.host}/{repo}:{method}", image)
-
-                trio.run(upload)
+                for method, image in images.items():
+                    registry.push(f"{repo}:{method}", image)
                 compressed = {
                     m: sum(len(layer.blob.data) for layer in image.layers)
                     for m, image in images.items()

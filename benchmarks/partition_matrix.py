@@ -149,14 +149,8 @@ def _push_lazy(
     registry: LocalRegistry, work: Path, weights: Mapping[str, bytes], files: Sequence[str]
 ) -> tuple[tuple[str, int], ...]:
     """The eStargz 2DFS image, as ``lazy2dfs build`` makes it; returns its allotments."""
-    base = f"{registry.host}/bench/base:v1"
     runtime = build_image([build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))])
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, base, runtime)
-
-    trio.run(upload)
+    base = registry.push("bench/base:v1", runtime)
     source = work / "build"
     source.mkdir()
     spec = []

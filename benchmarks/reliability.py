@@ -29,19 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy
-import trio
 
 from benchmarks import report
-from benchmarks.soak import lazy_pull, soak
+from benchmarks.soak import soak
 from devstack import faults as fault_kinds
 from devstack.containerd import LocalContainerd
 from devstack.faults import FaultProxy, Faults
-from devstack.images import build_image, build_layer, push_image
+from devstack.images import build_image, build_layer
 from devstack.model import bf16_like, runtime_tree
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.registry_client import RegistryClient
 
 CHUNK = 256 * 1024
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -88,16 +86,11 @@ class Stack:
         image = build_image(
             [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(files, estargz=ESTARGZ)]
         )
-
-        async def upload() -> None:
-            async with RegistryClient(plain_http=True) as client:
-                await push_image(client, f"{target.host}/{path}", image)
-
-        trio.run(upload)
+        target.push(path, image)
         return f"{self.proxy.host if registry is None else target.host}/{path}"
 
     def pull(self, ref: str) -> None:
-        out = lazy_pull(self.containerd, ref)
+        out = self.containerd.lazy_pull(ref)
         if ", 0 downloaded" not in out:
             raise RuntimeError(f"{ref} was not pulled lazily: {out}")
 

@@ -21,8 +21,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+import trio
+
+from devstack.images import BuiltImage, push_image
 from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
+from lazy2dfs.registry_client import RegistryClient
 
 if TYPE_CHECKING:  # auth needs bcrypt and cryptography, which only tests install
     from devstack.auth import RegistryAuth
@@ -134,6 +138,18 @@ class LocalRegistry:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+    def push(self, name: str, image: BuiltImage) -> str:
+        """Uploads ``image`` as ``name`` (``repository:tag``), without credentials; returns its
+        reference here."""
+        ref = f"{self.host}/{name}"
+
+        async def upload() -> None:
+            async with RegistryClient(plain_http=True) as client:
+                await push_image(client, ref, image)
+
+        trio.run(upload)
+        return ref
 
     def blob_path(self, digest: str) -> Path:
         """Where the filesystem driver keeps a blob's bytes (tests corrupt it on purpose)."""

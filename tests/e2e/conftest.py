@@ -8,15 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
 
 from devstack.containerd import LocalContainerd
 from devstack.faults import FaultProxy
-from devstack.images import BuiltImage, push_image
+from devstack.images import BuiltImage
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.registry_client import RegistryClient
 
 RECONNECT_TIMEOUT = 30.0
 
@@ -29,14 +27,7 @@ class Stack:
     proxy: FaultProxy | None = None  # in front of the registry, if the test asked for one
 
     def push(self, name: str, image: BuiltImage) -> str:
-        ref = f"{self.registry.host}/{name}"
-
-        async def upload() -> None:
-            async with RegistryClient(plain_http=True) as client:
-                await push_image(client, ref, image)
-
-        trio.run(upload)
-        return ref
+        return self.registry.push(name, image)
 
     def ctr(self, *args: str) -> str:
         return self.containerd.ctr(*args)

@@ -69,7 +69,7 @@ def test_partition_pull_runs_exactly_the_selected_rows(stack: Stack, tmp_path: P
 
     partition = f"{target}--1.0.2.0"
     seen_before = len(stack.registry.requests())
-    out = lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), partition)
+    out = stack.containerd.lazy_pull(partition)
     assert "3 lazy, 0 present, 0 downloaded" in out
     listing = stack.run(partition, "rows", "ls /model; sha256sum /model/*")
     assert listing.split()[:2] == ["row1.bin", "row2.bin"]
@@ -113,7 +113,7 @@ def test_v2_with_one_changed_allotment_fetches_only_new_chunks(
             base,
             target,
         )
-        lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), target)
+        stack.containerd.lazy_pull(target)
         return target
 
     v1 = build("v1")
@@ -157,7 +157,7 @@ def test_stock_builder_layout_falls_back_and_runs_the_selected_rows(stack: Stack
 
     trio.run(push)
     seen_before = len(stack.registry.requests())
-    out = lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), f"{ref}--1.0.2.0")
+    out = stack.containerd.lazy_pull(f"{ref}--1.0.2.0")
     assert "0 lazy, 0 present, 3 downloaded" in out  # base and two allotments
     listing = stack.run(f"{ref}--1.0.2.0", "stock", "ls /model; sha256sum /model/*")
     assert listing.split()[:2] == ["row1.bin", "row2.bin"]

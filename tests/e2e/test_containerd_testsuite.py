@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs import libc
+from devstack.mounts import detach_under, mounts_under
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE_DIR = REPO / "tests" / "conformance"
@@ -140,44 +140,6 @@ def _lazy2dfs_bin() -> Path:
 # --- what the run leaves behind -------------------------------------------------------------
 
 
-def _unescape_mountinfo(s: str) -> str:
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_under(root: Path) -> list[str]:
-    """Mount points at or below `root`, in mount order."""
-    prefix = str(root)
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) < 5:
-                continue
-            point = _unescape_mountinfo(fields[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-    return points
-
-
-def detach_mounts(points: list[str]) -> list[str]:
-    """Lazily unmounts `points`, last mounted first; returns those that could not be."""
-    failed = []
-    for point in reversed(points):
-        try:
-            libc.umount2(Path(point), libc.MNT_DETACH)
-        except OSError as exc:
-            failed.append(f"{point}: {exc.strerror}")
-    return failed
-
-
 def processes_mentioning(marker: str) -> list[int]:
     """Pids (other than ours) whose command line contains `marker`: the daemons this run started
     carry its unique temp root in their arguments."""
@@ -205,10 +167,10 @@ def clean_up(root: Path, keep_logs: bool) -> list[str]:
     if stray:
         problems.append(f"processes still running after the suite (killed): {stray}")
         time.sleep(0.5)  # let the kernel tear down what they held (FUSE connections)
-    left = mounts_under(root)
+    left = [mount.point for mount in mounts_under(root)]
     if left:
         problems.append(f"mounts left under {root} (detached now): {left}")
-        failed = detach_mounts(left)
+        failed = detach_under(root)
         if failed:
             problems.append(f"could not unmount: {failed}")
     if mounts_under(root):

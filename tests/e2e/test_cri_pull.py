@@ -7,7 +7,6 @@ containers run on both."""
 import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 from devstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
 from devstack.images import BuiltImage, build_image, build_layer
 from devstack.model import runtime_tree
-from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.api import cri_pb2, cri_pb2_grpc
@@ -185,14 +183,7 @@ def test_lazy2dfs_pull_of_the_same_image_is_lazy_too(cri_stack: Stack) -> None:
     layers, in containerd's default namespace, are mounted lazily and read the same bytes."""
     image = model_image()
     ref = cri_stack.push("cri/model:v1", image)
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "pull", "--containerd-address", str(cri_stack.containerd.address), ref],
-        capture_output=True,
-        text=True,
-        timeout=PULL_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "2 lazy, 0 present, 0 downloaded" in done.stderr
+    assert "2 lazy, 0 present, 0 downloaded" in cri_stack.containerd.lazy_pull(ref)
     for layer in image.layers:
         assert layer.blob.digest not in cri_stack.ctr("content", "ls", "--quiet").split()
     read_all(cri_stack, "default", ref, "own-reader", MODEL)

@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from devstack.containerd import LocalContainerd
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
-from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
@@ -34,17 +32,6 @@ def lazy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(registry, snapshotter, containerd)
 
 
-def lazy_pull(stack: Stack, ref: str) -> str:
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "pull", "--containerd-address", str(stack.containerd.address), ref],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
 def blob_gets(stack: Stack, digest: str) -> list[int]:
     """Status codes of GET requests the registry served for one blob."""
     return [
@@ -66,7 +53,7 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
         ]
     )
     ref = lazy_stack.push("lazy/model:v1", image)
-    out = lazy_pull(lazy_stack, ref)
+    out = lazy_stack.containerd.lazy_pull(ref)
     assert "2 lazy, 0 present, 0 downloaded" in out
     content = lazy_stack.ctr("content", "ls", "--quiet").split()
     for layer in image.layers:
@@ -88,7 +75,7 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
 def test_plain_gzip_layers_fall_back_to_a_download(lazy_stack: Stack) -> None:
     image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
     ref = lazy_stack.push("lazy/plain:v1", image)
-    out = lazy_pull(lazy_stack, ref)
+    out = lazy_stack.containerd.lazy_pull(ref)
     assert "0 lazy" in out and "downloaded" in out
     assert lazy_stack.run(ref, "plain", "cat /plain/file") == "not seekable"
     log = lazy_stack.snapshotter.workdir.joinpath("lazy2dfs.log").read_text()
@@ -100,7 +87,7 @@ def test_removing_a_lazy_image_unmounts_its_layers(lazy_stack: Stack) -> None:
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer({"gc/x": b"x"}, estargz=ESTARGZ)]
     )
     ref = lazy_stack.push("lazy/gc:v1", image)
-    lazy_pull(lazy_stack, ref)
+    lazy_stack.containerd.lazy_pull(ref)
     fuse = lazy_stack.snapshotter.root / "fuse"
     assert os.listdir(fuse)
     for name in lazy_stack.ctr("images", "ls", "--quiet").split():

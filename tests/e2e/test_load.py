@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.soak import lazy_pull
 from devstack.faults import FaultProxy
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree, sample_model
@@ -64,7 +63,7 @@ def test_twenty_containers_read_one_model_at_once_and_each_byte_is_fetched_once(
     )
     stack.push("load/model:v1", image)
     ref = f"{proxy.host}/load/model:v1"  # the daemon fetches through the recording proxy
-    assert ", 0 downloaded" in lazy_pull(stack.containerd, ref)
+    assert ", 0 downloaded" in stack.containerd.lazy_pull(ref)
     model = image.layers[1].blob
 
     out = tmp_path / "out"

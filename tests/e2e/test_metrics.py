@@ -21,7 +21,6 @@ from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
 
 from .conftest import Stack
-from .test_lazy_pull import lazy_pull
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -133,7 +132,7 @@ def model(observed: Observed) -> tuple[str, str]:
         ]
     )
     ref = observed.stack.push("obs/model:v1", image)
-    assert "2 lazy" in lazy_pull(observed.stack, ref)
+    assert "2 lazy" in observed.stack.containerd.lazy_pull(ref)
     return ref, image.layers[1].blob.digest
 
 
@@ -201,7 +200,7 @@ def test_a_plain_gzip_layer_is_counted_and_listed_as_a_fallback(observed: Observ
     image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
     ref = observed.stack.push("obs/plain:v1", image)
     before = observed.scrape()
-    assert "0 lazy" in lazy_pull(observed.stack, ref)
+    assert "0 lazy" in observed.stack.containerd.lazy_pull(ref)
     scrape = observed.scrape()
     after = scrape.sum("lazy2dfs_fallbacks_total", reason="no-toc-digest")
     assert after - before.sum("lazy2dfs_fallbacks_total", reason="no-toc-digest") == 2

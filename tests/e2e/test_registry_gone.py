@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.soak import lazy_pull
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
@@ -42,7 +41,7 @@ def test_a_registry_that_never_answers_fails_a_read_once_after_the_deadline(
         ]
     )
     stack.push("gone/model:v1", image)
-    lazy_pull(stack.containerd, f"{proxy.host}/gone/model:v1")
+    stack.containerd.lazy_pull(f"{proxy.host}/gone/model:v1")
     (served,) = stack.snapshotter.root.glob("fuse/*/model/w.bin")
     proxy.faults.blackhole = True
     start = time.monotonic()

@@ -17,7 +17,6 @@ from devstack.snapshotter import LocalSnapshotter, keeper_pids
 from lazy2dfs.estargz import WriterOptions
 
 from .conftest import Stack
-from .test_lazy_pull import lazy_pull
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -63,7 +62,7 @@ def test_a_running_container_reads_on_across_a_daemon_restart(
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(model, estargz=ESTARGZ)]
     )
     ref = stack.push(f"restart/model:{'kill' if crash else 'term'}", image)
-    assert "0 downloaded" in lazy_pull(stack, ref)
+    assert "0 downloaded" in stack.containerd.lazy_pull(ref)
     name = f"reader-{'kill' if crash else 'term'}"
     out = tmp_path / "out"
     out.mkdir()

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 import zstandard
 
-from devstack.images import BuiltImage, build_image, push_image
+from devstack.images import build_image
 from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from lazy2dfs.convert import (
@@ -42,7 +41,6 @@ from lazy2dfs.registry_client import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     ImageManifest,
-    RegistryClient,
     SyncRegistryClient,
     parse_manifest,
     sha256_digest,
@@ -60,17 +58,6 @@ CHUNK = 256 << 10
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
     with LocalRegistry(tmp_path_factory.mktemp("convert-registry")) as running:
         yield running
-
-
-def push(registry: LocalRegistry, name: str, image: BuiltImage) -> str:
-    ref = f"{registry.host}/{name}"
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, ref, image)
-
-    trio.run(upload)
-    return ref
 
 
 def uploads(registry: LocalRegistry) -> int:
@@ -129,7 +116,7 @@ def test_index_of_plain_gzip_layers_becomes_estargz_and_a_second_run_uploads_not
     registry: LocalRegistry,
 ) -> None:
     image = build_image(TREES, in_index=True, annotations={"org.example/keep": "1"})
-    src = push(registry, "conv/plain:v1", image)
+    src = registry.push("conv/plain:v1", image)
     dst = f"{registry.host}/conv/plain:estargz"
     stderr = io.StringIO()
     options = ConvertOptions(chunk_size=CHUNK, workers=2)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.mounts import mounts_under
 from devstack.snapshotter import end_keeper
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
@@ -35,7 +36,7 @@ def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FuseSessio
     finally:
         session.stop()
         end_keeper(root)
-    assert str(path) not in Path("/proc/self/mountinfo").read_text()
+    assert not mounts_under(path)
 
 
 def add(session: FuseSession, name: str, slot: int, entries: list[Entry]) -> None:
