@@ -22,8 +22,7 @@ from lazy2dfs.tdfs import (
     field_descriptor,
     parse_field,
 )
-
-from .conftest import Stack
+from tests.support.stack import Stack
 
 ROWS = {row: os.urandom(300_000 + row) for row in range(4)}
 CHUNK = 64 * 1024

@@ -5,8 +5,7 @@ import os
 
 from devstack.images import build_image
 from devstack.model import runtime_tree
-
-from .conftest import Stack
+from tests.support.stack import Stack
 
 WEIGHTS = os.urandom(1 << 20)
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from devstack.mounts import detach_under, mounts_under
+from tests.support.go import GOCODE, go_env
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE_DIR = REPO / "tests" / "conformance"
-GOCODE = Path("/usr/share/gocode")
 UPSTREAM_SUITE = GOCODE / "src/github.com/containerd/containerd/snapshots/testsuite"
 PARENT_TEST = "TestLazy2dfsConformance"
 
@@ -65,19 +65,6 @@ RUN_TIMEOUT_S = 420.0  # our backstop above it
 DEPS_HINT = "run `make deps` (installs golang-go and golang-github-containerd-containerd-dev)"
 
 
-def _go_env(gopath: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        GO111MODULE="off",
-        GOPATH=f"{gopath}:{GOCODE}",
-        GOCACHE=os.environ.get("LAZY2DFS_GOCACHE", "/tmp/lazy2dfs-conformance-gocache"),
-        GOFLAGS="",
-        GOPROXY="off",
-        CGO_ENABLED="0",
-    )
-    return env
-
-
 @dataclass
 class GoSuite:
     """The compiled suite, or why there is none (reported by the test as its failure)."""
@@ -96,7 +83,7 @@ def _build(out: Path) -> GoSuite:
         return GoSuite(error=f"{UPSTREAM_SUITE} is missing: {DEPS_HINT}")
     gopath = out / "gopath"
     gopath.mkdir()
-    env = _go_env(gopath)
+    env = go_env(gopath)
     binary = out / "conformance.test"
     try:
         built = subprocess.run(

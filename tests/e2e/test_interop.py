@@ -39,8 +39,8 @@ from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, Progress, conv
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, EntryType, Toc, decode_chunk, open_blob
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
 from lazy2dfs.registry_client import SyncRegistryClient, sha256_digest
+from tests.support.go import GOCODE, go_env
 
-GOCODE = Path("/usr/share/gocode")
 STARGZ_SRC = GOCODE / "src/github.com/containerd/stargz-snapshotter"
 DEPS_HINT = "run `make deps`"
 TIMEOUT = 300.0
@@ -166,19 +166,10 @@ def build_stargz_daemon(out: Path) -> Path:
     package.mkdir(parents=True)
     (package / "main.go").write_text(STARGZ_MAIN)
     binary = out / "stargz-grpc"
-    env = dict(os.environ)
-    env.update(
-        GO111MODULE="off",
-        GOPATH=f"{out / 'gopath'}:{GOCODE}",
-        GOCACHE=os.environ.get("LAZY2DFS_GOCACHE", "/tmp/lazy2dfs-conformance-gocache"),
-        GOFLAGS="",
-        GOPROXY="off",
-        CGO_ENABLED="0",
-    )
     done = subprocess.run(
         ["go", "build", "-o", str(binary), "."],
         cwd=package,
-        env=env,
+        env=go_env(out / "gopath"),
         capture_output=True,
         text=True,
         timeout=600,

@@ -6,14 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.containerd import LocalContainerd
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
-from devstack.registry import LocalRegistry
-from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-
-from .conftest import Stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -23,22 +19,9 @@ WEIGHTS = os.urandom(24 * CHUNK + 123)
 @pytest.fixture(scope="module")
 def lazy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Background fetch off, so what a read fetches is visible in the registry's log."""
-    work = tmp_path_factory.mktemp("lazy")
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config="[fetch]\nbackground = false\n") as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd)
-
-
-def blob_gets(stack: Stack, digest: str) -> list[int]:
-    """Status codes of GET requests the registry served for one blob."""
-    return [
-        r.status
-        for r in stack.registry.requests()
-        if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
-    ]
+    config = "[fetch]\nbackground = false\n"
+    with private_stack(tmp_path_factory.mktemp("lazy"), config=config) as stack:
+        yield stack
 
 
 def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
@@ -59,14 +42,14 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
     for layer in image.layers:
         assert layer.blob.digest not in content
     weights_blob = image.layers[1].blob.digest
-    assert set(blob_gets(lazy_stack, weights_blob)) <= {206}
-    fetched_before = len(blob_gets(lazy_stack, weights_blob))
+    assert set(lazy_stack.blob_gets(weights_blob)) <= {206}
+    fetched_before = len(lazy_stack.blob_gets(weights_blob))
 
     head = lazy_stack.run(ref, "head", "head -c 1000 /model/weights.bin | sha256sum")
     assert head.split()[0] == hashlib.sha256(WEIGHTS[:1000]).hexdigest()
     # One chunk's range request, not the 24 MiB blob.
-    assert len(blob_gets(lazy_stack, weights_blob)) - fetched_before <= 2
-    assert set(blob_gets(lazy_stack, weights_blob)) == {206}
+    assert len(lazy_stack.blob_gets(weights_blob)) - fetched_before <= 2
+    assert set(lazy_stack.blob_gets(weights_blob)) == {206}
 
     whole = lazy_stack.run(ref, "whole", "sha256sum /model/weights.bin")
     assert whole.split()[0] == hashlib.sha256(WEIGHTS).hexdigest()

@@ -17,8 +17,7 @@ from devstack.faults import FaultProxy
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree, sample_model
 from lazy2dfs.estargz import WriterOptions
-
-from .conftest import Stack, private_stack
+from tests.support.stack import Stack, private_stack
 
 CONTAINERS = 20
 CHUNK = 1 << 20

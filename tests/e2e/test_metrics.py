@@ -12,15 +12,12 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.containerd import LocalContainerd
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
 from devstack.process import lazy2dfs_argv
-from devstack.registry import LocalRegistry, free_port
-from devstack.snapshotter import LocalSnapshotter
+from devstack.registry import free_port
 from lazy2dfs.estargz import WriterOptions
-
-from .conftest import Stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -111,15 +108,10 @@ class Samples:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     """Background fetch off, so that every fetched byte is one a reader asked for."""
-    work = tmp_path_factory.mktemp("metrics")
     address = f"127.0.0.1:{free_port()}"
     config = f'metrics_address = "{address}"\n[fetch]\nbackground = false\n'
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config=config) as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Observed(Stack(registry, snapshotter, containerd), address)
+    with private_stack(tmp_path_factory.mktemp("metrics"), config=config) as stack:
+        yield Observed(stack, address)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ import pytest
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
-
-from .conftest import Stack, private_stack
+from tests.support.stack import Stack, private_stack
 
 DEADLINE = 3.0
 # Time the kernel and the daemon take beyond the deadline itself, on a busy machine.

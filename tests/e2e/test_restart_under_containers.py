@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from devstack.containerd import LocalContainerd
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
-from devstack.registry import LocalRegistry
-from devstack.snapshotter import LocalSnapshotter, keeper_pids
+from devstack.snapshotter import keeper_pids
 from lazy2dfs.estargz import WriterOptions
-
-from .conftest import Stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -34,14 +31,9 @@ touch /out/done
 def keeper_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Background fetch off: what the container reads after the restart is not cached yet,
     so it must travel kernel → keeper → new daemon → registry."""
-    work = tmp_path_factory.mktemp("keep")
     config = "[fetch]\nbackground = false\n[fuse]\nrestart_grace_seconds = 60\n"
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config=config) as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd)
+    with private_stack(tmp_path_factory.mktemp("keep"), config=config) as stack:
+        yield stack
 
 
 def wait_for(path: Path) -> None:

@@ -10,8 +10,7 @@ from benchmarks.soak import soak
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
-
-from .conftest import Stack, private_stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)

@@ -8,10 +8,8 @@ import io
 import json
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import zstandard
 
 from devstack.images import build_image
@@ -52,12 +50,6 @@ TREES = [
     {"model/weights.bin": WEIGHTS, "model/config.json": b'{"layers": 2}'},
 ]
 CHUNK = 256 << 10
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    with LocalRegistry(tmp_path_factory.mktemp("convert-registry")) as running:
-        yield running
 
 
 def uploads(registry: LocalRegistry) -> int:

@@ -10,32 +10,17 @@ from pathlib import Path
 import pytest
 
 from devstack.mounts import mounts_under
-from devstack.snapshotter import end_keeper
-from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
-from lazy2dfs.fuse.tree import Entry, LayerTree, Node
-
-
-class MemoryReader:
-    """Serves file bytes kept in ``node.data``."""
-
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
-        assert isinstance(node.data, bytes)
-        return node.data[offset : offset + size]
+from lazy2dfs.fuse.session import FuseSession
+from lazy2dfs.fuse.tree import Entry, LayerTree
+from tests.support.fuse import mounted_session
+from tests.support.memory import MemoryReader
 
 
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FuseSession, Path]]:
-    root = tmp_path_factory.mktemp("fuse")
-    session = FuseSession(LayerFilesystem(), Keeper(root, grace_seconds=10))
-    path = session.mountpoint
-    session.start()
-    try:
-        session.mount()
+    with mounted_session(tmp_path_factory.mktemp("fuse")) as session:
+        path = session.mountpoint
         yield session, path
-    finally:
-        session.stop()
-        end_keeper(root)
     assert not mounts_under(path)
 
 

@@ -13,16 +13,11 @@ import pytest
 from devstack.snapshotter import end_keeper, keeper_pids
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper, is_mounted
-from lazy2dfs.fuse.tree import Entry, LayerTree, Node
+from lazy2dfs.fuse.tree import Entry, LayerTree
+from tests.support.memory import MemoryReader
 
 FIRST = os.urandom(64 * 1024)
 SECOND = os.urandom(3 * 1024 * 1024 + 5)
-
-
-class MemoryReader:
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
-        assert isinstance(node.data, bytes)
-        return node.data[offset : offset + size]
 
 
 def serve(root: Path, grace: float) -> FuseSession:

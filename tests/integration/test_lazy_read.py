@@ -3,63 +3,26 @@ first read through the real FUSE mount, verified, cached, and served again after
 
 import errno
 import hashlib
-import io
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
 
-from devstack.snapshotter import end_keeper
 from lazy2dfs.cache.chunks import ChunkCache
-from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
-from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.remote.labels import LayerRequest
 from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.remote.reader import ChunkPool
 from lazy2dfs.snapshotter.remote import NotLazyError
+from tests.support.fuse import mounted_session
+from tests.support.memory import MemoryLocator
 
 CHUNK = 256 * 1024
-
-
-@dataclass
-class MemoryBlob:
-    """A registry blob that counts the bytes it served; ``corrupt`` flips one payload byte."""
-
-    data: bytes
-    served: int = 0
-    requests: list[tuple[int, int]] = field(default_factory=list)
-    corrupt_at: int | None = None
-    stalled: bool = False
-
-    async def read_range(self, offset: int, length: int) -> bytes:
-        if self.stalled:
-            await trio.sleep_forever()
-        self.requests.append((offset, length))
-        self.served += length
-        piece = bytearray(self.data[offset : offset + length])
-        if self.corrupt_at is not None and offset <= self.corrupt_at < offset + length:
-            piece[self.corrupt_at - offset] ^= 0xFF
-        return bytes(piece)
-
-
-@dataclass
-class MemoryLocator:
-    blob: MemoryBlob
-    toc_digest: str
-    located: int = 0
-
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
-        self.located += 1
-        return self.toc_digest, len(self.blob.data)
-
-    def source(self, request: LayerRequest, size: int) -> MemoryBlob:
-        return self.blob
 
 
 @pytest.fixture
@@ -69,25 +32,14 @@ def model(tmp_path: Path) -> tuple[dict[str, bytes], MemoryLocator]:
         "model/weights-1.bin": os.urandom(2 * 1024 * 1024),
         "model/config.json": b'{"layers": 2}',
     }
-    src = tmp_path / "src"
-    for name, data in files.items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(data)
-    out = io.BytesIO()
-    result = write_blob_from_directory(src, out, WriterOptions(chunk_size=CHUNK, workers=2))
-    return files, MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest)
+    options = WriterOptions(chunk_size=CHUNK, workers=2)
+    return files, MemoryLocator.of_files(files, tmp_path, options)
 
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[FuseSession]:
-    fuse = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
-    fuse.start()
-    try:
-        fuse.mount()
-        yield fuse
-    finally:
-        fuse.stop()
-        end_keeper(tmp_path)
+    with mounted_session(tmp_path) as mounted:
+        yield mounted
 
 
 REQUEST = LayerRequest("sha256:" + "c" * 64, "127.0.0.1:5000/m:v1", "sha256:" + "a" * 64)

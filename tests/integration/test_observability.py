@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,13 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.mounts import mounts_under
 from devstack.process import lazy2dfs_argv
 from devstack.registry import free_port
-from devstack.snapshotter import LocalSnapshotter, end_keeper
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs import metrics
 from lazy2dfs.api import snapshots_pb2 as pb
 from lazy2dfs.cache.chunks import ChunkCache
-from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
-from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
+from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.logfmt import LogfmtFormatter
 from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
 from lazy2dfs.remote.labels import LayerRequest
@@ -38,6 +35,8 @@ from lazy2dfs.remote.layers import EstargzLayers
 from lazy2dfs.remote.reader import ChunkPool
 from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.status import StatusReport, render
+from tests.support.fuse import mounted_session
+from tests.support.memory import MemoryLocator
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 LAYER = "sha256:" + "c" * 64
@@ -224,49 +223,13 @@ def test_status_table_names_layers_cache_and_recent_fallbacks() -> None:
 # The read path in one process: a blob in memory behind a real FUSE mount.
 
 
-@dataclass
-class MemoryBlob:
-    data: bytes
-    corrupt_at: int | None = None
-    served: int = 0
-
-    async def read_range(self, offset: int, length: int) -> bytes:
-        self.served += length
-        piece = bytearray(self.data[offset : offset + length])
-        if self.corrupt_at is not None and offset <= self.corrupt_at < offset + length:
-            piece[self.corrupt_at - offset] ^= 0xFF
-        return bytes(piece)
-
-
-@dataclass
-class MemoryLocator:
-    blob: MemoryBlob
-    toc_digest: str
-
-    async def locate(self, request: LayerRequest) -> tuple[str, int]:
-        return self.toc_digest, len(self.blob.data)
-
-    def source(self, request: LayerRequest, size: int) -> MemoryBlob:
-        return self.blob
-
-
 @pytest.fixture
 def remote(tmp_path: Path) -> Iterator[tuple[EstargzLayers, MemoryLocator]]:
-    src = tmp_path / "src"
-    (src / "model").mkdir(parents=True)
-    (src / "model/weights.bin").write_bytes(os.urandom(1024 * 1024))
-    out = io.BytesIO()
-    result = write_blob_from_directory(src, out, WriterOptions(chunk_size=256 * 1024))
-    locator = MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest)
-    session = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
-    session.start()
-    try:
-        session.mount()
+    files = {"model/weights.bin": os.urandom(1024 * 1024)}
+    locator = MemoryLocator.of_files(files, tmp_path, WriterOptions(chunk_size=256 * 1024))
+    with mounted_session(tmp_path) as session:
         pool = ChunkPool(ChunkCache(tmp_path / "cache", max_bytes=1 << 30))
         yield EstargzLayers(tmp_path, session, pool, locator, background_fetch=False), locator
-    finally:
-        session.stop()
-        end_keeper(tmp_path)
 
 
 def value(name: str, **labels: str) -> float:

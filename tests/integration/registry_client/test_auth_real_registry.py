@@ -35,8 +35,7 @@ from lazy2dfs.registry_client import (
     RegistryClient,
     UnauthorizedError,
 )
-
-from .support import FAST_RETRY, sample_image
+from tests.support.registry import FAST_RETRY, sample_image
 
 T = TypeVar("T")
 

@@ -16,8 +16,7 @@ from lazy2dfs.registry_client import (
     RegistryUnavailableError,
     RetryPolicy,
 )
-
-from .support import FAST_RETRY, run, sample_image
+from tests.support.registry import FAST_RETRY, run, sample_image
 
 IMAGE = sample_image()
 LAYER = IMAGE.layers[1].blob

@@ -16,8 +16,7 @@ from lazy2dfs.registry_client import (
     SyncRegistryClient,
     sha256_digest,
 )
-
-from .support import PAYLOAD, run, sample_image
+from tests.support.registry import PAYLOAD, run, sample_image
 
 IMAGE = sample_image()
 

@@ -36,8 +36,7 @@ from lazy2dfs.tdfs import (
     parse_field,
 )
 from lazy2dfs.tdfs.progress import Progress
-
-from .support import run
+from tests.support.registry import run
 
 ROWS = 4
 BASE = build_image([{"bin/app": b"#!/bin/sh\n"}, {"etc/conf": b"x=1\n"}], in_index=True)

@@ -15,8 +15,7 @@ from devstack.registry import LocalRegistry
 from lazy2dfs import tdfs_cli
 from lazy2dfs.registry_client import host_platform
 from lazy2dfs.tdfs import fetch_partitioned_image
-
-from .support import run
+from tests.support.registry import run
 
 
 def _parser() -> argparse.ArgumentParser:
