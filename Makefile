@@ -39,8 +39,8 @@ proto-check: venv
 	done; rm -rf $$tmp; echo "proto stubs up to date"
 
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks devstack
+	$(VENV)/bin/ruff format --check src tests benchmarks devstack
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -50,7 +50,7 @@ pytest: deps
 test: deps proto-check lint pytest
 
 demo: deps
-	$(PY) -m lazy2dfs.localstack.demo
+	$(PY) -m devstack.demo
 
 bench: deps
 	$(PY) -m benchmarks.run

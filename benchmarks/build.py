@@ -16,15 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from benchmarks import report
+from devstack.images import build_image, build_layer
+from devstack.model import bf16_like, runtime_tree
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import bf16_like, runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.registry_client import RegistryClient
 
 SHARDS = 4
 SHARD_MIB = 256
@@ -53,16 +50,10 @@ def run() -> Path:
         )
         gzip_seconds = _timed(["sh", "-c", "gzip -6 -c model.tar > model.tar.gz"], cwd=work)
         with LocalRegistry(work / "registry") as registry:
-            base = f"{registry.host}/bench/runtime:v1"
-
-            async def upload() -> None:
-                async with RegistryClient(plain_http=True) as client:
-                    image = build_image(
-                        [build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))]
-                    )
-                    await push_image(client, base, image)
-
-            trio.run(upload)
+            base = registry.push(
+                "bench/runtime:v1",
+                build_image([build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))]),
+            )
             build = [
                 *lazy2dfs_argv(), "build", "-q", "-f", str(work / "2dfs.json"),
                 "--cache-dir", str(work / "cache"), "--push", base,

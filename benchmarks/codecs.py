@@ -36,6 +36,7 @@ import numpy as np
 import trio
 
 from benchmarks import report
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import (
     Chunk,
     ChunkDigestMismatchError,
@@ -46,7 +47,6 @@ from lazy2dfs.estargz import (
     open_blob_async,
     write_blob_from_tar,
 )
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import CredentialStore, RegistryClient
 
 WEIGHTS_MIB: Final = 512  # 1 GiB took ~8 min here: gzip -6 alone runs ~8 MiB/s on this data

@@ -2,7 +2,7 @@
 
 A trial runs on a fresh lazy2dfs daemon and containerd (empty content store, snapshots and
 chunk cache) after the page cache is dropped, and reaches the registry either on loopback or
-through ``benchmarks.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
+through ``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
 registry's access log says it served.
 """
 
@@ -14,10 +14,10 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.link import LinkEmulator
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from devstack.containerd import LocalContainerd
+from devstack.link import LinkEmulator
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 
 LINK_MBIT, LINK_RTT_MS = 1000, 20
 LOOPBACK, EMULATED = "loopback", "1 Gbit/s 20 ms"

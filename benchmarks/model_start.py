@@ -3,13 +3,13 @@
 Per model size, the same bf16-like weights (4 safetensors files, one layer each) are pushed
 twice: as plain tar.gz (what containerd's overlayfs pulls today) and as eStargz (what lazy2dfs
 mounts lazily). Each trial starts a fresh containerd and lazy2dfs daemon — empty content store,
-empty chunk cache, page cache dropped — and runs ``lazy2dfs.localstack.coldstart``:
+empty chunk cache, page cache dropped — and runs ``benchmarks.coldstart``:
 
 * first tensor: pull, then a container reading the first MiB of the first file;
 * full load: pull, then a container reading every file to the end;
 * bytes the registry served, and the lazy2dfs daemon's CPU seconds and peak RSS.
 
-The loopback set has no network cost at all; the emulated set puts ``benchmarks.link`` (1
+The loopback set has no network cost at all; the emulated set puts ``devstack.link`` (1
 Gbit/s, 20 ms round trip) between containerd/lazy2dfs and the registry.
 """
 
@@ -19,8 +19,6 @@ import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import trio
 
 from benchmarks import report
 from benchmarks.coldstack import (
@@ -32,12 +30,11 @@ from benchmarks.coldstack import (
     daemon_usage,
     registry_host,
 )
+from benchmarks.coldstart import METHODS, cold_start
+from devstack.images import BuiltImage, build_image, build_layer
+from devstack.model import runtime_tree, sample_model
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.coldstart import METHODS, cold_start
-from lazy2dfs.localstack.images import BuiltImage, build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.registry_client import RegistryClient
 
 # (size MiB, trials on loopback, trials on the emulated link)
 PLAN = ((256, 3, 1), (1024, 3, 2), (4096, 1, 1))
@@ -80,12 +77,8 @@ def run() -> Path:
                 images, first_file = _images(size_mib)
                 repo = f"bench/model-{size_mib}m"
 
-                async def upload(images: dict[str, BuiltImage] = images, repo: str = repo) -> None:
-                    async with RegistryClient(plain_http=True) as client:
-                        for method, image in images.items():
-                            await push_image(client, f"{registry.host}/{repo}:{method}", image)
-
-                trio.run(upload)
+                for method, image in images.items():
+                    registry.push(f"{repo}:{method}", image)
                 compressed = {
                     m: sum(len(layer.blob.data) for layer in image.layers)
                     for m, image in images.items()

@@ -44,11 +44,11 @@ from benchmarks.coldstack import (
     cold_stack,
     registry_host,
 )
+from benchmarks.coldstart import ColdStart, cold_start, pull, read_all, read_first
+from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.model import runtime_tree, sample_model
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.coldstart import ColdStart, cold_start, pull, read_all, read_first
-from lazy2dfs.localstack.images import Blob, build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     OCI_MANIFEST,
@@ -149,14 +149,8 @@ def _push_lazy(
     registry: LocalRegistry, work: Path, weights: Mapping[str, bytes], files: Sequence[str]
 ) -> tuple[tuple[str, int], ...]:
     """The eStargz 2DFS image, as ``lazy2dfs build`` makes it; returns its allotments."""
-    base = f"{registry.host}/bench/base:v1"
     runtime = build_image([build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))])
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, base, runtime)
-
-    trio.run(upload)
+    base = registry.push("bench/base:v1", runtime)
     source = work / "build"
     source.mkdir()
     spec = []

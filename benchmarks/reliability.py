@@ -9,7 +9,7 @@ a list of sections run in turn, each returning its rows:
 - a registry gone for good: seconds until a read fails with EIO, against the configured
   ``fetch.deadline_seconds``, for a registry that never answers and one that refuses;
 - the chunk cache after reading more than its configured ``cache.max_bytes``;
-- a soak (``localstack.soak``): the daemon's descriptors, memory, threads and mounts after a
+- a soak (``benchmarks.soak``): the daemon's descriptors, memory, threads and mounts after a
   warm-up and after the last of many pull/run/remove cycles.
 
 A section is a function of the running ``Stack``; adding one is adding it to ``SECTIONS``. Each
@@ -29,19 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy
-import trio
 
 from benchmarks import report
+from benchmarks.soak import soak
+from devstack import faults as fault_kinds
+from devstack.containerd import LocalContainerd
+from devstack.faults import FaultProxy, Faults
+from devstack.images import build_image, build_layer
+from devstack.model import bf16_like, runtime_tree
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack import faults as fault_kinds
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.faults import FaultProxy, Faults
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import bf16_like, runtime_tree
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-from lazy2dfs.localstack.soak import lazy_pull, soak
-from lazy2dfs.registry_client import RegistryClient
 
 CHUNK = 256 * 1024
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -88,16 +86,11 @@ class Stack:
         image = build_image(
             [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(files, estargz=ESTARGZ)]
         )
-
-        async def upload() -> None:
-            async with RegistryClient(plain_http=True) as client:
-                await push_image(client, f"{target.host}/{path}", image)
-
-        trio.run(upload)
+        target.push(path, image)
         return f"{self.proxy.host if registry is None else target.host}/{path}"
 
     def pull(self, ref: str) -> None:
-        out = lazy_pull(self.containerd, ref)
+        out = self.containerd.lazy_pull(ref)
         if ", 0 downloaded" not in out:
             raise RuntimeError(f"{ref} was not pulled lazily: {out}")
 
@@ -300,7 +293,7 @@ def cache_limit(stack: Stack) -> list[Row]:
 
 
 def soak_figures(stack: Stack) -> list[Row]:
-    """``localstack.soak``: what the daemon holds after a warm-up and after the last cycle."""
+    """``benchmarks.soak``: what the daemon holds after a warm-up and after the last cycle."""
     files = {
         f"model/soak-{n}.bin": bf16_like(SOAK_FILE_BYTES, seed=300 + n) for n in range(SOAK_FILES)
     }

@@ -17,24 +17,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from benchmarks import report
+from devstack.containerd import LocalContainerd
+from devstack.images import build_image, build_layer
+from devstack.model import bf16_like, runtime_tree
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import bf16_like, runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-from lazy2dfs.registry_client import RegistryClient
 
 MIB = 1 << 20
 READS = 96
@@ -70,13 +65,7 @@ def _trial(work: Path, registry: LocalRegistry, crash: bool) -> dict[str, Any]:
             build_layer({"model/weights.bin": weights}, estargz=ESTARGZ),
         ]
     )
-    ref = f"{registry.host}/bench/restart:{'kill' if crash else 'term'}"
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, ref, image)
-
-    trio.run(upload)
+    ref = registry.push(f"bench/restart:{'kill' if crash else 'term'}", image)
     out = work / "out"
     out.mkdir(parents=True)
     log = out / "log"
@@ -85,8 +74,7 @@ def _trial(work: Path, registry: LocalRegistry, crash: bool) -> dict[str, Any]:
         LocalSnapshotter(work / "s", config=config, log_level="warning") as daemon,
         LocalContainerd(work / "c", daemon.address) as containerd,
     ):
-        pull = [*lazy2dfs_argv(), "pull", "--containerd-address", str(containerd.address), ref]
-        subprocess.run(pull, check=True, capture_output=True, timeout=WAIT_SECONDS)
+        containerd.lazy_pull(ref)
         bind = f"type=bind,src={out},dst=/out,options=rbind:rw"
         argv = ("run", "-d", "--snapshotter", "lazy2dfs", "--mount", bind, ref, "reader")
         containerd.ctr(*argv, "/bin/sh", "-c", READER)

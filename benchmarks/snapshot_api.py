@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 
 from benchmarks import report
+from devstack.containerd import LocalContainerd
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.api import snapshots_pb2 as pb
 from lazy2dfs.api import snapshots_pb2_grpc
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
 SNAPSHOTTERS = ("overlayfs", "lazy2dfs")
 CONCURRENCY = (1, 20)

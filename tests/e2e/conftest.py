@@ -1,96 +1,11 @@
-"""A private registry, lazy2dfs daemon and containerd 1.6, started per test module and always
-torn down; images are built by the tests and pushed over loopback."""
-
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import trio
 
-from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.faults import FaultProxy
-from lazy2dfs.localstack.images import BuiltImage, push_image
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-from lazy2dfs.registry_client import RegistryClient
-
-RECONNECT_TIMEOUT = 30.0
-
-
-@dataclass
-class Stack:
-    registry: LocalRegistry
-    snapshotter: LocalSnapshotter
-    containerd: LocalContainerd
-    proxy: FaultProxy | None = None  # in front of the registry, if the test asked for one
-
-    def push(self, name: str, image: BuiltImage) -> str:
-        ref = f"{self.registry.host}/{name}"
-
-        async def upload() -> None:
-            async with RegistryClient(plain_http=True) as client:
-                await push_image(client, ref, image)
-
-        trio.run(upload)
-        return ref
-
-    def ctr(self, *args: str) -> str:
-        return self.containerd.ctr(*args)
-
-    def run(self, ref: str, name: str, script: str) -> str:
-        return self.ctr(
-            "run", "--rm", "--snapshotter", "lazy2dfs", ref, name, "/bin/sh", "-c", script
-        )
-
-    def restart_snapshotter(self, crash: bool) -> None:
-        """Restarts the daemon (``crash``: kill -9 first) and waits until containerd has
-        reconnected: its gRPC channel retries with a backoff of about a second."""
-        if crash:
-            self.snapshotter.kill()
-            self.snapshotter.start()
-        else:
-            self.snapshotter.restart()
-        deadline = time.monotonic() + RECONNECT_TIMEOUT
-        while True:
-            try:
-                self.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls")
-                return
-            except UnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def snapshot_dirs(self) -> list[str]:
-        return sorted(p.name for p in (self.snapshotter.root / "snapshots").iterdir())
-
-
-@contextmanager
-def private_stack(
-    work: Path, config: str = "", log_level: str = "info", proxy: bool = False
-) -> Iterator[Stack]:
-    """A stack of a test module's own, ``config`` for the daemon; with ``proxy``, a fault
-    proxy in front of the registry (images pulled through ``proxy.host`` go through it)."""
-    with ExitStack() as running:
-        registry = running.enter_context(LocalRegistry(work / "r"))
-        front = running.enter_context(FaultProxy(registry.host)) if proxy else None
-        snapshotter = running.enter_context(
-            LocalSnapshotter(work / "s", config=config, log_level=log_level)
-        )
-        containerd = running.enter_context(LocalContainerd(work / "c", snapshotter.address))
-        yield Stack(registry, snapshotter, containerd, front)
+from tests.support.stack import Stack, private_stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # Short paths: unix socket names are limited to 108 bytes.
-    work = tmp_path_factory.mktemp("e2e")
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s") as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd)
+    with private_stack(tmp_path_factory.mktemp("e2e")) as running:
+        yield running

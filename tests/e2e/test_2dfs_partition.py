@@ -11,10 +11,10 @@ from pathlib import Path
 
 import trio
 
+from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import Blob, build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
 from lazy2dfs.registry_client import ImageManifest, RegistryClient
 from lazy2dfs.tdfs import (
     FIELD_MEDIA_TYPE,
@@ -23,8 +23,7 @@ from lazy2dfs.tdfs import (
     field_descriptor,
     parse_field,
 )
-
-from .conftest import Stack
+from tests.support.stack import Stack
 
 ROWS = {row: os.urandom(300_000 + row) for row in range(4)}
 CHUNK = 64 * 1024
@@ -70,7 +69,7 @@ def test_partition_pull_runs_exactly_the_selected_rows(stack: Stack, tmp_path: P
 
     partition = f"{target}--1.0.2.0"
     seen_before = len(stack.registry.requests())
-    out = lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), partition)
+    out = stack.containerd.lazy_pull(partition)
     assert "3 lazy, 0 present, 0 downloaded" in out
     listing = stack.run(partition, "rows", "ls /model; sha256sum /model/*")
     assert listing.split()[:2] == ["row1.bin", "row2.bin"]
@@ -126,7 +125,7 @@ def test_v2_with_one_changed_allotment_fetches_only_new_chunks(
             base,
             target,
         )
-        lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), target)
+        stack.containerd.lazy_pull(target)
         return target
 
     v1 = build("v1")
@@ -171,7 +170,7 @@ def test_stock_builder_layout_falls_back_and_runs_the_selected_rows(stack: Stack
 
     trio.run(push)
     seen_before = len(stack.registry.requests())
-    out = lazy2dfs("pull", "--containerd-address", str(stack.containerd.address), f"{ref}--1.0.2.0")
+    out = stack.containerd.lazy_pull(f"{ref}--1.0.2.0")
     assert "0 lazy, 0 present, 3 downloaded" in out  # base and two allotments
     listing = stack.run(f"{ref}--1.0.2.0", "stock", "ls /model; sha256sum /model/*")
     assert listing.split()[:2] == ["row1.bin", "row2.bin"]

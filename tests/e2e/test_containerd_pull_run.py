@@ -3,10 +3,9 @@
 import hashlib
 import os
 
-from lazy2dfs.localstack.images import build_image
-from lazy2dfs.localstack.model import runtime_tree
-
-from .conftest import Stack
+from devstack.images import build_image
+from devstack.model import runtime_tree
+from tests.support.stack import Stack
 
 WEIGHTS = os.urandom(1 << 20)
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs import libc
+from devstack.mounts import detach_under, mounts_under
+from tests.support.go import GOCODE, go_env
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE_DIR = REPO / "tests" / "conformance"
-GOCODE = Path("/usr/share/gocode")
 UPSTREAM_SUITE = GOCODE / "src/github.com/containerd/containerd/snapshots/testsuite"
 PARENT_TEST = "TestLazy2dfsConformance"
 
@@ -65,19 +65,6 @@ RUN_TIMEOUT_S = 420.0  # our backstop above it
 DEPS_HINT = "run `make deps` (installs golang-go and golang-github-containerd-containerd-dev)"
 
 
-def _go_env(gopath: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        GO111MODULE="off",
-        GOPATH=f"{gopath}:{GOCODE}",
-        GOCACHE=os.environ.get("LAZY2DFS_GOCACHE", "/tmp/lazy2dfs-conformance-gocache"),
-        GOFLAGS="",
-        GOPROXY="off",
-        CGO_ENABLED="0",
-    )
-    return env
-
-
 @dataclass
 class GoSuite:
     """The compiled suite, or why there is none (reported by the test as its failure)."""
@@ -96,7 +83,7 @@ def _build(out: Path) -> GoSuite:
         return GoSuite(error=f"{UPSTREAM_SUITE} is missing: {DEPS_HINT}")
     gopath = out / "gopath"
     gopath.mkdir()
-    env = _go_env(gopath)
+    env = go_env(gopath)
     binary = out / "conformance.test"
     try:
         built = subprocess.run(
@@ -140,44 +127,6 @@ def _lazy2dfs_bin() -> Path:
 # --- what the run leaves behind -------------------------------------------------------------
 
 
-def _unescape_mountinfo(s: str) -> str:
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_under(root: Path) -> list[str]:
-    """Mount points at or below `root`, in mount order."""
-    prefix = str(root)
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) < 5:
-                continue
-            point = _unescape_mountinfo(fields[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-    return points
-
-
-def detach_mounts(points: list[str]) -> list[str]:
-    """Lazily unmounts `points`, last mounted first; returns those that could not be."""
-    failed = []
-    for point in reversed(points):
-        try:
-            libc.umount2(Path(point), libc.MNT_DETACH)
-        except OSError as exc:
-            failed.append(f"{point}: {exc.strerror}")
-    return failed
-
-
 def processes_mentioning(marker: str) -> list[int]:
     """Pids (other than ours) whose command line contains `marker`: the daemons this run started
     carry its unique temp root in their arguments."""
@@ -205,10 +154,10 @@ def clean_up(root: Path, keep_logs: bool) -> list[str]:
     if stray:
         problems.append(f"processes still running after the suite (killed): {stray}")
         time.sleep(0.5)  # let the kernel tear down what they held (FUSE connections)
-    left = mounts_under(root)
+    left = [mount.mount_point for mount in mounts_under(root)]
     if left:
         problems.append(f"mounts left under {root} (detached now): {left}")
-        failed = detach_mounts(left)
+        failed = detach_under(root)
         if failed:
             problems.append(f"could not unmount: {failed}")
     if mounts_under(root):

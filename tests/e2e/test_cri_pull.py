@@ -7,24 +7,19 @@ containers run on both."""
 import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
 import pytest
 
+from devstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
+from devstack.images import BuiltImage, build_image, build_layer
+from devstack.model import runtime_tree
 from lazy2dfs.api import cri_pb2, cri_pb2_grpc
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
-from lazy2dfs.localstack.images import BuiltImage, build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 from lazy2dfs.snapshotter.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
-
-from .conftest import Stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -41,16 +36,12 @@ MODEL: Mapping[str, bytes] = {
 def cri_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """CRI on; the daemon's background fetch off, so that every GET of a layer blob in the
     registry's log is either containerd downloading it or a read fetching a chunk."""
-    work = tmp_path_factory.mktemp("cri")
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config="[fetch]\nbackground = false\n") as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address, cri=True) as containerd,
-    ):
+    config = "[fetch]\nbackground = false\n"
+    with private_stack(tmp_path_factory.mktemp("cri"), config=config, cri=True) as stack:
         try:
-            yield Stack(registry, snapshotter, containerd)
+            yield stack
         finally:
-            remove_containers(containerd)
+            remove_containers(stack.containerd)
 
 
 def remove_containers(containerd: LocalContainerd) -> None:
@@ -107,15 +98,6 @@ def daemon_events(stack: Stack, event: str) -> list[str]:
     return [line for line in log.splitlines() if f'event="{event}"' in line]
 
 
-def blob_gets(stack: Stack, digest: str) -> list[int]:
-    """Status codes of GET requests the registry served for one blob."""
-    return [
-        r.status
-        for r in stack.registry.requests()
-        if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
-    ]
-
-
 def model_image() -> BuiltImage:
     return build_image(
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(MODEL, estargz=ESTARGZ)]
@@ -155,7 +137,7 @@ def test_cri_pull_of_an_estargz_image_mounts_every_layer_lazily(cri_stack: Stack
     for layer in image.layers:
         assert layer.blob.digest not in content
         # containerd never asked for the blob; the daemon read its footer and TOC by range.
-        assert set(blob_gets(cri_stack, layer.blob.digest)) <= {206}
+        assert set(cri_stack.blob_gets(layer.blob.digest)) <= {206}
     mounted = daemon_events(cri_stack, "layer mounted lazily")
     for layer in image.layers:
         lines = [line for line in mounted if f"layer={layer.blob.digest}" in line]
@@ -176,7 +158,7 @@ def test_cri_pull_of_an_estargz_image_mounts_every_layer_lazily(cri_stack: Stack
     read_all(cri_stack, CRI_NAMESPACE, ref, "cri-reader", MODEL)
     # Every byte came by range request, none from a whole-blob download.
     weights = image.layers[1].blob.digest
-    assert set(blob_gets(cri_stack, weights)) == {206}
+    assert set(cri_stack.blob_gets(weights)) == {206}
     assert k8s_ctr(cri_stack, "content", "ls", "--quiet").split() == content
 
 
@@ -185,14 +167,7 @@ def test_lazy2dfs_pull_of_the_same_image_is_lazy_too(cri_stack: Stack) -> None:
     layers, in containerd's default namespace, are mounted lazily and read the same bytes."""
     image = model_image()
     ref = cri_stack.push("cri/model:v1", image)
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "pull", "--containerd-address", str(cri_stack.containerd.address), ref],
-        capture_output=True,
-        text=True,
-        timeout=PULL_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "2 lazy, 0 present, 0 downloaded" in done.stderr
+    assert "2 lazy, 0 present, 0 downloaded" in cri_stack.containerd.lazy_pull(ref)
     for layer in image.layers:
         assert layer.blob.digest not in cri_stack.ctr("content", "ls", "--quiet").split()
     read_all(cri_stack, "default", ref, "own-reader", MODEL)
@@ -211,7 +186,7 @@ def test_cri_pull_of_a_plain_gzip_image_falls_back_and_runs(cri_stack: Stack) ->
         assert len(lines) == 1, fallbacks
         assert f"image={ref}" in lines[0] and "reason=no-toc-digest" in lines[0]
         # containerd downloaded the layer itself, and keeps it.
-        assert 200 in blob_gets(cri_stack, layer.blob.digest)
+        assert 200 in cri_stack.blob_gets(layer.blob.digest)
     content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()
     for layer in image.layers:
         assert layer.blob.digest in content

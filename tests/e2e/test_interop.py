@@ -27,22 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
 
-from lazy2dfs import libc
+from devstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
+from devstack.images import build_image
+from devstack.model import runtime_tree
+from devstack.mounts import detach_under, mounts_under
+from devstack.process import ChildProcess, lazy2dfs_argv
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, convert
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, EntryType, Toc, decode_chunk, open_blob
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
-from lazy2dfs.localstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
-from lazy2dfs.localstack.images import build_image, push_image
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
+from lazy2dfs.mountinfo import MountEntry
 from lazy2dfs.progress import Progress
-from lazy2dfs.registry_client import RegistryClient, SyncRegistryClient, sha256_digest
+from lazy2dfs.registry_client import SyncRegistryClient, sha256_digest
+from tests.support.go import GOCODE, go_env
 
-GOCODE = Path("/usr/share/gocode")
 STARGZ_SRC = GOCODE / "src/github.com/containerd/stargz-snapshotter"
 DEPS_HINT = "run `make deps`"
 TIMEOUT = 300.0
@@ -168,19 +168,10 @@ def build_stargz_daemon(out: Path) -> Path:
     package.mkdir(parents=True)
     (package / "main.go").write_text(STARGZ_MAIN)
     binary = out / "stargz-grpc"
-    env = dict(os.environ)
-    env.update(
-        GO111MODULE="off",
-        GOPATH=f"{out / 'gopath'}:{GOCODE}",
-        GOCACHE=os.environ.get("LAZY2DFS_GOCACHE", "/tmp/lazy2dfs-conformance-gocache"),
-        GOFLAGS="",
-        GOPROXY="off",
-        CGO_ENABLED="0",
-    )
     done = subprocess.run(
         ["go", "build", "-o", str(binary), "."],
         cwd=package,
-        env=env,
+        env=go_env(out / "gopath"),
         capture_output=True,
         text=True,
         timeout=600,
@@ -189,32 +180,8 @@ def build_stargz_daemon(out: Path) -> Path:
     return binary
 
 
-def mounts_under(root: Path) -> list[str]:
-    """Mount points below ``root``, deepest first (for unmounting)."""
-    points: list[str] = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4].replace("\\040", " ")
-            if point == str(root) or point.startswith(f"{root}/"):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
-def fuse_mounts_under(root: Path) -> list[str]:
-    found: list[str] = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields = line.split()
-            fs_type = fields[fields.index("-") + 1]
-            if fs_type.startswith("fuse") and fields[4].startswith(f"{root}/"):
-                found.append(fields[4])
-    return found
-
-
-def detach_all(root: Path) -> None:
-    for point in mounts_under(root):
-        with contextlib.suppress(OSError):
-            libc.umount2(Path(point), libc.MNT_DETACH)
+def fuse_mounts_under(root: Path) -> list[MountEntry]:
+    return [mount for mount in mounts_under(root) if mount.fs_type.startswith("fuse")]
 
 
 @dataclass
@@ -265,11 +232,11 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
     stargz_root.mkdir()
     stargz_socket = work / "sg.sock"
     (work / "sg.toml").write_text(STARGZ_CONFIG)
-    leftover: list[str] = []
+    leftover: list[MountEntry] = []
 
     def clean_up_mounts() -> None:
         leftover.extend(mounts_under(work))
-        detach_all(work)
+        detach_under(work)
 
     with contextlib.ExitStack() as stack:
         stack.callback(clean_up_mounts)  # runs last: whatever the daemons left mounted
@@ -339,15 +306,7 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
 
 def push_source(interop: Interop, name: str) -> str:
     """A plain gzip image: busybox plus ``FILES``."""
-    image = build_image([runtime_tree(), FILES])
-    ref = f"{interop.registry.host}/{name}"
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, ref, image)
-
-    trio.run(upload)
-    return ref
+    return interop.registry.push(name, build_image([runtime_tree(), FILES]))
 
 
 def read_all(toc: Toc, blob: bytes) -> dict[str, bytes]:

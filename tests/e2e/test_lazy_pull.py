@@ -2,20 +2,14 @@
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-
-from .conftest import Stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -25,33 +19,9 @@ WEIGHTS = os.urandom(24 * CHUNK + 123)
 @pytest.fixture(scope="module")
 def lazy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Background fetch off, so what a read fetches is visible in the registry's log."""
-    work = tmp_path_factory.mktemp("lazy")
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config="[fetch]\nbackground = false\n") as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd)
-
-
-def lazy_pull(stack: Stack, ref: str) -> str:
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "pull", "--containerd-address", str(stack.containerd.address), ref],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
-def blob_gets(stack: Stack, digest: str) -> list[int]:
-    """Status codes of GET requests the registry served for one blob."""
-    return [
-        r.status
-        for r in stack.registry.requests()
-        if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
-    ]
+    config = "[fetch]\nbackground = false\n"
+    with private_stack(tmp_path_factory.mktemp("lazy"), config=config) as stack:
+        yield stack
 
 
 def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
@@ -66,20 +36,20 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
         ]
     )
     ref = lazy_stack.push("lazy/model:v1", image)
-    out = lazy_pull(lazy_stack, ref)
+    out = lazy_stack.containerd.lazy_pull(ref)
     assert "2 lazy, 0 present, 0 downloaded" in out
     content = lazy_stack.ctr("content", "ls", "--quiet").split()
     for layer in image.layers:
         assert layer.blob.digest not in content
     weights_blob = image.layers[1].blob.digest
-    assert set(blob_gets(lazy_stack, weights_blob)) <= {206}
-    fetched_before = len(blob_gets(lazy_stack, weights_blob))
+    assert set(lazy_stack.blob_gets(weights_blob)) <= {206}
+    fetched_before = len(lazy_stack.blob_gets(weights_blob))
 
     head = lazy_stack.run(ref, "head", "head -c 1000 /model/weights.bin | sha256sum")
     assert head.split()[0] == hashlib.sha256(WEIGHTS[:1000]).hexdigest()
     # One chunk's range request, not the 24 MiB blob.
-    assert len(blob_gets(lazy_stack, weights_blob)) - fetched_before <= 2
-    assert set(blob_gets(lazy_stack, weights_blob)) == {206}
+    assert len(lazy_stack.blob_gets(weights_blob)) - fetched_before <= 2
+    assert set(lazy_stack.blob_gets(weights_blob)) == {206}
 
     whole = lazy_stack.run(ref, "whole", "sha256sum /model/weights.bin")
     assert whole.split()[0] == hashlib.sha256(WEIGHTS).hexdigest()
@@ -88,7 +58,7 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
 def test_plain_gzip_layers_fall_back_to_a_download(lazy_stack: Stack) -> None:
     image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
     ref = lazy_stack.push("lazy/plain:v1", image)
-    out = lazy_pull(lazy_stack, ref)
+    out = lazy_stack.containerd.lazy_pull(ref)
     assert "0 lazy" in out and "downloaded" in out
     assert lazy_stack.run(ref, "plain", "cat /plain/file") == "not seekable"
     log = lazy_stack.snapshotter.workdir.joinpath("lazy2dfs.log").read_text()
@@ -100,7 +70,7 @@ def test_removing_a_lazy_image_unmounts_its_layers(lazy_stack: Stack) -> None:
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer({"gc/x": b"x"}, estargz=ESTARGZ)]
     )
     ref = lazy_stack.push("lazy/gc:v1", image)
-    lazy_pull(lazy_stack, ref)
+    lazy_stack.containerd.lazy_pull(ref)
     fuse = lazy_stack.snapshotter.root / "fuse"
     assert os.listdir(fuse)
     for name in lazy_stack.ctr("images", "ls", "--quiet").split():

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from devstack.faults import FaultProxy
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree, sample_model
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.faults import FaultProxy
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.soak import lazy_pull
-
-from .conftest import Stack, private_stack
+from tests.support.stack import Stack, private_stack
 
 CONTAINERS = 20
 CHUNK = 1 << 20
@@ -64,7 +62,7 @@ def test_twenty_containers_read_one_model_at_once_and_each_byte_is_fetched_once(
     )
     stack.push("load/model:v1", image)
     ref = f"{proxy.host}/load/model:v1"  # the daemon fetches through the recording proxy
-    assert ", 0 downloaded" in lazy_pull(stack.containerd, ref)
+    assert ", 0 downloaded" in stack.containerd.lazy_pull(ref)
     model = image.layers[1].blob
 
     out = tmp_path / "out"

@@ -12,16 +12,12 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
+from devstack.registry import free_port
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry, free_port
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-
-from .conftest import Stack
-from .test_lazy_pull import lazy_pull
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -112,15 +108,10 @@ class Samples:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     """Background fetch off, so that every fetched byte is one a reader asked for."""
-    work = tmp_path_factory.mktemp("metrics")
     address = f"127.0.0.1:{free_port()}"
     config = f'metrics_address = "{address}"\n[fetch]\nbackground = false\n'
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config=config) as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Observed(Stack(registry, snapshotter, containerd), address)
+    with private_stack(tmp_path_factory.mktemp("metrics"), config=config) as stack:
+        yield Observed(stack, address)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +124,7 @@ def model(observed: Observed) -> tuple[str, str]:
         ]
     )
     ref = observed.stack.push("obs/model:v1", image)
-    assert "2 lazy" in lazy_pull(observed.stack, ref)
+    assert "2 lazy" in observed.stack.containerd.lazy_pull(ref)
     return ref, image.layers[1].blob.digest
 
 
@@ -197,7 +188,7 @@ def test_a_plain_gzip_layer_is_counted_and_listed_as_a_fallback(observed: Observ
     image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
     ref = observed.stack.push("obs/plain:v1", image)
     before = observed.scrape()
-    assert "0 lazy" in lazy_pull(observed.stack, ref)
+    assert "0 lazy" in observed.stack.containerd.lazy_pull(ref)
     scrape = observed.scrape()
     after = scrape.sum("lazy2dfs_fallbacks_total", reason="no-toc-digest")
     assert after - before.sum("lazy2dfs_fallbacks_total", reason="no-toc-digest") == 2

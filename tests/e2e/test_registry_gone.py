@@ -9,12 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.soak import lazy_pull
-
-from .conftest import Stack, private_stack
+from tests.support.stack import Stack, private_stack
 
 DEADLINE = 3.0
 # Time the kernel and the daemon take beyond the deadline itself, on a busy machine.
@@ -42,7 +40,7 @@ def test_a_registry_that_never_answers_fails_a_read_once_after_the_deadline(
         ]
     )
     stack.push("gone/model:v1", image)
-    lazy_pull(stack.containerd, f"{proxy.host}/gone/model:v1")
+    stack.containerd.lazy_pull(f"{proxy.host}/gone/model:v1")
     (served,) = stack.snapshotter.root.glob("fuse/*/model/w.bin")
     proxy.faults.blackhole = True
     start = time.monotonic()

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
+from devstack.snapshotter import keeper_pids
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter, keeper_pids
-
-from .conftest import Stack
-from .test_lazy_pull import lazy_pull
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -35,14 +31,9 @@ touch /out/done
 def keeper_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Background fetch off: what the container reads after the restart is not cached yet,
     so it must travel kernel → keeper → new daemon → registry."""
-    work = tmp_path_factory.mktemp("keep")
     config = "[fetch]\nbackground = false\n[fuse]\nrestart_grace_seconds = 60\n"
-    with (
-        LocalRegistry(work / "r") as registry,
-        LocalSnapshotter(work / "s", config=config) as snapshotter,
-        LocalContainerd(work / "c", snapshotter.address) as containerd,
-    ):
-        yield Stack(registry, snapshotter, containerd)
+    with private_stack(tmp_path_factory.mktemp("keep"), config=config) as stack:
+        yield stack
 
 
 def wait_for(path: Path) -> None:
@@ -63,7 +54,7 @@ def test_a_running_container_reads_on_across_a_daemon_restart(
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(model, estargz=ESTARGZ)]
     )
     ref = stack.push(f"restart/model:{'kill' if crash else 'term'}", image)
-    assert "0 downloaded" in lazy_pull(stack, ref)
+    assert "0 downloaded" in stack.containerd.lazy_pull(ref)
     name = f"reader-{'kill' if crash else 'term'}"
     out = tmp_path / "out"
     out.mkdir()

@@ -6,12 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from benchmarks.soak import soak
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.images import build_image, build_layer
-from lazy2dfs.localstack.model import runtime_tree
-from lazy2dfs.localstack.soak import soak
-
-from .conftest import Stack, private_stack
+from tests.support.stack import Stack, private_stack
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)

@@ -8,13 +8,13 @@ import io
 import json
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import trio
 import zstandard
 
+from devstack.images import build_image
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
 from lazy2dfs.convert import ConvertOptions, convert
 from lazy2dfs.estargz import (
     TOC_DIGEST_ANNOTATION,
@@ -26,9 +26,6 @@ from lazy2dfs.estargz.zstdchunked import (
     MANIFEST_CHECKSUM_ANNOTATION,
     MANIFEST_POSITION_ANNOTATION,
 )
-from lazy2dfs.localstack.images import BuiltImage, build_image, push_image
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     DOCKER_CONFIG,
@@ -39,7 +36,6 @@ from lazy2dfs.registry_client import (
     OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     ImageManifest,
-    RegistryClient,
     SyncRegistryClient,
     parse_manifest,
     sha256_digest,
@@ -51,23 +47,6 @@ TREES = [
     {"model/weights.bin": WEIGHTS, "model/config.json": b'{"layers": 2}'},
 ]
 CHUNK = 256 << 10
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    with LocalRegistry(tmp_path_factory.mktemp("convert-registry")) as running:
-        yield running
-
-
-def push(registry: LocalRegistry, name: str, image: BuiltImage) -> str:
-    ref = f"{registry.host}/{name}"
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            await push_image(client, ref, image)
-
-    trio.run(upload)
-    return ref
 
 
 def uploads(registry: LocalRegistry) -> int:
@@ -126,7 +105,7 @@ def test_index_of_plain_gzip_layers_becomes_estargz_and_a_second_run_uploads_not
     registry: LocalRegistry,
 ) -> None:
     image = build_image(TREES, in_index=True, annotations={"org.example/keep": "1"})
-    src = push(registry, "conv/plain:v1", image)
+    src = registry.push("conv/plain:v1", image)
     dst = f"{registry.host}/conv/plain:estargz"
     stderr = io.StringIO()
     options = ConvertOptions(chunk_size=CHUNK, workers=2)

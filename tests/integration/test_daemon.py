@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.process import lazy2dfs_argv
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.api import snapshots_pb2 as pb
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
 REF_LABEL = "containerd.io/snapshot.ref"
 

@@ -9,36 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
+from devstack.mounts import mounts_under
+from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.fuse.tree import Entry, LayerTree
-from lazy2dfs.localstack.snapshotter import end_keeper
-
-
-class MemoryReader:
-    """Serves the bytes ``FILES`` holds under each file's key (its path)."""
-
-    async def read(self, key: str, offset: int, size: int) -> bytes:
-        return FILES[key][offset : offset + size]
+from tests.support.fuse import mounted_session
+from tests.support.memory import MemoryReader
 
 
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FuseSession, Path]]:
-    root = tmp_path_factory.mktemp("fuse")
-    session = FuseSession(LayerFilesystem(), Keeper(root, grace_seconds=10))
-    path = session.mountpoint
-    session.start()
-    try:
-        session.mount()
+    with mounted_session(tmp_path_factory.mktemp("fuse")) as session:
+        path = session.mountpoint
         yield session, path
-    finally:
-        session.stop()
-        end_keeper(root)
-    assert str(path) not in Path("/proc/self/mountinfo").read_text()
+    assert not mounts_under(path)
 
 
 def add(session: FuseSession, name: str, slot: int, entries: list[Entry]) -> None:
-    session.call_sync(session.filesystem.add_layer, name, LayerTree(slot, entries), MemoryReader())
+    session.call_sync(
+        session.filesystem.add_layer, name, LayerTree(slot, entries), MemoryReader(FILES)
+    )
 
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 17)

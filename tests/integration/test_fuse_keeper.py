@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.snapshotter import end_keeper, keeper_pids
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.fuse.tree import Entry, LayerTree
-from lazy2dfs.localstack.snapshotter import end_keeper, keeper_pids
 from lazy2dfs.mountinfo import is_mounted
+from tests.support.memory import MemoryReader
 
 FIRST = os.urandom(64 * 1024)
 SECOND = os.urandom(3 * 1024 * 1024 + 5)
@@ -23,13 +24,6 @@ FILES: dict[str, bytes] = {
     "first.bin": FIRST,
     "second.bin": SECOND,
 }
-
-
-class MemoryReader:
-    """Serves the bytes ``FILES`` holds under each file's key (its path)."""
-
-    async def read(self, key: str, offset: int, size: int) -> bytes:
-        return FILES[key][offset : offset + size]
 
 
 def serve(root: Path, grace: float) -> FuseSession:
@@ -43,7 +37,7 @@ def serve(root: Path, grace: float) -> FuseSession:
             Entry("second.bin", "reg", size=len(SECOND), key="second.bin"),
         ],
     )
-    session.call_sync(session.filesystem.add_layer, "7", tree, MemoryReader())
+    session.call_sync(session.filesystem.add_layer, "7", tree, MemoryReader(FILES))
     session.mount()
     return session
 

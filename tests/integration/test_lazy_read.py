@@ -8,64 +8,22 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
-from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
-from lazy2dfs.layers.locator import Located
+from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.layers.mounted import EstargzLayers
-from lazy2dfs.localstack.snapshotter import end_keeper
 from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
+from tests.support.fuse import mounted_session
+from tests.support.memory import MemoryBlob, MemoryLocator
 
 CHUNK = 256 * 1024
-
-
-@dataclass
-class MemoryBlob:
-    """A registry blob that counts the bytes it served; ``corrupt`` flips one payload byte."""
-
-    data: bytes
-    served: int = 0
-    requests: list[tuple[int, int]] = field(default_factory=list)
-    corrupt_at: int | None = None
-    stalled: bool = False
-
-    async def read_range(self, offset: int, length: int) -> bytes:
-        if self.stalled:
-            await trio.sleep_forever()
-        self.requests.append((offset, length))
-        self.served += length
-        piece = bytearray(self.data[offset : offset + length])
-        if self.corrupt_at is not None and offset <= self.corrupt_at < offset + length:
-            piece[self.corrupt_at - offset] ^= 0xFF
-        return bytes(piece)
-
-    async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        return [await self.read_range(offset, length) for offset, length in ranges]
-
-
-@dataclass
-class MemoryLocator:
-    blob: MemoryBlob
-    toc_digest: str
-    diff_id: str = ""
-    located: int = 0
-
-    async def locate(self, request: LayerRequest) -> Located:
-        self.located += 1
-        return Located(self.toc_digest, len(self.blob.data), self.diff_id)
-
-    def source(self, request: LayerRequest, size: int) -> MemoryBlob:
-        return self.blob
 
 
 @pytest.fixture
@@ -87,14 +45,8 @@ def model(tmp_path: Path) -> tuple[dict[str, bytes], MemoryLocator]:
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[FuseSession]:
-    fuse = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
-    fuse.start()
-    try:
-        fuse.mount()
-        yield fuse
-    finally:
-        fuse.stop()
-        end_keeper(tmp_path)
+    with mounted_session(tmp_path) as mounted:
+        yield mounted
 
 
 REQUEST = LayerRequest("sha256:" + "c" * 64, "127.0.0.1:5000/m:v1", "sha256:" + "a" * 64)

@@ -11,8 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,24 +20,24 @@ import trio
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.mounts import mounts_under
+from devstack.process import lazy2dfs_argv
+from devstack.registry import free_port
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.api import snapshots_pb2 as pb
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.cli.status import render
 from lazy2dfs.config import FetchConfig
-from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
-from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.session import FuseSession, Keeper
-from lazy2dfs.layers.locator import Located
+from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.layers.mounted import EstargzLayers
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import free_port
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter, end_keeper
 from lazy2dfs.logfmt import LogfmtFormatter
 from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
 from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 from lazy2dfs.status import StatusReport
+from tests.support.fuse import mounted_session
+from tests.support.memory import MemoryLocator
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 LAYER = "sha256:" + "c" * 64
@@ -168,7 +167,7 @@ def test_a_taken_metrics_port_stops_the_daemon_with_a_clear_message(tmp_path: Pa
     assert done.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert not (tmp_path / "s.sock").exists()
-    assert str(tmp_path / "root" / "fuse") not in Path("/proc/self/mountinfo").read_text()
+    assert not mounts_under(tmp_path / "root" / "fuse")
 
 
 def test_status_without_an_address_says_how_to_set_one(tmp_path: Path) -> None:
@@ -225,56 +224,16 @@ def test_status_table_names_layers_cache_and_recent_fallbacks() -> None:
 # The read path in one process: a blob in memory behind a real FUSE mount.
 
 
-@dataclass
-class MemoryBlob:
-    data: bytes
-    corrupt_at: int | None = None
-    served: int = 0
-
-    async def read_range(self, offset: int, length: int) -> bytes:
-        self.served += length
-        piece = bytearray(self.data[offset : offset + length])
-        if self.corrupt_at is not None and offset <= self.corrupt_at < offset + length:
-            piece[self.corrupt_at - offset] ^= 0xFF
-        return bytes(piece)
-
-    async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        return [await self.read_range(offset, length) for offset, length in ranges]
-
-
-@dataclass
-class MemoryLocator:
-    blob: MemoryBlob
-    toc_digest: str
-    diff_id: str = ""
-
-    async def locate(self, request: LayerRequest) -> Located:
-        return Located(self.toc_digest, len(self.blob.data), self.diff_id)
-
-    def source(self, request: LayerRequest, size: int) -> MemoryBlob:
-        return self.blob
-
-
 @pytest.fixture
 def remote(tmp_path: Path) -> Iterator[tuple[EstargzLayers, MemoryLocator]]:
-    src = tmp_path / "src"
-    (src / "model").mkdir(parents=True)
-    (src / "model/weights.bin").write_bytes(os.urandom(1024 * 1024))
-    out = io.BytesIO()
-    result = write_blob_from_directory(src, out, WriterOptions(chunk_size=256 * 1024))
-    locator = MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest, result.diff_id)
-    session = FuseSession(LayerFilesystem(), Keeper(tmp_path, grace_seconds=10))
-    session.start()
-    try:
-        session.mount()
+    files = {"model/weights.bin": os.urandom(1024 * 1024)}
+    locator = MemoryLocator.of_files(files, tmp_path, WriterOptions(chunk_size=256 * 1024))
+    with mounted_session(tmp_path) as session:
         store = CacheStore(tmp_path / "cache", max_bytes=1 << 30)
         context = session.call_sync(
             lambda: FetchContext(store, deadline=FetchConfig().deadline_seconds)
         )
         yield EstargzLayers(tmp_path, session, context, locator, background_fetch=False), locator
-    finally:
-        session.stop()
-        end_keeper(tmp_path)
 
 
 def value(name: str, **labels: str) -> float:

@@ -6,9 +6,9 @@ import concurrent.futures
 import threading
 from pathlib import Path
 
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.api import mount_pb2, snapshots_pb2_grpc
 from lazy2dfs.api import snapshots_pb2 as pb
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
 
 BURST = 100
 LISTED = 1000

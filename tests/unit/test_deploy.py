@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from devstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
 from lazy2dfs import config
 from lazy2dfs.cli import build_parser
 from lazy2dfs.daemon import SHUTDOWN_GRACE_SECONDS
-from lazy2dfs.localstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
 from lazy2dfs.registry_client import parse_reference
 
 REPO = Path(__file__).resolve().parents[2]

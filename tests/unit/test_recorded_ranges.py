@@ -8,8 +8,7 @@ import trio
 from lazy2dfs.estargz import Toc, WriterOptions, open_blob_async
 from lazy2dfs.estargz.footer import FOOTER_SIZE
 from lazy2dfs.layers.saved import RecordedRanges
-
-from .estargz.support import make_tar, write
+from tests.support.estargz import make_tar, write
 
 BLOB, RESULT = write(make_tar({"model/w.bin": bytes(range(256)) * 4096}), WriterOptions())
 

@@ -1,7 +1,7 @@
 """The registry client against the real CNCF registry with authentication switched on.
 
 Basic: the registry reads a bcrypt htpasswd file. Bearer: the registry trusts a token server
-on 127.0.0.1 (``lazy2dfs.localstack.auth``) whose JWTs (RS256 and ES256) carry the granted
+on 127.0.0.1 (``devstack.auth``) whose JWTs (RS256 and ES256) carry the granted
 repository scopes; the token server checks credentials and grants only what it is asked for
 and what the user may do, and records every request so the tests can count tokens.
 """
@@ -19,15 +19,15 @@ from typing import TypeVar
 import pytest
 import trio
 
-from lazy2dfs.localstack.auth import (
+from devstack.auth import (
     HtpasswdAuth,
     TokenIssuer,
     TokenRequest,
     TokenServer,
     parse_scope,
 )
-from lazy2dfs.localstack.images import push_image
-from lazy2dfs.localstack.registry import LocalRegistry
+from devstack.images import push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs.logfmt import LogfmtFormatter
 from lazy2dfs.registry_client import (
     Credentials,
@@ -35,8 +35,7 @@ from lazy2dfs.registry_client import (
     RegistryClient,
     UnauthorizedError,
 )
-
-from .support import FAST_RETRY, sample_image
+from tests.support.registry import FAST_RETRY, sample_image
 
 T = TypeVar("T")
 

@@ -7,17 +7,16 @@ from urllib.parse import quote
 import pytest
 import trio
 
-from lazy2dfs.localstack.faults import FaultProxy
-from lazy2dfs.localstack.images import push_image
-from lazy2dfs.localstack.registry import LocalRegistry
+from devstack.faults import FaultProxy
+from devstack.images import push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs.registry_client import (
     CredentialStore,
     RegistryClient,
     RegistryUnavailableError,
     RetryPolicy,
 )
-
-from .support import FAST_RETRY, run, sample_image
+from tests.support.registry import FAST_RETRY, run, sample_image
 
 IMAGE = sample_image()
 LAYER = IMAGE.layers[1].blob

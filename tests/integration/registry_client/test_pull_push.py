@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from lazy2dfs.localstack.images import push_image
-from lazy2dfs.localstack.registry import LocalRegistry
+from devstack.images import push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs.registry_client import (
     OCI_INDEX,
     BlobNotFoundError,
@@ -16,8 +16,7 @@ from lazy2dfs.registry_client import (
     SyncRegistryClient,
     sha256_digest,
 )
-
-from .support import PAYLOAD, run, sample_image
+from tests.support.registry import PAYLOAD, run, sample_image
 
 IMAGE = sample_image()
 

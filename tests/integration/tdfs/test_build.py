@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.images import Blob, BuiltImage, build_image, build_layer, push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
-from lazy2dfs.localstack.images import Blob, BuiltImage, build_image, build_layer, push_image
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     OCI_INDEX,
@@ -36,8 +36,7 @@ from lazy2dfs.tdfs import (
     fetch_partitioned_image,
     parse_field,
 )
-
-from .support import run
+from tests.support.registry import run
 
 ROWS = 4
 BASE = build_image([{"bin/app": b"#!/bin/sh\n"}, {"etc/conf": b"x=1\n"}], in_index=True)

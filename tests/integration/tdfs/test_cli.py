@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.images import build_image, push_image
+from devstack.registry import LocalRegistry
 from lazy2dfs.cli import tdfs as tdfs_cli
-from lazy2dfs.localstack.images import build_image, push_image
-from lazy2dfs.localstack.registry import LocalRegistry
 from lazy2dfs.registry_client import host_platform
 from lazy2dfs.tdfs import fetch_partitioned_image
-
-from .support import run
+from tests.support.registry import run
 
 
 def _parser() -> argparse.ArgumentParser:

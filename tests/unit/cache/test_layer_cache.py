@@ -12,8 +12,7 @@ from lazy2dfs.cache.layer import DiskFullError, Gap, LayerCache
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
-
-from ..estargz.support import make_tar, open_bytes, write
+from tests.support.estargz import make_tar, open_bytes, write
 
 CHUNK = 64 * 1024
 FILES = {"m/weights.bin": os.urandom(3 * CHUNK + 7), "m/config.json": b'{"x": 1}'}

@@ -10,8 +10,7 @@ from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
-
-from ..estargz.support import make_tar, open_bytes, write
+from tests.support.estargz import make_tar, open_bytes, write
 
 CHUNK = 64 * 1024
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import struct
 
 import pytest
 from hypothesis import given
@@ -9,13 +8,7 @@ from hypothesis import strategies as st
 
 from lazy2dfs.estargz import FOOTER_SIZE, LEGACY_FOOTER_SIZE, FooterError, parse_footer
 from lazy2dfs.estargz.footer import build_footer
-
-
-def legacy_footer(toc_offset: int) -> bytes:
-    """The 47-byte stargz footer: the 22-byte payload is the whole extra field."""
-    extra = b"%016xSTARGZ" % toc_offset
-    header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff" + struct.pack("<H", len(extra))
-    return header + extra + b"\x01\x00\x00\xff\xff" + b"\x00" * 8
+from tests.support.estargz import legacy_footer
 
 
 def test_footer_is_51_bytes_with_sg_subfield_and_hex_offset() -> None:

@@ -9,8 +9,7 @@ from lazy2dfs.estargz import CompressedDataError, Compression, WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.estargz.members import inflate_gzip_members, read_zstd_frames
-
-from .support import make_tar, open_bytes, write
+from tests.support.estargz import make_tar, open_bytes, write
 
 CHUNK = 64 * 1024
 FILES = {"a/big.bin": os.urandom(3 * CHUNK + 5), "a/small": b"x" * 10, "b/empty": b""}

@@ -27,9 +27,14 @@ from lazy2dfs.estargz import (
     open_blob_async,
 )
 from lazy2dfs.estargz.zstdchunked import ZSTD_FOOTER_SIZE
-
-from .support import blob_with_toc, make_tar, open_bytes, read_file, write
-from .test_footer import legacy_footer
+from tests.support.estargz import (
+    blob_with_toc,
+    legacy_footer,
+    make_tar,
+    open_bytes,
+    read_file,
+    write,
+)
 
 FILES = {
     "weights/big.bin": os.urandom(300_000) + bytes(200_000),

@@ -24,8 +24,7 @@ from lazy2dfs.estargz import (
     parse_toc,
 )
 from lazy2dfs.estargz.toc import Toc, build_toc
-
-from .support import toc_member
+from tests.support.estargz import toc_member
 
 PAYLOAD_END = 1000
 LIMITS = TocLimits()

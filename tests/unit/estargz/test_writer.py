@@ -26,8 +26,7 @@ from lazy2dfs.estargz import (
     write_blob_from_directory,
     write_blob_from_tar,
 )
-
-from .support import make_tar, open_bytes, read_file, write
+from tests.support.estargz import make_tar, open_bytes, read_file, write
 
 FILES = {
     "model/layer0.bin": os.urandom(150_000),

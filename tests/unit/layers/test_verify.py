@@ -14,8 +14,7 @@ from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.estargz.toc import DEFAULT_LIMITS, build_toc
 from lazy2dfs.layers.verify import LayerMismatchError, diff_id
-
-from ..estargz.support import make_tar, open_bytes, write
+from tests.support.estargz import make_tar, open_bytes, write
 
 CHUNK = 64 * 1024
 

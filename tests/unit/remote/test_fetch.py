@@ -18,8 +18,7 @@ from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
 from lazy2dfs.remote.flight import Fetch
 from lazy2dfs.remote.reader import LayerReader
-
-from ..estargz.support import make_tar, open_bytes, write
+from tests.support.estargz import make_tar, open_bytes, write
 
 CHUNK = 64 * 1024
 

@@ -15,8 +15,7 @@ from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.remote import prefetch
 from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
 from lazy2dfs.remote.prefetch import fetch_layer, tensor_order
-
-from ..estargz.support import make_tar, open_bytes, write
+from tests.support.estargz import make_tar, open_bytes, write
 
 CHUNK = 64 * 1024
 

@@ -5,8 +5,8 @@ corrupt one on purpose), allows deletes, and writes its log, access log included
 ``requests()`` reads back which URLs were asked for, e.g. to check that a lazy pull fetched
 only some chunks of a blob.
 
-``auth=`` (optional) makes it ask for credentials: :class:`~lazy2dfs.localstack.auth.HtpasswdAuth`
-for Basic, or :class:`~lazy2dfs.localstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
+``auth=`` (optional) makes it ask for credentials: :class:`~devstack.auth.HtpasswdAuth`
+for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+import trio
+
+from devstack.images import BuiltImage, push_image
+from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.process import ChildProcess
+from lazy2dfs.registry_client import RegistryClient
 
 if TYPE_CHECKING:  # auth needs bcrypt and cryptography, which only tests install
-    from lazy2dfs.localstack.auth import RegistryAuth
+    from devstack.auth import RegistryAuth
 
 REGISTRY_BINARY: Final = "/usr/bin/docker-registry"
 START_TIMEOUT: Final = 20.0
@@ -116,7 +120,7 @@ class LocalRegistry:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
         if self.auth is None:
             return config
-        from lazy2dfs.localstack.auth import write_registry_auth
+        from devstack.auth import write_registry_auth
 
         return config + write_registry_auth(self.auth, self.workdir)
 
@@ -134,6 +138,18 @@ class LocalRegistry:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+    def push(self, name: str, image: BuiltImage) -> str:
+        """Uploads ``image`` as ``name`` (``repository:tag``), without credentials; returns its
+        reference here."""
+        ref = f"{self.host}/{name}"
+
+        async def upload() -> None:
+            async with RegistryClient(plain_http=True) as client:
+                await push_image(client, ref, image)
+
+        trio.run(upload)
+        return ref
 
     def blob_path(self, digest: str) -> Path:
         """Where the filesystem driver keeps a blob's bytes (tests corrupt it on purpose)."""

@@ -14,7 +14,7 @@ from types import TracebackType
 
 import trio
 
-from lazy2dfs.localstack.registry import free_port
+from devstack.registry import free_port
 
 PIECE = 1024 * 1024
 

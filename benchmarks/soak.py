@@ -7,17 +7,15 @@ the benchmark prints come from the procedure the test asserts on."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from devstack.containerd import LocalContainerd
+from devstack.mounts import mounts_under
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.process import lazy2dfs_argv
 
-PULL_TIMEOUT = 120.0
 DB_NAME = "metadata.db"  # the daemon's sqlite store under its root, with -wal and -shm
 # Trio's idle worker threads exit after 10 s; waiting this long before a measurement makes the
 # thread count what the daemon keeps, not what the last cycle happened to leave idle.
@@ -52,24 +50,6 @@ def _status_field(pid: int, name: str) -> int:
     raise UnavailableError(f"/proc/{pid}/status has no {name}")
 
 
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    for code in ("040", "011", "012", "134"):
-        field = field.replace("\\" + code, chr(int(code, 8)))
-    return field
-
-
-def mounts_under(roots: Sequence[Path]) -> list[str]:
-    """Mount points (this mount namespace) at or below any of ``roots``."""
-    prefixes = [str(root.resolve()) for root in roots]
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = _unescape(line.split()[4])
-        if any(point == p or point.startswith(p + "/") for p in prefixes):
-            found.append(point)
-    return found
-
-
 def _fd_targets(pid: int) -> list[str]:
     targets = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -88,7 +68,7 @@ def measure(pid: int, roots: Sequence[Path]) -> Resources:
         rss_kib=_status_field(pid, "VmRSS"),
         rss_anon_kib=_status_field(pid, "RssAnon"),
         threads=_status_field(pid, "Threads"),
-        mounts=len(mounts_under(roots)),
+        mounts=len(mounts_under(*roots)),
     )
 
 
@@ -100,25 +80,12 @@ class SoakResult:
     seconds: float
 
 
-def lazy_pull(containerd: LocalContainerd, ref: str) -> str:
-    """``lazy2dfs pull`` into ``containerd``; returns what it reported (on standard error)."""
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "pull", "--containerd-address", str(containerd.address), ref],
-        capture_output=True,
-        text=True,
-        timeout=PULL_TIMEOUT,
-    )
-    if done.returncode != 0:
-        raise UnavailableError(f"lazy2dfs pull {ref} failed:\n{done.stderr}")
-    return done.stderr
-
-
 def cycle(containerd: LocalContainerd, ref: str, files: Mapping[str, bytes], name: str) -> None:
     """One pull, one container reading every file of ``files`` (checked against their
     SHA-256), one removal of the image, which takes its snapshots and FUSE layers with it."""
     sums = {hashlib.sha256(data).hexdigest(): path for path, data in files.items()}
     paths = " ".join(str(PurePosixPath("/", path)) for path in sorted(files))
-    out = lazy_pull(containerd, ref)
+    out = containerd.lazy_pull(ref)
     if "downloaded" in out and ", 0 downloaded" not in out:
         raise UnavailableError(f"{ref} was not pulled lazily: {out}")
     try:

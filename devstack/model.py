@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy
 
-from lazy2dfs.localstack.images import Directory, File, Symlink, Tree
+from devstack.images import Directory, File, Symlink, Tree
 
 MODEL_DIR = "model"
 BUSYBOX_APPLETS = (

@@ -11,9 +11,9 @@ from types import TracebackType
 
 import grpc
 
+from devstack.process import ChildProcess, lazy2dfs_argv
 from lazy2dfs.api import snapshots_pb2_grpc
 from lazy2dfs.fuse.session import detach_stale_mount
-from lazy2dfs.localstack.process import ChildProcess, lazy2dfs_argv
 
 START_TIMEOUT = 30.0
 KEEPER_EXIT_TIMEOUT = 10.0

@@ -29,14 +29,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from devstack.process import ChildProcess, lazy2dfs_argv
 from lazy2dfs.errors import UnavailableError
-from lazy2dfs.localstack.process import ChildProcess
 
 START_TIMEOUT = 30.0
 CTR_TIMEOUT = 300.0
+PULL_TIMEOUT = 300.0
 
-# The repository's copy: localstack runs from a source checkout (make test, make demo).
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "containerd" / "config-1.6.toml"
+# The repository's copy: devstack runs from a source checkout (make test, make demo).
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "containerd" / "config-1.6.toml"
 SNAPSHOTTER = "lazy2dfs"
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 CRI_NAMESPACE = "k8s.io"  # where CRI keeps its images and containers
@@ -184,6 +185,15 @@ class LocalContainerd:
                 f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}{done.stdout}"
             )
         return done.stdout
+
+    def lazy_pull(self, ref: str) -> str:
+        """``lazy2dfs pull`` into this containerd; returns what it reported (on standard
+        error: the layers pulled lazily, present and downloaded)."""
+        argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(self.address), ref]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PULL_TIMEOUT)
+        if done.returncode != 0:
+            raise UnavailableError(f"lazy2dfs pull {ref} failed:\n{done.stderr}")
+        return done.stderr
 
     def stop(self) -> None:
         if self.process is not None:

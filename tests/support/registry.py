@@ -1,4 +1,4 @@
-"""Images and client settings shared by the registry client's integration tests."""
+"""Registry client calls from synchronous tests, and a small image to push and pull."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import trio
 
-from lazy2dfs.localstack.images import BuiltImage, File, Symlink, build_image
+from devstack.images import BuiltImage, File, Symlink, build_image
 from lazy2dfs.registry_client import CredentialStore, RegistryClient, RetryPolicy
 
 T = TypeVar("T")
@@ -31,6 +31,9 @@ FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.1, budget=10)
 
 
 def run(call: Callable[[RegistryClient], Awaitable[T]], retry: RetryPolicy = FAST_RETRY) -> T:
+    """``call`` with a client that reads no Docker credentials and retries quickly, so a test
+    of faults does not wait out production backoff."""
+
     async def main() -> T:
         async with RegistryClient(credentials=CredentialStore(), retry=retry) as client:
             return await call(client)

@@ -18,17 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import trio
-
+from benchmarks.coldstart import METHODS, ColdStart, cold_start
+from devstack.containerd import LocalContainerd
+from devstack.images import build_image, build_layer
+from devstack.model import runtime_tree, sample_model
+from devstack.process import lazy2dfs_argv
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.localstack.coldstart import METHODS, ColdStart, cold_start
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.images import build_image, build_layer, push_image
-from lazy2dfs.localstack.model import runtime_tree, sample_model
-from lazy2dfs.localstack.process import lazy2dfs_argv
-from lazy2dfs.localstack.registry import LocalRegistry
-from lazy2dfs.localstack.snapshotter import LocalSnapshotter
-from lazy2dfs.registry_client import RegistryClient
 
 ESTARGZ = WriterOptions(chunk_size=4 << 20, mtime=946684800)
 
@@ -38,7 +35,7 @@ def say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lazy2dfs.localstack.demo")
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo")
     parser.add_argument("--size-mib", type=int, default=384, help="weights size (384)")
     args = parser.parse_args(argv)
 
@@ -63,16 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"   built as plain tar.gz and as eStargz in {time.perf_counter() - start:.1f}s")
         with LocalRegistry(work / "registry") as registry:
             refs = {
-                "overlayfs": f"{registry.host}/demo/model:v1-gzip",
-                "lazy2dfs": f"{registry.host}/demo/model:v1",
+                "overlayfs": registry.push("demo/model:v1-gzip", images["overlayfs"]),
+                "lazy2dfs": registry.push("demo/model:v1", images["lazy2dfs"]),
             }
-
-            async def upload() -> None:
-                async with RegistryClient(plain_http=True) as client:
-                    for method, image in images.items():
-                        await push_image(client, refs[method], image)
-
-            trio.run(upload)
             say(f"2. pushed to a local registry: {refs['overlayfs']}, {refs['lazy2dfs']}")
             results: dict[str, ColdStart] = {}
             for method in METHODS:
@@ -113,14 +103,9 @@ def _partition(work: Path, registry: LocalRegistry, files: dict[str, bytes]) -> 
     """The same shards as a 2DFS field, one per row; a node that serves the first two pipeline
     stages pulls rows 0 and 1 only."""
     work.mkdir(parents=True)
-    base = f"{registry.host}/demo/runtime:v1"
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            image = build_image([build_layer(runtime_tree(), estargz=ESTARGZ)])
-            await push_image(client, base, image)
-
-    trio.run(upload)
+    base = registry.push(
+        "demo/runtime:v1", build_image([build_layer(runtime_tree(), estargz=ESTARGZ)])
+    )
     allotments = []
     for row, (path, data) in enumerate(sorted(files.items())):
         (work / f"row{row}.safetensors").write_bytes(data)
@@ -146,7 +131,7 @@ def _partition(work: Path, registry: LocalRegistry, files: dict[str, bytes]) -> 
     ):
         served = sum(r.size for r in registry.requests() if r.method == "GET")
         start = time.perf_counter()
-        _lazy2dfs("pull", "--containerd-address", str(containerd.address), partition)
+        containerd.lazy_pull(partition)
         listing = containerd.ctr(
             "run",
             "--rm",

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from lazy2dfs.localstack.containerd import LocalContainerd
-from lazy2dfs.localstack.model import MODEL_DIR
-from lazy2dfs.localstack.process import lazy2dfs_argv
+from devstack.containerd import LocalContainerd
+from devstack.model import MODEL_DIR
+from devstack.process import lazy2dfs_argv
 
 # A method is a snapshotter name; overlayfs is containerd's own full pull.
 METHODS = ("overlayfs", "lazy2dfs")

@@ -1,10 +1,11 @@
-"""Builders shared by the estargz tests: input tars, blobs, and hand-made TOC members."""
+"""Builders for the estargz tests: input tars, blobs, hand-made TOC members and footers."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import struct
 import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -86,3 +87,10 @@ def toc_member(toc: Mapping[str, Any] | bytes) -> bytes:
 def blob_with_toc(payload: bytes, toc: Mapping[str, Any] | bytes) -> bytes:
     """``payload`` (already-compressed members), then a TOC member, then the footer."""
     return payload + toc_member(toc) + build_footer(len(payload))
+
+
+def legacy_footer(toc_offset: int) -> bytes:
+    """The 47-byte stargz footer: the 22-byte payload is the whole extra field."""
+    extra = b"%016xSTARGZ" % toc_offset
+    header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff" + struct.pack("<H", len(extra))
+    return header + extra + b"\x01\x00\x00\xff\xff" + b"\x00" * 8

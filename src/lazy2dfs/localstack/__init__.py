@@ -1,3 +1,0 @@
-"""A private registry, containerd and lazy2dfs daemon on loopback.
-
-Used by `make demo`, the benchmarks and the tests, so all three run the same real parts."""

@@ -1,0 +1,84 @@
+"""A private registry, lazy2dfs daemon and containerd 1.6 for the end-to-end tests, always torn
+down; images are built by the tests and pushed over loopback."""
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.containerd import LocalContainerd
+from devstack.faults import FaultProxy
+from devstack.images import BuiltImage
+from devstack.registry import LocalRegistry
+from devstack.snapshotter import LocalSnapshotter
+from lazy2dfs.errors import UnavailableError
+
+RECONNECT_TIMEOUT = 30.0
+
+
+@dataclass
+class Stack:
+    registry: LocalRegistry
+    snapshotter: LocalSnapshotter
+    containerd: LocalContainerd
+    proxy: FaultProxy | None = None  # in front of the registry, if the test asked for one
+
+    def push(self, name: str, image: BuiltImage) -> str:
+        return self.registry.push(name, image)
+
+    def blob_gets(self, digest: str) -> list[int]:
+        """Status codes of GET requests the registry served for one blob."""
+        return [
+            r.status
+            for r in self.registry.requests()
+            if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
+        ]
+
+    def ctr(self, *args: str) -> str:
+        return self.containerd.ctr(*args)
+
+    def run(self, ref: str, name: str, script: str) -> str:
+        return self.ctr(
+            "run", "--rm", "--snapshotter", "lazy2dfs", ref, name, "/bin/sh", "-c", script
+        )
+
+    def restart_snapshotter(self, crash: bool) -> None:
+        """Restarts the daemon (``crash``: kill -9 first) and waits until containerd has
+        reconnected: its gRPC channel retries with a backoff of about a second."""
+        if crash:
+            self.snapshotter.kill()
+            self.snapshotter.start()
+        else:
+            self.snapshotter.restart()
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while True:
+            try:
+                self.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls")
+                return
+            except UnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def snapshot_dirs(self) -> list[str]:
+        return sorted(p.name for p in (self.snapshotter.root / "snapshots").iterdir())
+
+
+@contextmanager
+def private_stack(
+    work: Path, config: str = "", log_level: str = "info", proxy: bool = False, cri: bool = False
+) -> Iterator[Stack]:
+    """A stack under ``work`` (keep it short: unix socket names are limited to 108 bytes),
+    ``config`` for the daemon; with ``proxy``, a fault proxy in front of the registry (images
+    pulled through ``proxy.host`` go through it); with ``cri``, containerd's CRI plugin on."""
+    with ExitStack() as running:
+        registry = running.enter_context(LocalRegistry(work / "r"))
+        front = running.enter_context(FaultProxy(registry.host)) if proxy else None
+        snapshotter = running.enter_context(
+            LocalSnapshotter(work / "s", config=config, log_level=log_level)
+        )
+        containerd = running.enter_context(
+            LocalContainerd(work / "c", snapshotter.address, cri=cri)
+        )
+        yield Stack(registry, snapshotter, containerd, front)
