@@ -48,6 +48,12 @@ class FetchConfig(BaseModel):
         description="A read waiting longer than this on the registry (retries included) fails"
         " with EIO instead of hanging.",
     )
+    max_toc_entries: int = Field(
+        default=500_000,
+        gt=0,
+        description="Files and directories of lazily served layers' TOCs kept in memory, over"
+        " all layers (about 2 KB each). A layer that does not fit is downloaded instead.",
+    )
 
 
 class FuseConfig(BaseModel):

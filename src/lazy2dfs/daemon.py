@@ -136,7 +136,12 @@ class Daemon:
             )
             session.call_sync(session.spawn, "record written segments", context.record_written)
             layers = EstargzLayers(
-                root, session, context, RegistryLocator(registry), self.config.fetch.background
+                root,
+                session,
+                context,
+                RegistryLocator(registry),
+                self.config.fetch.background,
+                self.config.fetch.max_toc_entries,
             )
             snapshotter = OverlaySnapshotter(root, store, OverlayFeatures.detect(), layers)
             # Layers are restored: requests that waited for us through a restart find them.

@@ -36,7 +36,14 @@ from devstack.process import ChildProcess, lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, convert
-from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, EntryType, Toc, decode_chunk, open_blob
+from lazy2dfs.estargz import (
+    TOC_DIGEST_ANNOTATION,
+    Compression,
+    EntryType,
+    Toc,
+    decode_chunk,
+    open_blob,
+)
 from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
 from lazy2dfs.mountinfo import MountEntry
 from lazy2dfs.progress import Progress
@@ -371,10 +378,16 @@ def test_upstream_estargz_is_read_by_our_reader_and_pulled_lazily(interop: Inter
     check_lazy2dfs_runs(interop, dst, "upstream-esgz")
 
 
-def test_our_estargz_is_mounted_lazily_by_the_upstream_snapshotter(interop: Interop) -> None:
-    src = push_source(interop, "interop/src:v2")
-    dst = f"{interop.registry.host}/interop/ours:esgz"
-    convert(src, dst, ConvertOptions(chunk_size=1 << 20), plain_http=True, progress=Progress())
+@pytest.mark.parametrize(
+    ("compression", "tag"), [(Compression.GZIP, "esgz"), (Compression.ZSTD, "zstd")]
+)
+def test_what_convert_writes_is_mounted_lazily_by_the_upstream_snapshotter(
+    interop: Interop, compression: Compression, tag: str
+) -> None:
+    src = push_source(interop, f"interop/src:v2-{tag}")
+    dst = f"{interop.registry.host}/interop/ours:{tag}"
+    options = ConvertOptions(compression=compression, chunk_size=1 << 20)
+    convert(src, dst, options, plain_http=True, progress=Progress())
     fuse_before = fuse_mounts_under(interop.stargz_root)
     interop.ctr("image", "rpull", "--plain-http", "--snapshotter", "stargz", dst, tool="ctr-remote")
     fuse_after = fuse_mounts_under(interop.stargz_root)
@@ -385,7 +398,7 @@ def test_our_estargz_is_mounted_lazily_by_the_upstream_snapshotter(interop: Inte
     layers = client.get_image(dst).manifest.layers
     assert not {layer.digest for layer in layers} & set(content)
     got = interop.run(
-        "stargz", dst, "ours-esgz", "sha256sum /model/weights.bin; cat /model/config.json"
+        "stargz", dst, f"ours-{tag}", "sha256sum /model/weights.bin; cat /model/config.json"
     )
     assert got.split()[0] == hashlib.sha256(WEIGHTS).hexdigest()
     assert got.endswith(FILES["model/config.json"].decode())
@@ -405,8 +418,8 @@ def test_upstream_zstd_chunked_is_read_by_our_reader_and_pulled_lazily(interop: 
 
 def test_our_zstd_chunked_reads_back_and_pulls_lazily(interop: Interop) -> None:
     src = push_source(interop, "interop/src:v4")
-    dst = f"{interop.registry.host}/interop/ours:zstd"
-    convert(src, dst, ConvertOptions(zstd=True, chunk_size=1 << 20), plain_http=True)
+    dst = f"{interop.registry.host}/interop/ours:zstd-lazy2dfs"
+    convert(src, dst, ConvertOptions(chunk_size=1 << 20), plain_http=True)
     files = read_image(dst, TOC_DIGEST_ANNOTATION)
     for name, data in FILES.items():
         assert files[name] == data

@@ -19,6 +19,7 @@ from lazy2dfs.convert import ConvertOptions, convert
 from lazy2dfs.estargz import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    Compression,
     EntryType,
     open_blob,
 )
@@ -108,7 +109,7 @@ def test_index_of_plain_gzip_layers_becomes_estargz_and_a_second_run_uploads_not
     src = registry.push("conv/plain:v1", image)
     dst = f"{registry.host}/conv/plain:estargz"
     stderr = io.StringIO()
-    options = ConvertOptions(chunk_size=CHUNK, workers=2)
+    options = ConvertOptions(compression=Compression.GZIP, chunk_size=CHUNK, workers=2)
     first = convert(src, dst, options, plain_http=True, progress=Progress(stderr))
     assert len(first.layers) == 2 and all(layer.pushed for layer in first.layers.values())
     assert first.root_media_type == OCI_INDEX
@@ -176,7 +177,8 @@ def test_docker_schema2_becomes_oci_zstd_chunked_through_the_cli(registry: Local
             *lazy2dfs_argv(),
             "convert",
             "--plain-http",
-            "--zstd",
+            "--compression",
+            "zstd",
             "--chunk-size",
             str(CHUNK),
             src,

@@ -1,4 +1,4 @@
-"""``lazy2dfs convert``: rewrite an image in a registry as eStargz or zstd:chunked."""
+"""``lazy2dfs convert``: rewrite an image in a registry as zstd:chunked or eStargz."""
 
 from __future__ import annotations
 
@@ -6,8 +6,20 @@ import argparse
 import os
 
 from lazy2dfs.convert import ConvertOptions, convert
+from lazy2dfs.estargz import Compression
 from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
 from lazy2dfs.progress import Progress
+
+
+def add_compression_option(command: argparse.ArgumentParser) -> None:
+    """``--compression``, shared by ``convert`` and ``build``."""
+    command.add_argument(
+        "--compression",
+        choices=[str(c) for c in Compression],
+        default=str(Compression.ZSTD),
+        help="zstd writes zstd:chunked (default: decodes ~2.5x faster); gzip writes eStargz,"
+        " a plain tar.gz to clients that know no other format (the stock 2DFS registry)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -21,9 +33,11 @@ def _positive(text: str) -> int:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    options = ConvertOptions(zstd=args.zstd, chunk_size=args.chunk_size, workers=args.workers)
+    options = ConvertOptions(
+        compression=Compression(args.compression), chunk_size=args.chunk_size, workers=args.workers
+    )
     result = convert(args.src, args.dst, options, plain_http=args.plain_http, progress=Progress())
-    fmt = "zstd:chunked" if args.zstd else "eStargz"
+    fmt = "zstd:chunked" if options.compression is Compression.ZSTD else "eStargz"
     print(
         f"{args.dst}@{result.root_digest}: {len(result.layers)} layers as {fmt};"
         f" blobs {result.blobs_pushed} pushed, {result.blobs_present} already present;"
@@ -37,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Adds ``convert`` to the ``lazy2dfs`` command line."""
     command = subparsers.add_parser(
         "convert",
-        help="convert an image in a registry to eStargz (or zstd:chunked) for lazy pulls",
+        help="convert an image in a registry to zstd:chunked (or eStargz) for lazy pulls",
         description="Converts every platform of SRC_REF and pushes it as DST_REF (OCI media"
         " types and annotations; the config's diff IDs updated). Layers the registry already"
         " has are not pushed again, so re-running is cheap.",
@@ -47,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     command.add_argument(
         "--plain-http", action="store_true", help="reach both registries over HTTP (not TLS)"
     )
-    command.add_argument("--zstd", action="store_true", help="write zstd:chunked, not eStargz")
+    add_compression_option(command)
     command.add_argument(
         "--chunk-size",
         type=_positive,

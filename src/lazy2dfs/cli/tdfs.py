@@ -7,7 +7,9 @@ import argparse
 import os
 from pathlib import Path
 
+from lazy2dfs.cli.convert import add_compression_option
 from lazy2dfs.errors import InvalidArgumentError
+from lazy2dfs.estargz import Compression
 from lazy2dfs.progress import Progress, human_bytes
 from lazy2dfs.registry_client import Platform, parse_platform
 from lazy2dfs.tdfs.builder import BuildRequest, build
@@ -69,6 +71,7 @@ def _register_build(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         default=cores,
         help=f"compression threads per allotment (default: cores, {cores})",
     )
+    add_compression_option(command)
     command.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     command.set_defaults(func=_build)
 
@@ -91,7 +94,11 @@ def _build(args: argparse.Namespace) -> int:
         as_tar=args.as_tar,
         plain_http=args.plain_http,
         cache_root=args.cache_dir or default_cache_root(),
-        encode=EncodeOptions(chunk_size=args.chunk_size, workers=args.workers),
+        encode=EncodeOptions(
+            chunk_size=args.chunk_size,
+            workers=args.workers,
+            compression=Compression(args.compression),
+        ),
         jobs=args.jobs,
     )
     result = build(request, progress=Progress(quiet=args.quiet))

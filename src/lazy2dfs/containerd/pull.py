@@ -135,9 +135,12 @@ class Puller:
         ref, manifest = resolved.reference, resolved.manifest
         assert isinstance(manifest.manifest, ImageManifest)
         config_desc = manifest.manifest.config
-        diff_ids: list[str] = list(
-            json.loads(resolved.config).get("rootfs", {}).get("diff_ids", [])
-        )
+        try:
+            diff_ids: list[str] = list(json.loads(resolved.config)["rootfs"]["diff_ids"])
+        except (ValueError, RecursionError, KeyError, TypeError) as exc:
+            raise IntegrityError(
+                f"{ref}: the image config has no rootfs.diff_ids: {exc!r}"
+            ) from exc
         layers = manifest.manifest.layers
         if len(diff_ids) != len(layers):
             raise IntegrityError(

@@ -62,7 +62,7 @@ class ConvertedLayer:
 def load_document(data: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested thousands deep
         raise UnsupportedImageError(f"{what} is not JSON: {err}") from None
     if not isinstance(document, dict):
         raise UnsupportedImageError(f"{what} is not a JSON object")

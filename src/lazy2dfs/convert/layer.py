@@ -25,21 +25,18 @@ _COPY_BLOCK: Final = 1 << 20
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """``zstd`` writes zstd:chunked instead of eStargz (gzip); ``workers`` compress in
-    parallel (default: every core); ``level`` as in :class:`WriterOptions`."""
+    """``compression``: zstd:chunked (the default: it decodes ~2.5x faster than gzip) or gzip
+    (eStargz, for clients that only know gzip layers); ``workers`` compress in parallel
+    (default: every core); ``level`` as in :class:`WriterOptions`."""
 
-    zstd: bool = False
+    compression: Compression = Compression.ZSTD
     chunk_size: int = DEFAULT_CHUNK_SIZE
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     level: int | None = None
 
     @property
-    def compression(self) -> Compression:
-        return Compression.ZSTD if self.zstd else Compression.GZIP
-
-    @property
     def media_type(self) -> str:
-        return OCI_LAYER_ZSTD if self.zstd else OCI_LAYER_GZIP
+        return OCI_LAYER_ZSTD if self.compression is Compression.ZSTD else OCI_LAYER_GZIP
 
     def writer_options(self) -> WriterOptions:
         return WriterOptions(

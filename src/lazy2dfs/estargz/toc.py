@@ -58,6 +58,9 @@ class TocLimits:
 
     max_toc_bytes: int = 64 << 20
     max_entries: int = 1 << 20
+    # Writers cut files into chunks of a few MiB (4 MiB by default); a chunk that says it holds
+    # 128 MiB in a tiny blob is a decompression bomb.
+    max_chunk_size: int = 64 << 20
 
 
 DEFAULT_LIMITS = TocLimits()
@@ -194,15 +197,25 @@ class Toc:
         return iter(sorted(all_chunks, key=lambda c: (c.compressed_offset, c.inner_offset)))
 
 
+# Linux's limits: a path a kernel could not even look up is refused before it costs memory.
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
 def clean_name(name: str) -> str:
-    """Normalise a tar/TOC name (``./a//b/`` → ``a/b``, ``./`` → root ``""``); reject escapes."""
+    """Normalise a tar/TOC name (``./a//b/`` → ``a/b``, ``./`` → root ``""``); reject escapes
+    and names longer than the kernel allows."""
     if "\x00" in name:
         raise UnsafePathError(f"name {name!r} contains NUL")
+    if len(name.encode(errors="surrogateescape")) > PATH_MAX:
+        raise UnsafePathError(f"name {name[:64]!r}… is longer than PATH_MAX ({PATH_MAX} bytes)")
     if name.startswith("/"):
         raise UnsafePathError(f"name {name!r} is absolute")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise UnsafePathError(f"name {name!r} contains '..'")
+    if any(len(part.encode(errors="surrogateescape")) > NAME_MAX for part in parts):
+        raise UnsafePathError(f"name {name[:64]!r}… has a component longer than {NAME_MAX} bytes")
     return "/".join(parts)
 
 
@@ -242,8 +255,8 @@ def build_toc(
     if len(raw_entries) > limits.max_entries:
         raise TocTooLargeError(f"TOC has {len(raw_entries)} entries, cap {limits.max_entries}")
     entries = _name_chunks([_parse_entry(raw, i) for i, raw in enumerate(raw_entries)])
-    by_path = _index_paths(entries)
-    chunks = _chunk_map(entries, payload_end, compression)
+    by_path = _index_paths(entries, limits.max_entries)
+    chunks = _chunk_map(entries, payload_end, compression, limits.max_chunk_size)
     landmark = by_path.get(PREFETCH_LANDMARK)
     return Toc(
         version=version,
@@ -367,7 +380,9 @@ def _name_chunks(entries: list[TocEntry]) -> list[TocEntry]:
     return named
 
 
-def _index_paths(entries: Sequence[TocEntry]) -> dict[str, TocEntry]:
+def _index_paths(entries: Sequence[TocEntry], max_entries: int) -> dict[str, TocEntry]:
+    """Every path, implied directories included, which count against ``max_entries`` too: a
+    few thousand names each thousands of directories deep would otherwise imply millions."""
     by_path: dict[str, TocEntry] = {}
     for entry in entries:
         if entry.type is EntryType.CHUNK:
@@ -388,6 +403,10 @@ def _index_paths(entries: Sequence[TocEntry]) -> dict[str, TocEntry]:
             existing = by_path.get(parent)
             if existing is None:
                 by_path[parent] = TocEntry(name=parent, type=EntryType.DIR, mode=0o755)
+                if len(by_path) > max_entries:
+                    raise TocTooLargeError(
+                        f"TOC implies more than {max_entries} files and directories"
+                    )
             elif existing.type is not EntryType.DIR:
                 raise TocError(f"{name!r} is inside {parent!r}, which is a {existing.type}")
             else:
@@ -426,7 +445,7 @@ def _children_index(by_path: Mapping[str, TocEntry]) -> dict[str, tuple[str, ...
 
 
 def _chunk_map(
-    entries: Sequence[TocEntry], payload_end: int, compression: Compression
+    entries: Sequence[TocEntry], payload_end: int, compression: Compression, max_chunk_size: int
 ) -> dict[str, tuple[Chunk, ...]]:
     """Each non-empty regular file's chunks, checked to tile the file and to lie in the payload."""
     pieces: dict[str, list[TocEntry]] = {}
@@ -444,7 +463,7 @@ def _chunk_map(
     for name, file_pieces in pieces.items():
         if file_pieces:
             chunk_map[name] = _file_chunks(
-                files[name], file_pieces, member_starts, payload_end, compression
+                files[name], file_pieces, member_starts, payload_end, compression, max_chunk_size
             )
     _check_members_disjoint(chunk_map.values())
     return chunk_map
@@ -456,6 +475,7 @@ def _file_chunks(
     member_starts: Sequence[int],
     payload_end: int,
     compression: Compression,
+    max_chunk_size: int,
 ) -> tuple[Chunk, ...]:
     chunks: list[Chunk] = []
     position = 0
@@ -466,6 +486,11 @@ def _file_chunks(
         size = piece.chunk_size or file.size - piece.chunk_offset
         if size <= 0 or position + size > file.size:
             raise TocError(f"chunk of {file.name!r} at {position} runs past its size {file.size}")
+        if size > max_chunk_size:
+            raise TocError(
+                f"chunk of {file.name!r} at {position} holds {size} bytes, more than"
+                f" {max_chunk_size}: refused as a decompression bomb"
+            )
         if piece.offset >= payload_end:
             raise TocError(f"chunk of {file.name!r} at blob offset {piece.offset} is past the data")
         digest = piece.chunk_digest or (file.digest if len(file_pieces) == 1 else "")

@@ -56,7 +56,7 @@ class Entry:
     key: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     inode: int
     mode: int  # type and permission bits
@@ -70,14 +70,18 @@ class Node:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     children: dict[bytes, Node] = field(default_factory=dict)
     key: str = ""  # a regular file's name to the reader
+    _listing: list[tuple[bytes, Node]] | None = field(default=None, repr=False)
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
     def sorted_children(self) -> list[tuple[bytes, Node]]:
-        """Listing order; readdir offsets index into it, so it must not change."""
-        return sorted(self.children.items())
+        """Listing order; readdir offsets index into it, so it must not change. Sorted once:
+        the tree never changes, and a 60,000-entry directory is listed in many readdir calls."""
+        if self._listing is None:
+            self._listing = sorted(self.children.items())
+        return self._listing
 
 
 class LayerTree:
@@ -165,14 +169,21 @@ class LayerTree:
         node.xattrs.update(entry.xattrs)
 
     def _directory(self, by_path: dict[str, Node], path: str) -> Node:
-        """The directory at ``path``, created (0755, as tar does) where the TOC implies it."""
-        node = by_path.get(path)
-        if node is None:
-            parent_path, base = posixpath.split(path)
-            parent = self._directory(by_path, parent_path)
-            node = self._new(stat.S_IFDIR | 0o755, 0, 0, 0, 0)
-            parent.children[base.encode()] = node
-            by_path[path] = node
+        """The directory at ``path``, created (0755, as tar does) where the TOC implies it.
+        Iterative: a hostile name thousands of directories deep must not exhaust the stack."""
+        missing: list[str] = []
+        probe = path
+        while probe not in by_path:
+            missing.append(probe)
+            probe = posixpath.dirname(probe)
+        node = by_path[probe]
+        for directory in reversed(missing):
+            if not node.is_dir:
+                break
+            child = self._new(stat.S_IFDIR | 0o755, 0, 0, 0, 0)
+            node.children[posixpath.basename(directory).encode()] = child
+            by_path[directory] = child
+            node = child
         if not node.is_dir:
             raise IntegrityError(f"TOC entry {path!r} is used as a directory but is not one")
         return node

@@ -88,7 +88,7 @@ class RegistryLocator:
         try:
             config = json.loads(await self._client.get_blob(ref, manifest.config.digest))
             diff_ids = config["rootfs"]["diff_ids"]
-        except (Lazy2dfsError, ValueError, KeyError, TypeError) as exc:
+        except (Lazy2dfsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise NotLazyError("no-config", f"config of {request.reference}: {exc!r}") from exc
         layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
         if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):

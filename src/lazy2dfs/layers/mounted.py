@@ -30,8 +30,8 @@ import trio
 from lazy2dfs import metrics
 from lazy2dfs.cache.layer import LayerCache
 from lazy2dfs.errors import Lazy2dfsError, UnavailableError
-from lazy2dfs.estargz.blob import open_blob_async
-from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError
+from lazy2dfs.estargz.blob import open_blob, open_blob_async
+from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError, TocError
 from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.estargz.toc import EntryType, Toc, TocEntry
 from lazy2dfs.fuse.session import FuseSession
@@ -49,10 +49,6 @@ from lazy2dfs.snapshotter.snapshot import Usage
 
 log = get_logger(__name__)
 
-# Verified TOCs (and their layouts) kept in memory by layer and TOC digest, so a blob mounted
-# again under another parent is not opened again. A TOC of a large model layer is a few
-# hundred KiB parsed.
-OPENED_TOCS = 256
 TREE = "tree"  # a verified blob's local tree, in its cache directory
 DIFF_ID = "diff-id"  # written once the tree is complete and the diff ID checked
 
@@ -111,8 +107,29 @@ class _Attached:
     local: Path | None = None  # the verified local tree, once there is one
 
 
+@dataclass
+class _OpenedToc:
+    """A verified TOC in memory, with the snapshots that use it."""
+
+    toc: Toc
+    layout: BlobLayout
+    layer: saved.SavedLayer
+    users: int = 0
+
+    @property
+    def entries(self) -> int:
+        return len(self.toc.entries)
+
+
 class EstargzLayers:
-    """``RemoteLayers`` for the daemon: resolve over the network, attach to the FUSE mount."""
+    """``RemoteLayers`` for the daemon: resolve over the network, attach to the FUSE mount.
+
+    Parsed TOCs cost about 2 KB per entry (TOC, layout and FUSE tree; 200,000 entries are
+    ~360 MiB), so the entries held in memory over all layers are bounded by
+    ``max_toc_entries``: a TOC no snapshot uses goes first, least recently used, and a layer
+    that does not fit is downloaded instead (``toc-budget``) rather than take the daemon's
+    memory. TOCs are parsed and trees built off the FUSE loop: a large one must not stall other
+    tenants' lookups and reads."""
 
     def __init__(
         self,
@@ -121,17 +138,18 @@ class EstargzLayers:
         context: FetchContext,
         locator: LayerLocator,
         background_fetch: bool = True,
+        max_toc_entries: int = 1 << 20,
     ) -> None:
         self._dir = root / "layers"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self._dir, 0o700)
         self._session = session
         self._context = context
         self._locator = locator
         self._background_fetch = background_fetch
+        self._max_toc_entries = max_toc_entries
         self._tasks: dict[int, trio.CancelScope] = {}
-        self._opened: OrderedDict[tuple[str, str], tuple[Toc, BlobLayout, saved.SavedLayer]] = (
-            OrderedDict()
-        )
+        self._opened: OrderedDict[tuple[str, str], _OpenedToc] = OrderedDict()
         self._attached: dict[int, _Attached] = {}
 
     @property
@@ -159,20 +177,23 @@ class EstargzLayers:
                         "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
                         " the layer is not eStargz, or its TOC cannot be verified",
                     )
-                known = self._opened.get((request.layer_digest, located.toc_digest))
+                key = (request.layer_digest, located.toc_digest)
+                known = self._opened.get(key)
                 if known is not None:
                     # The same blob under another parent (a 2DFS update, a shared base):
                     # its verified TOC is reused, nothing is fetched.
-                    self._opened.move_to_end((request.layer_digest, located.toc_digest))
-                    toc, layout, old = known
+                    self._opened.move_to_end(key)
                     layer = saved.SavedLayer(
-                        located.toc_digest, located.size, located.diff_id, old.recorded
+                        located.toc_digest, located.size, located.diff_id, known.layer.recorded
                     )
-                    return ResolvedEstargz(request, toc, layout, layer)
+                    return ResolvedEstargz(request, known.toc, known.layout, layer)
                 recorded = saved.RecordedRanges()
                 source = recorded.recording(self._locator.source(request, located.size))
                 toc = await open_blob_async(
-                    source.read_range, located.size, expected_toc_digest=located.toc_digest
+                    source.read_range,
+                    located.size,
+                    expected_toc_digest=located.toc_digest,
+                    offload=trio.to_thread.run_sync,
                 )
         except TocDigestMismatchError as exc:
             metrics.VERIFICATION_FAILURES.labels("toc").inc()
@@ -183,28 +204,56 @@ class EstargzLayers:
                 reason=exc,
             )
             raise NotLazyError("toc-mismatch", str(exc)) from exc
+        except TocError as exc:
+            raise NotLazyError("bad-toc", f"the layer's TOC is refused: {exc}") from exc
         except FormatError as exc:
             raise NotLazyError("not-seekable", str(exc)) from exc
         except UnavailableError as exc:
             raise NotLazyError("unreachable", str(exc)) from exc
+        self._make_room(len(toc.entries), request)
         layout = await trio.to_thread.run_sync(BlobLayout, toc)
         layer = saved.SavedLayer(located.toc_digest, located.size, located.diff_id, recorded)
-        self._opened[(request.layer_digest, located.toc_digest)] = (toc, layout, layer)
-        if len(self._opened) > OPENED_TOCS:
-            self._opened.popitem(last=False)
+        self._opened[key] = _OpenedToc(toc, layout, layer)
         return ResolvedEstargz(request, toc, layout, layer, recorded.fetched)
 
+    def _make_room(self, entries: int, request: LayerRequest) -> None:
+        """Drops unused TOCs until ``entries`` more fit in ``max_toc_entries``."""
+        held = sum(o.entries for o in self._opened.values())
+        for key in [k for k, o in self._opened.items() if o.users == 0]:
+            if held + entries <= self._max_toc_entries:
+                return
+            held -= self._opened.pop(key).entries
+        if held + entries > self._max_toc_entries:
+            raise NotLazyError(
+                "toc-budget",
+                f"its TOC has {entries} entries and layers in use hold {held} of the"
+                f" {self._max_toc_entries} allowed in memory (fetch.max_toc_entries)",
+            )
+
     def attach(self, snapshot_id: int, layer: ResolvedEstargz) -> None:
+        """Saves the layer's TOC, builds its tree (here, off the FUSE loop), attaches it."""
         saved.save(self._dir / str(snapshot_id), layer.layer)
-        self._session.call_sync(self._attach, snapshot_id, layer, layer.fetched)
+        tree = LayerTree(snapshot_id, tree_entries(layer.toc))
+        cache = self._context.store.open(layer.request.layer_digest, layer.layout)
+        self._session.call_sync(self._attach, snapshot_id, layer, tree, cache, layer.fetched)
         metrics.LAZY_LAYERS.inc()
 
-    def _attach(self, snapshot_id: int, layer: ResolvedEstargz, fetched: int = 0) -> None:
+    def _attach(
+        self,
+        snapshot_id: int,
+        layer: ResolvedEstargz,
+        tree: LayerTree,
+        cache: LayerCache,
+        fetched: int = 0,
+    ) -> None:
         """``fetched``: bytes that resolving took from the registry (footer and TOC), counted
         as the layer's; a restored layer took them from disk."""
         request = layer.request
-        cache = self._context.store.open(request.layer_digest, layer.layout)
-        tree = LayerTree(snapshot_id, tree_entries(layer.toc))
+        opened = self._opened.setdefault(
+            (request.layer_digest, layer.layer.toc_digest),
+            _OpenedToc(layer.toc, layer.layout, layer.layer),
+        )
+        opened.users += 1
         source = self._locator.source(request, layer.layer.size)
         stats = LayerStats(size=layer.layer.size)
         fetcher = SegmentFetcher(
@@ -278,9 +327,10 @@ class EstargzLayers:
         )
 
     def restore(self, snapshot_id: int, request: LayerRequest) -> None:
+        """Attaches a layer recorded before a restart, from what was saved: no network."""
         try:
             layer = saved.load(self._dir / str(snapshot_id))
-            toc = self._session.call(self._reopen, layer.recorded, layer.size, layer.toc_digest)
+            toc = open_blob(layer.recorded.read, layer.size, expected_toc_digest=layer.toc_digest)
         except (OSError, ValueError, KeyError, Lazy2dfsError) as exc:
             log.error(
                 "remote layer not restored",
@@ -291,11 +341,9 @@ class EstargzLayers:
             )
             return
         resolved = ResolvedEstargz(request, toc, BlobLayout(toc), layer)
-        self._session.call_sync(self._attach, snapshot_id, resolved)
-
-    @staticmethod
-    async def _reopen(recorded: saved.RecordedRanges, size: int, toc_digest: str) -> Toc:
-        return await open_blob_async(recorded.read_range, size, expected_toc_digest=toc_digest)
+        tree = LayerTree(snapshot_id, tree_entries(toc))
+        cache = self._context.store.open(request.layer_digest, resolved.layout)
+        self._session.call_sync(self._attach, snapshot_id, resolved, tree, cache)
 
     def detach(self, snapshot_id: int) -> None:
         self._session.call_sync(self._detach, snapshot_id)
@@ -309,6 +357,10 @@ class EstargzLayers:
         self._session.filesystem.remove_layer(str(snapshot_id))
         if attached is not None:
             self._context.store.release(attached.cache)
+            layer = attached.layer
+            opened = self._opened.get((layer.request.layer_digest, layer.layer.toc_digest))
+            if opened is not None:
+                opened.users -= 1
 
 
 def _backing(cache: LayerCache, key: str) -> Path | None:

@@ -36,6 +36,9 @@ class RecordedRanges:
         return Recording()
 
     async def read_range(self, offset: int, length: int) -> bytes:
+        return self.read(offset, length)
+
+    def read(self, offset: int, length: int) -> bytes:
         data = self.ranges.get(offset, b"")
         if len(data) < length:
             raise IntegrityError(f"saved TOC has no range {offset}+{length}")

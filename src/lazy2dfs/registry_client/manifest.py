@@ -121,7 +121,7 @@ def parse_manifest(data: bytes, media_type: str) -> ImageManifest | ImageIndex:
     """
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested thousands deep
         raise MalformedManifestError(f"manifest is not JSON: {err}") from None
     if not isinstance(document, dict):
         raise MalformedManifestError("manifest is not a JSON object")

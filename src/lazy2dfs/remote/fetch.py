@@ -29,7 +29,7 @@ from lazy2dfs.estargz.layout import BlobLayout, Segment
 from lazy2dfs.estargz.toc import Chunk, EntryType
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.retry import on_behalf_of
-from lazy2dfs.remote.flight import GAVE_UP_SECONDS, Fetch, ReaderGate, SingleFlight
+from lazy2dfs.remote.flight import GAVE_UP_SECONDS, ByteBudget, Fetch, ReaderGate, SingleFlight
 from lazy2dfs.remote.spans import Span, plan_spans
 
 log = get_logger(__name__)
@@ -40,9 +40,12 @@ BACKGROUND_CONCURRENCY = 2
 # bytes of the previous one are decoded.
 LAYER_REQUESTS = 3
 # Decoded bytes a segment may hold beyond its payloads, per tar entry whose header it carries
-# (a ustar header with PAX records for long names and xattrs), plus padding.
+# (a ustar header with PAX records for long names and xattrs), plus padding; and at most.
 GAP_PER_ENTRY = 16 * 1024
 GAP_SLACK = 64 * 1024
+MAX_GAP = 64 * 1024 * 1024
+# Compressed bytes fetched and being decoded, over all layers.
+IN_FLIGHT_BYTES = 96 * 1024 * 1024
 # ``lazy2dfs status`` shows each layer's fetch rate over this many seconds.
 RATE_WINDOW = 10.0
 # Written segments are made durable and recorded in batches this often: a crash costs at most
@@ -103,6 +106,7 @@ class FetchContext:
         self.flights = SingleFlight()
         self.decode_limiter = trio.CapacityLimiter(os.cpu_count() or 2)
         self.background_limiter = trio.CapacityLimiter(BACKGROUND_CONCURRENCY)
+        self.in_flight = ByteBudget(IN_FLIGHT_BYTES)
 
     async def record_written(self) -> None:
         """Runs for the daemon's life: records written segments every ``FLUSH_SECONDS``."""
@@ -123,7 +127,10 @@ def gap_limits(layout: BlobLayout) -> dict[int, int]:
         file = layout.files.get(entry.name) if entry.type is EntryType.REG else None
         if file is not None:
             current = layout.segment_of(file.chunks[-1]).index
-    return {i: GAP_SLACK + GAP_PER_ENTRY * counts.get(i, 0) for i in range(len(layout.segments))}
+    return {
+        i: min(MAX_GAP, GAP_SLACK + GAP_PER_ENTRY * counts.get(i, 0))
+        for i in range(len(layout.segments))
+    }
 
 
 class SegmentFetcher:
@@ -222,6 +229,12 @@ class SegmentFetcher:
             raise first_domain_error(group) from group
 
     async def _fetch_span(
+        self, span: Span, why: Fetch, uncached: dict[int, DecodedSegment]
+    ) -> None:
+        async with self.context.in_flight.hold(span.size):
+            await self._fetch_and_decode(span, why, uncached)
+
+    async def _fetch_and_decode(
         self, span: Span, why: Fetch, uncached: dict[int, DecodedSegment]
     ) -> None:
         start = time.perf_counter()

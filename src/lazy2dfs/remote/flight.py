@@ -4,8 +4,8 @@ background work, and a short memory of fetches that ran out their deadline."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Hashable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
 import trio.lowlevel
@@ -57,6 +57,29 @@ class ReaderGate:
         """Returns when no reader waits on the network (at once if none does)."""
         while self._waiting:
             await self._idle.park()
+
+
+class ByteBudget:
+    """Bytes in flight daemon-wide (fetched and being decoded), so that no image, however
+    its chunks are sized and however many layers read at once, takes the daemon's memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.available = total
+        self._freed = trio.lowlevel.ParkingLot()
+
+    @asynccontextmanager
+    async def hold(self, count: int) -> AsyncIterator[None]:
+        """Waits until ``count`` bytes (at most the whole budget) are free, holds them."""
+        count = min(count, self.total)
+        while self.available < count:
+            await self._freed.park()
+        self.available -= count
+        try:
+            yield
+        finally:
+            self.available += count
+            self._freed.unpark_all()
 
 
 class SingleFlight:

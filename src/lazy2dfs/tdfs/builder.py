@@ -49,6 +49,7 @@ from lazy2dfs.registry_client.manifest import MANIFEST_TYPES
 from lazy2dfs.tdfs.cache import AllotmentCache, default_cache_root
 from lazy2dfs.tdfs.compose import BaseManifest, ComposedImage, compose_image
 from lazy2dfs.tdfs.encode import EncodedAllotment, EncodeOptions, encode_allotment
+from lazy2dfs.tdfs.errors import ImageConfigError
 from lazy2dfs.tdfs.field import Field
 from lazy2dfs.tdfs.layout import write_oci_layout
 from lazy2dfs.tdfs.spec import AllotmentSpec, load_spec
@@ -198,7 +199,12 @@ class _Build:
         self, base: Reference, descriptor: Descriptor, manifest: ImageManifest
     ) -> Descriptor:
         """An index entry for a base that is a bare manifest; its platform is in its config."""
-        config = json.loads(await self._client.get_blob(base, manifest.config.digest))
+        try:
+            config = json.loads(await self._client.get_blob(base, manifest.config.digest))
+        except (ValueError, RecursionError) as exc:
+            raise ImageConfigError(f"base {base}: config is not JSON: {exc!r}") from exc
+        if not isinstance(config, dict):
+            raise ImageConfigError(f"base {base}: config is not a JSON object")
         platform = DescriptorPlatform(
             os=config.get("os", ""),
             architecture=config.get("architecture", ""),

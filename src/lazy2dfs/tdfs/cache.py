@@ -39,6 +39,7 @@ class EncodedBlob:
     diff_id: str
     toc_digest: str
     uncompressed_size: int
+    compression: str = "gzip"
 
 
 class BlobStore:

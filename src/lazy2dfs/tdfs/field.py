@@ -45,6 +45,7 @@ class Allotment:
     size: int | None = None
     toc_digest: str | None = None
     uncompressed_size: int | None = None
+    compression: str | None = None  # "zstd" for zstd:chunked; gzip (the stock format) if None
 
     @property
     def empty(self) -> bool:
@@ -116,7 +117,7 @@ def parse_field(data: bytes) -> Field:
     """Parses a field blob; raises ``FieldFormatError`` naming the offending row or allotment."""
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested thousands deep
         raise FieldFormatError(f"field is not JSON: {err}") from None
     if not isinstance(document, dict):
         raise FieldFormatError("field is not a JSON object")
@@ -173,7 +174,14 @@ def _parse_allotment(cell: object, where: str) -> Allotment:
         size=_optional_size(cell, "size", where),
         toc_digest=toc_digest,
         uncompressed_size=_optional_size(cell, "uncompressed_size", where),
+        compression=_compression(cell.get("compression"), where),
     )
+
+
+def _compression(value: object, where: str) -> str | None:
+    if value is None or value == "zstd":
+        return value
+    raise FieldFormatError(f'{where}: compression {value!r} is not "zstd" (absent means gzip)')
 
 
 def _check_coordinates(row: int, col: int, where: str) -> None:
@@ -222,6 +230,8 @@ def _allotment_json(allotment: Allotment) -> str:
         text += f',"toc_digest":"{allotment.toc_digest}"'
     if allotment.uncompressed_size is not None:
         text += f',"uncompressed_size":{allotment.uncompressed_size}'
+    if allotment.compression is not None:
+        text += f',"compression":"{allotment.compression}"'
     return text + "}"
 
 

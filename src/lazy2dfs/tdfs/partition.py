@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from lazy2dfs.registry_client import (
     OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     Descriptor,
     ImageManifest,
@@ -104,7 +105,7 @@ def allotment_layer(allotment: Allotment, size: int) -> Descriptor:
         if allotment.uncompressed_size is not None:
             annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(allotment.uncompressed_size)
     return Descriptor(
-        mediaType=OCI_LAYER_GZIP,
+        mediaType=OCI_LAYER_ZSTD if allotment.compression == "zstd" else OCI_LAYER_GZIP,
         digest=allotment.blob_digest,
         size=size,
         annotations=annotations,
@@ -162,7 +163,7 @@ def partition_image(
 def _config_document(config: bytes, base_layer_count: int) -> dict[str, Any]:
     try:
         document = json.loads(config)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested thousands deep
         raise ImageConfigError(f"image config is not JSON: {err}") from None
     rootfs = document.get("rootfs") if isinstance(document, dict) else None
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None

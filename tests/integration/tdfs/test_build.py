@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from devstack.images import Blob, BuiltImage, build_image, build_layer, push_image
 from devstack.registry import LocalRegistry
@@ -17,6 +18,7 @@ from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     OCI_INDEX,
     OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
     CredentialStore,
     ImageIndex,
     ImageManifest,
@@ -162,10 +164,13 @@ def _check_partition(registry: LocalRegistry, image: PartitionedImage, *allotmen
     for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
         blob = _layer_bytes(registry, layer.digest)
         assert layer.size == len(blob)
-        tar = gzip.decompress(blob)
+        if layer.media_type == OCI_LAYER_ZSTD:
+            tar = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True).read()
+        else:
+            tar = gzip.decompress(blob)
         assert "sha256:" + hashlib.sha256(tar).hexdigest() == diff_id
     for layer in manifest.layers[len(BASE.layers) :]:
-        assert layer.media_type == OCI_LAYER_GZIP
+        assert layer.media_type == OCI_LAYER_ZSTD  # lazy2dfs build's default
         annotations = layer.annotations or {}
         assert annotations[TOC_DIGEST_ANNOTATION].startswith("sha256:")
         assert int(annotations[UNCOMPRESSED_SIZE_ANNOTATION]) > 150_000
@@ -201,7 +206,11 @@ def test_as_tar_writes_a_complete_oci_layout(base_ref: str, workdir: Path) -> No
         blob(layer["digest"])
     field = parse_field(blob(manifest["layers"][-1]["digest"]))
     for allotment in field.allotments():
-        with tarfile.open(fileobj=io.BytesIO(blob(allotment.blob_digest))) as layer_tar:
+        assert allotment.compression == "zstd"
+        plain = zstandard.ZstdDecompressor().stream_reader(
+            blob(allotment.blob_digest), read_across_frames=True
+        )
+        with tarfile.open(fileobj=io.BytesIO(plain.read())) as layer_tar:
             assert any(name.startswith("model/block") for name in layer_tar.getnames())
     assert len([name for name in files if name.startswith("blobs/")]) == (
         1 + 1 + 1 + len(BASE.layers) + 1 + ROWS  # index, manifest, config, layers, field

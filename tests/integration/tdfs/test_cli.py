@@ -1,7 +1,6 @@
 """The CLI end to end: safetensors → 2dfs.json → build --push → a partition holds its rows."""
 
 import argparse
-import gzip
 import io
 import json
 import struct
@@ -9,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from devstack.images import build_image, push_image
 from devstack.registry import LocalRegistry
@@ -64,7 +64,8 @@ def test_from_safetensors_then_build_then_partition(
     image = run(lambda c: fetch_partitioned_image(c, target + "--3.0.3.0"))
     last = json.loads(image.manifest)["layers"][-1]["digest"]
     blob = registry.blob_path(last).read_bytes()
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as archive:
+    plain = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True).read()
+    with tarfile.open(fileobj=io.BytesIO(plain)) as archive:
         member = archive.extractfile("model/model-00003-of-00004.safetensors")
         assert member is not None
         header_size = struct.unpack("<Q", member.read(8))[0]

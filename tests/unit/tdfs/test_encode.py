@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -6,8 +7,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from lazy2dfs.estargz import open_blob
+from lazy2dfs.estargz import Compression, open_blob
 from lazy2dfs.tdfs import AllotmentSpec, BuildSpecError, EncodeOptions, FileCopy
 from lazy2dfs.tdfs.cache import AllotmentCache
 from lazy2dfs.tdfs.encode import cache_key, encode_allotment
@@ -66,15 +68,23 @@ def test_a_file_that_is_also_a_directory_is_refused(spec: AllotmentSpec) -> None
         TarView(clash)
 
 
-def test_allotment_is_a_reproducible_estargz(spec: AllotmentSpec, tmp_path: Path) -> None:
-    first = encode_allotment(spec, AllotmentCache(tmp_path / "c1"), OPTIONS)
-    second = encode_allotment(spec, AllotmentCache(tmp_path / "c2"), OPTIONS)
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.GZIP])
+def test_allotment_is_a_reproducible_chunked_blob(
+    spec: AllotmentSpec, tmp_path: Path, compression: Compression
+) -> None:
+    options = dataclasses.replace(OPTIONS, compression=compression)
+    first = encode_allotment(spec, AllotmentCache(tmp_path / "c1"), options)
+    second = encode_allotment(spec, AllotmentCache(tmp_path / "c2"), options)
     assert not first.cached and not second.cached
     assert first.blob == second.blob
     blob = (tmp_path / "c1" / "blobs" / "sha256" / first.blob.digest[7:]).read_bytes()
     assert "sha256:" + hashlib.sha256(blob).hexdigest() == first.blob.digest
     assert len(blob) == first.blob.size
-    tar = gzip.decompress(blob)  # a valid tar.gz: any runtime can apply it
+    # A valid tar.gz or tar.zst: any runtime that knows the media type can apply it.
+    if compression is Compression.GZIP:
+        tar = gzip.decompress(blob)
+    else:
+        tar = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True).read()
     assert "sha256:" + hashlib.sha256(tar).hexdigest() == first.blob.diff_id
     assert len(tar) == first.blob.uncompressed_size
     toc = open_blob(
@@ -89,6 +99,7 @@ def test_allotment_is_a_reproducible_estargz(spec: AllotmentSpec, tmp_path: Path
     assert (entry.row, entry.col, entry.size) == (1, 0, first.blob.size)
     assert entry.blob_digest == first.blob.digest
     assert "sha256:" + (entry.toc_digest or "") == first.blob.toc_digest
+    assert entry.compression == ("zstd" if compression is Compression.ZSTD else None)
 
 
 def test_unchanged_inputs_hit_the_cache_and_any_change_misses(

@@ -95,6 +95,9 @@ def _cell(**overrides: object) -> bytes:
         (_cell(size=-5), "size must be non-negative"),
         (_cell(toc_digest="xyz"), "toc_digest must be 64"),
         (b'{"rows":[],"owner":3}', "owner must be a string"),
+        (_cell(compression="lz4"), "compression"),
+        # A hostile field nested 100,000 deep: a format error, not an internal RecursionError.
+        (b'{"rows":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not JSON"),
     ],
 )
 def test_malformed_fields_are_refused_with_the_reason(data: bytes, message: str) -> None:
