@@ -48,6 +48,27 @@ class FetchConfig(BaseModel):
         description="A read waiting longer than this on the registry (retries included) fails"
         " with EIO instead of hanging.",
     )
+    resolve_deadline_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Opening a layer (manifest, config, footer, TOC) that takes longer than this"
+        " is given up: containerd downloads the layer instead. A slow registry cannot hold"
+        " Prepare, and the daemon's threads, for ever.",
+    )
+    resolves_per_registry: int = Field(
+        default=8,
+        gt=0,
+        description="Layers opened at once from one registry host; more wait briefly, then are"
+        " downloaded, so one tenant's slow registry cannot take every thread.",
+    )
+    verify_deadline_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A lazily served layer whose every byte has not arrived and been checked"
+        " against its image's diff ID within this long is refused (reads fail, no new"
+        " containers): it bounds how long an image could pass another image's layer off as"
+        " its own (docs/security.md).",
+    )
     max_toc_entries: int = Field(
         default=500_000,
         gt=0,

@@ -29,7 +29,7 @@ from lazy2dfs.errors import FailedPreconditionError, UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.layers.locator import RegistryLocator
-from lazy2dfs.layers.mounted import EstargzLayers
+from lazy2dfs.layers.mounted import EstargzLayers, ResolveLimits
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.observability import DaemonParts, Observability
 from lazy2dfs.registry_client import RegistryClient
@@ -142,6 +142,11 @@ class Daemon:
                 RegistryLocator(registry),
                 self.config.fetch.background,
                 self.config.fetch.max_toc_entries,
+                ResolveLimits(
+                    deadline=self.config.fetch.resolve_deadline_seconds,
+                    per_registry=self.config.fetch.resolves_per_registry,
+                    verify_deadline=self.config.fetch.verify_deadline_seconds,
+                ),
             )
             snapshotter = OverlaySnapshotter(root, store, OverlayFeatures.detect(), layers)
             # Layers are restored: requests that waited for us through a restart find them.

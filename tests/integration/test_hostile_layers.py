@@ -5,13 +5,17 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.estargz import WriterOptions
@@ -19,10 +23,10 @@ from lazy2dfs.estargz.footer import build_footer
 from lazy2dfs.estargz.toc import PATH_MAX
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.layers.locator import Located
-from lazy2dfs.layers.mounted import EstargzLayers
+from lazy2dfs.layers.mounted import EstargzLayers, ResolveLimits
 from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.labels import LayerRequest
-from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.snapshotter.remote import NotLazyError, ResolveCancelledError
 from tests.support.estargz import blob_with_toc, toc_member
 from tests.support.fuse import mounted_session
 from tests.support.memory import MemoryBlob, MemoryLocator
@@ -194,3 +198,114 @@ def test_a_directory_of_60000_entries_lists_in_linear_time(
     remote.attach(1, remote.resolve(request(8)))
     names = os.listdir(remote.path(1) / "big")
     assert len(names) == 60_000 and sorted(names) == [f"f{i:05d}" for i in range(60_000)]
+
+
+def test_a_local_user_reads_no_tenants_files_even_under_a_0755_root() -> None:
+    """kubelet's DirectoryOrCreate makes the root 0755; the layers stay root's."""
+    root = Path(tempfile.mkdtemp(prefix="lazy2dfs-modes-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        with mounted_session(root) as session:
+            files = {"m/secret.bin": b"tenant A's weights"}
+            locator = MemoryLocator.of_files(files, root / "src", WriterOptions())
+            os.chmod(root / "src", 0o700)
+            remote = layers(root, session, locator)
+            remote.attach(1, remote.resolve(request(9)))
+            assert (remote.path(1) / "m/secret.bin").read_bytes() == files["m/secret.bin"]
+            cached = next((root / "cache").glob("*/data/*"))
+            for path in (remote.path(1) / "m/secret.bin", cached, root / "layers"):
+                probe = subprocess.run(
+                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", path],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert probe.returncode != 0 and "Permission denied" in probe.stderr, path
+    finally:
+        subprocess.run(["umount", "-l", str(root / "fuse")], capture_output=True, timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class SlowLocator:
+    """A registry that sends one byte every few seconds: it never fails, it never finishes."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.cancelled = 0
+
+    async def locate(self, request: LayerRequest) -> Located:
+        self.started += 1
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+    def source(self, request: LayerRequest, size: int) -> MemoryBlob:
+        raise AssertionError("never located")
+
+
+def slow_layers(root: Path, session: FuseSession, locator: SlowLocator) -> EstargzLayers:
+    store = CacheStore(root / "cache", max_bytes=1 << 30)
+    context = session.call_sync(lambda: FetchContext(store, deadline=10))
+    limits = ResolveLimits(deadline=1.0, per_registry=2, queue_seconds=0.3)
+    return EstargzLayers(root, session, context, locator, background_fetch=False, limits=limits)
+
+
+def test_a_registry_that_never_finishes_costs_prepare_its_deadline_only(
+    tmp_path: Path, session: FuseSession
+) -> None:
+    locator = SlowLocator()
+    remote = slow_layers(tmp_path, session, locator)
+    start = time.monotonic()
+    with pytest.raises(NotLazyError) as given_up:
+        remote.resolve(request(10))
+    assert given_up.value.reason == "unreachable" and "fetch.resolve_deadline" in str(
+        given_up.value
+    )
+    assert time.monotonic() - start < 10 and locator.cancelled == 1
+
+
+def test_one_registry_cannot_take_every_thread(tmp_path: Path, session: FuseSession) -> None:
+    """Two opens at a time per registry host; a third waits briefly, then is downloaded."""
+    locator = SlowLocator()
+    remote = slow_layers(tmp_path, session, locator)
+    outcomes: list[str] = []
+
+    def open_one(n: int) -> None:
+        try:
+            remote.resolve(request(20 + n))
+        except NotLazyError as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=open_one, args=(n,)) for n in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert locator.started == 2  # the others never reached the registry
+    assert sorted(outcomes) == ["registry-busy"] * 3 + ["unreachable"] * 2
+
+
+def test_a_cancelled_prepare_stops_opening_the_layer(tmp_path: Path, session: FuseSession) -> None:
+    locator = SlowLocator()
+    remote = slow_layers(tmp_path, session, locator)
+    callbacks: list[Callable[[], None]] = []
+    failure: list[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            remote.resolve(request(30), callbacks.append)
+        except ResolveCancelledError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not (callbacks and locator.started):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    callbacks[0]()  # containerd cancels the RPC: gRPC runs the callback
+    thread.join(timeout=5)
+    assert failure and locator.cancelled == 1

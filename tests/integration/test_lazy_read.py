@@ -6,6 +6,7 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.cache.store import CacheStore
+from lazy2dfs.errors import FailedPreconditionError
 from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.layers.mounted import EstargzLayers
@@ -142,6 +144,24 @@ def test_restore_needs_no_network_and_reuses_the_cache(
     assert (again.path(7) / "model/config.json").read_bytes() == files["model/config.json"]
 
 
+def test_a_lost_saved_toc_is_fetched_again_and_orphans_go(
+    tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
+) -> None:
+    """Power lost before the saved TOC reached the disk (or a disk that lost it): the snapshot
+    is not unmountable for ever, its TOC comes from the registry again."""
+    files, locator = model
+    remote = layers(tmp_path, session, locator)
+    remote.attach(7, remote.resolve(REQUEST))
+    session.call_sync(session.filesystem.remove_layer, "7")
+    shutil.rmtree(tmp_path / "layers/7")
+    (tmp_path / "layers/99").mkdir()  # saved for a snapshot a crash mid-Remove left behind
+    again = layers(tmp_path, session, locator)
+    again.restore(7, REQUEST)
+    again.prune({7})
+    assert (again.path(7) / "model/config.json").read_bytes() == files["model/config.json"]
+    assert (tmp_path / "layers/7/meta.json").exists() and not (tmp_path / "layers/99").exists()
+
+
 def test_twenty_concurrent_readers_fetch_each_chunk_once(
     tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
 ) -> None:
@@ -204,18 +224,26 @@ def test_a_complete_layer_is_verified_and_new_mounts_use_its_local_tree(
     assert again.path(1) == local
 
 
-def test_a_layer_whose_config_names_another_diff_id_stays_off_the_local_tree(
+def test_a_layer_whose_config_names_another_diff_id_is_quarantined(
     tmp_path: Path,
     session: FuseSession,
     model: tuple[dict[str, bytes], MemoryLocator],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """An image whose config claims another image's diff ID for its layer: once its bytes are
+    all checked, reads fail and no new container mounts it."""
     _, locator = model
     locator.diff_id = "sha256:" + "d" * 64  # another image's layer
     remote = layers(tmp_path, session, locator, background=True)
     remote.attach(1, remote.resolve(REQUEST))
+    fuse_view = session.mountpoint / "1"
     deadline = time.monotonic() + 30
     while "layer is not what its image says" not in caplog.text:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert remote.path(1) == session.mountpoint / "1"
+    with pytest.raises(FailedPreconditionError, match="refused"):
+        remote.path(1)
+    with pytest.raises(OSError) as failed:
+        (fuse_view / "model/config.json").read_bytes()
+    assert failed.value.errno == errno.EIO
+    assert not remote.verified(1)

@@ -217,12 +217,15 @@ class ContainerdClient:
             snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
         )
 
-    def apply(self, layer: descriptor_pb2.Descriptor, mounts: list[mount_pb2.Mount]) -> None:
-        self.call(
+    def apply(self, layer: descriptor_pb2.Descriptor, mounts: list[mount_pb2.Mount]) -> str:
+        """Unpacks ``layer`` onto ``mounts``; returns the digest of the tar applied (its diff
+        ID), which the caller must check against the image's config."""
+        response = self.call(
             f"apply {layer.digest}",
             self.diff.Apply,
             diff_pb2.ApplyRequest(diff=layer, mounts=mounts),
         )
+        return str(response.applied.digest)
 
 
 def _pieces(data: bytes | Path) -> Iterator[bytes]:

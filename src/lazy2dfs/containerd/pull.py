@@ -226,7 +226,14 @@ class Puller:
                 blob = Path(tmp) / "layer"
                 self.registry.download_blob(image, layer.digest, blob)
                 self.containerd.write_content(layer.digest, blob, layer.size, {})
-            self.containerd.apply(to_proto(layer), mounts)
+            applied = self.containerd.apply(to_proto(layer), mounts)
+            if applied != diff_id:
+                # containerd's own unpack refuses this too: the layer is not the one the
+                # config (and so the chain ID) names, and must not appear under that name.
+                raise IntegrityError(
+                    f"{image}: layer {layer.digest} unpacks to diff ID {applied}, but the image's"
+                    f" config says {diff_id}: the image is inconsistent or forged"
+                )
             self.containerd.commit(self.snapshotter, chain, key, {L.TARGET_REF: chain})
         except BaseException:
             self.containerd.remove(self.snapshotter, key)

@@ -124,7 +124,9 @@ class LayerFilesystem(pyfuse3.Operations):
     def _root_attrs(self) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = pyfuse3.ROOT_INODE
-        attrs.st_mode = stat.S_IFDIR | 0o755
+        # Root only: overlayfs reaches the layers with its mounter's (root's) credentials, and a
+        # local user must not read any tenant's files through the mount.
+        attrs.st_mode = stat.S_IFDIR | 0o700
         attrs.st_nlink = 2 + len(self._layers)
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = self._root_mtime_ns
         attrs.attr_timeout = 1.0  # layers come and go

@@ -16,6 +16,7 @@ mounted the FUSE directory keep reading through it, from the same cached bytes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -29,7 +30,7 @@ import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.layer import LayerCache
-from lazy2dfs.errors import Lazy2dfsError, UnavailableError
+from lazy2dfs.errors import FailedPreconditionError, Lazy2dfsError, UnavailableError
 from lazy2dfs.estargz.blob import open_blob, open_blob_async
 from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError, TocError
 from lazy2dfs.estargz.layout import BlobLayout
@@ -44,7 +45,7 @@ from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
 from lazy2dfs.remote.prefetch import fetch_layer
 from lazy2dfs.remote.reader import LayerReader
 from lazy2dfs.snapshotter.labels import LayerRequest
-from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.snapshotter.remote import NotLazyError, OnCancel, ResolveCancelledError
 from lazy2dfs.snapshotter.snapshot import Usage
 
 log = get_logger(__name__)
@@ -96,6 +97,17 @@ def _entry(e: TocEntry) -> Entry:
     )
 
 
+@dataclass(frozen=True)
+class ResolveLimits:
+    """How long opening a layer may take, how many at once per registry host, and how long a
+    layer may be served before all of it is verified (``[fetch]`` in the configuration)."""
+
+    deadline: float = 30.0
+    per_registry: int = 8
+    queue_seconds: float = 5.0  # waiting for a registry's turn, before downloading instead
+    verify_deadline: float = 1800.0
+
+
 @dataclass
 class _Attached:
     """One snapshot's layer: its FUSE tree and reader, and the blob's cache."""
@@ -105,6 +117,7 @@ class _Attached:
     reader: LayerReader
     cache: LayerCache
     local: Path | None = None  # the verified local tree, once there is one
+    refused: str = ""  # why the layer is not served: it is not what its image says
 
 
 @dataclass
@@ -139,6 +152,7 @@ class EstargzLayers:
         locator: LayerLocator,
         background_fetch: bool = True,
         max_toc_entries: int = 1 << 20,
+        limits: ResolveLimits | None = None,
     ) -> None:
         self._dir = root / "layers"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -148,6 +162,8 @@ class EstargzLayers:
         self._locator = locator
         self._background_fetch = background_fetch
         self._max_toc_entries = max_toc_entries
+        self._limits = limits or ResolveLimits()
+        self._per_registry: dict[str, trio.CapacityLimiter] = {}
         self._tasks: dict[int, trio.CancelScope] = {}
         self._opened: OrderedDict[tuple[str, str], _OpenedToc] = OrderedDict()
         self._attached: dict[int, _Attached] = {}
@@ -160,12 +176,57 @@ class EstargzLayers:
     def path(self, snapshot_id: int) -> Path:
         """Where a snapshot's files are: its verified local tree, or its FUSE directory."""
         attached = self._attached.get(snapshot_id)
+        if attached is not None and attached.refused:
+            request = attached.layer.request
+            raise FailedPreconditionError(
+                f"layer {request.layer_digest} of {request.reference} is refused:"
+                f" {attached.refused}; remove the image"
+            )
         if attached is not None and attached.local is not None:
             return attached.local
         return self._session.mountpoint / str(snapshot_id)
 
-    def resolve(self, request: LayerRequest) -> ResolvedEstargz:
-        return self._session.call(self._resolve, request)
+    def verified(self, snapshot_id: int) -> bool:
+        attached = self._attached.get(snapshot_id)
+        return attached is not None and attached.local is not None and not attached.refused
+
+    def resolve(self, request: LayerRequest, on_cancel: OnCancel | None = None) -> ResolvedEstargz:
+        return self._session.call(self._bounded_resolve, request, on_cancel)
+
+    async def _bounded_resolve(
+        self, request: LayerRequest, on_cancel: OnCancel | None
+    ) -> ResolvedEstargz:
+        """``_resolve`` within the deadline, a few at a time per registry, and cancelled with
+        the RPC that asked for it."""
+        limits = self._limits
+        token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as rpc:
+            if on_cancel is not None:
+                on_cancel(functools.partial(_cancel_from_thread, token, rpc))
+            with trio.move_on_after(limits.deadline) as timer:
+                host = request.reference.split("/", 1)[0]
+                limiter = self._per_registry.setdefault(
+                    host, trio.CapacityLimiter(limits.per_registry)
+                )
+                with trio.move_on_after(limits.queue_seconds) as queue:
+                    await limiter.acquire()
+                if queue.cancelled_caught:
+                    raise NotLazyError(
+                        "registry-busy",
+                        f"{limits.per_registry} layers are being opened from {host} already"
+                        " (fetch.resolves_per_registry)",
+                    )
+                try:
+                    return await self._resolve(request)
+                finally:
+                    limiter.release()
+            if timer.cancelled_caught:
+                raise NotLazyError(
+                    "unreachable",
+                    f"opening the layer took longer than {limits.deadline:g}s"
+                    " (fetch.resolve_deadline_seconds)",
+                )
+        raise ResolveCancelledError(f"containerd cancelled the Prepare of {request.chain_id}")
 
     async def _resolve(self, request: LayerRequest) -> ResolvedEstargz:
         try:
@@ -278,7 +339,16 @@ class EstargzLayers:
     ) -> None:
         """Fetches the rest of the layer, verifies it, and writes its local tree."""
         request = attached.layer.request
-        await fetch_layer(fetcher)
+        with trio.move_on_after(self._limits.verify_deadline) as late:
+            await fetch_layer(fetcher)
+        if late.cancelled_caught:
+            self._refuse(
+                snapshot_id,
+                attached,
+                f"not fetched and verified within {self._limits.verify_deadline:g}s"
+                " (fetch.verify_deadline_seconds)",
+            )
+            return
         cache = attached.cache
         if not cache.complete:
             return
@@ -314,7 +384,10 @@ class EstargzLayers:
             attached.local = local
 
     def _refuse(self, snapshot_id: int, attached: _Attached, why: str) -> None:
+        """Quarantines the layer: reads fail, no new container mounts it."""
         request = attached.layer.request
+        attached.refused = why
+        attached.reader.refuse(why)
         metrics.VERIFICATION_FAILURES.labels("diff_id").inc()
         log.error(
             "layer is not what its image says",
@@ -327,18 +400,28 @@ class EstargzLayers:
         )
 
     def restore(self, snapshot_id: int, request: LayerRequest) -> None:
-        """Attaches a layer recorded before a restart, from what was saved: no network."""
+        """Attaches a layer recorded before a restart, from what was saved (no network); what
+        a crash or a bad disk lost is fetched again from the registry."""
         try:
             layer = saved.load(self._dir / str(snapshot_id))
             toc = open_blob(layer.recorded.read, layer.size, expected_toc_digest=layer.toc_digest)
         except (OSError, ValueError, KeyError, Lazy2dfsError) as exc:
-            log.error(
-                "remote layer not restored",
+            log.warning(
+                "saved TOC unusable, fetching it again",
                 id=snapshot_id,
                 layer=request.layer_digest,
                 error=exc,
-                action="remove the image and pull it again",
             )
+            try:
+                self.attach(snapshot_id, self.resolve(request))
+            except Lazy2dfsError as again:
+                log.error(
+                    "remote layer not restored",
+                    id=snapshot_id,
+                    layer=request.layer_digest,
+                    error=again,
+                    action="remove the image and pull it again",
+                )
             return
         resolved = ResolvedEstargz(request, toc, BlobLayout(toc), layer)
         tree = LayerTree(snapshot_id, tree_entries(toc))
@@ -348,6 +431,11 @@ class EstargzLayers:
     def detach(self, snapshot_id: int) -> None:
         self._session.call_sync(self._detach, snapshot_id)
         shutil.rmtree(self._dir / str(snapshot_id), ignore_errors=True)
+
+    def prune(self, keep: set[int]) -> None:
+        for directory in self._dir.iterdir():
+            if not directory.name.isdigit() or int(directory.name) not in keep:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def _detach(self, snapshot_id: int) -> None:
         scope = self._tasks.pop(snapshot_id, None)
@@ -385,3 +473,9 @@ def _record_diff_id(cache: LayerCache, value: str) -> None:
     finally:
         os.close(fd)
     os.rename(staging, path)
+
+
+def _cancel_from_thread(token: trio.lowlevel.TrioToken, scope: trio.CancelScope) -> None:
+    """Runs in gRPC's thread when the RPC ends (a no-op if the resolve finished)."""
+    with contextlib.suppress(trio.RunFinishedError):
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)

@@ -13,6 +13,7 @@ import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.layer import LayerCache
+from lazy2dfs.errors import IntegrityError
 from lazy2dfs.estargz.decode import DecodedSegment
 from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.estargz.toc import Chunk
@@ -38,9 +39,16 @@ class LayerReader:
         self._cache: LayerCache = fetcher.cache
         self._spawn = spawn
         self._next_offset: dict[str, int] = {}  # by file: where a sequential read goes on
+        self._refused = ""
+
+    def refuse(self, why: str) -> None:
+        """Every later read fails: the layer is not what its image says it is."""
+        self._refused = why
 
     async def read(self, path: str, offset: int, size: int) -> bytes:
         """Bytes ``offset``..``offset+size`` of the file at ``path`` in the layer."""
+        if self._refused:
+            raise IntegrityError(f"layer {self.name} is refused: {self._refused}")
         chunks = self._layout.toc.chunks_for(path, offset, size)
         if not chunks:
             return b""

@@ -28,7 +28,7 @@ from lazy2dfs.logfmt import get_logger
 from lazy2dfs.snapshotter import filters
 from lazy2dfs.snapshotter.labels import LayerRequest, layer_request
 from lazy2dfs.snapshotter.mounts import Mount, OverlayFeatures, snapshot_mounts
-from lazy2dfs.snapshotter.remote import NotLazyError, RemoteLayers
+from lazy2dfs.snapshotter.remote import NotLazyError, OnCancel, RemoteLayers
 from lazy2dfs.snapshotter.snapshot import Info, Kind, Usage
 from lazy2dfs.snapshotter.store import Parent, Record, Store
 
@@ -105,6 +105,9 @@ class OverlaySnapshotter:
     ) -> None:
         self._dir = root / "snapshots"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Whatever the root's mode (kubelet's DirectoryOrCreate makes it 0755): no local user
+        # walks into another tenant's layers.
+        os.chmod(self._dir, 0o700)
         self._store = store
         self._features = features
         self._remote = remote
@@ -132,28 +135,38 @@ class OverlaySnapshotter:
             features=self._features,
         )
 
-    def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
+    def prepare(
+        self, key: str, parent: str, labels: dict[str, str], on_cancel: OnCancel | None = None
+    ) -> list[Mount]:
         request = layer_request(labels) if self._remote is not None else None
-        if request is not None and self._commit_remote(request, parent, labels):
+        if request is not None and self._commit_remote(request, parent, labels, on_cancel):
             raise AlreadyExistsError(
                 f"target snapshot {request.chain_id!r} already exists: the layer is served lazily"
             )
         return self._create(Kind.ACTIVE, key, parent, labels)
 
-    def _commit_remote(self, request: LayerRequest, parent: str, labels: dict[str, str]) -> bool:
+    def _commit_remote(
+        self,
+        request: LayerRequest,
+        parent: str,
+        labels: dict[str, str],
+        on_cancel: OnCancel | None,
+    ) -> bool:
         """Commits ``request.chain_id`` as a remote snapshot; False means "download it"."""
         assert self._remote is not None
         with self._store.read() as tx:
-            if tx.exists(request.chain_id):
-                return True
+            existing = tx.find(request.chain_id)
+        if existing is not None:
+            return self._reusable(existing, request)
         try:
-            layer = self._remote.resolve(request)
+            layer = self._remote.resolve(request, on_cancel)
         except NotLazyError as exc:
             _record_fallback(request, exc)
             return False
         with self._store.write() as tx:
-            if tx.exists(request.chain_id):
-                return True
+            existing = tx.find(request.chain_id)
+            if existing is not None:
+                return self._reusable(existing, request)
             record = tx.create(
                 Kind.COMMITTED,
                 request.chain_id,
@@ -172,6 +185,28 @@ class OverlaySnapshotter:
         )
         return True
 
+    def _reusable(self, existing: Record, request: LayerRequest) -> bool:
+        """Whether the snapshot committed under ``request.chain_id`` may serve ``request``: the
+        same blob, or a layer whose bytes were checked against the diff ID the chain ID is
+        built from. Anything else could be another image's files passed off under this name
+        (a forged config), so the layer is downloaded instead — and logged."""
+        if existing.remote is None:
+            return True  # downloaded and applied by containerd, which checked its diff ID
+        assert self._remote is not None
+        first = LayerRequest(**json.loads(existing.remote))
+        if first.layer_digest == request.layer_digest or self._remote.verified(existing.id):
+            return True
+        _record_fallback(
+            request,
+            NotLazyError(
+                "chain-conflict",
+                f"snapshot {request.chain_id} is served for layer {first.layer_digest} of"
+                f" {first.reference}, not yet checked against its diff ID; this layer is"
+                " downloaded instead of trusting it",
+            ),
+        )
+        return False
+
     def _restore_remote(self, remote: RemoteLayers[Any]) -> None:
         with self._store.read() as tx:
             records = tx.remote_records()
@@ -179,6 +214,7 @@ class OverlaySnapshotter:
             assert record.remote is not None
             request = LayerRequest(**json.loads(record.remote))
             remote.restore(record.id, request)
+        remote.prune({record.id for record in records})
 
     def view(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
         return self._create(Kind.VIEW, key, parent, labels)
@@ -224,17 +260,20 @@ class OverlaySnapshotter:
     def remove(self, key: str) -> None:
         with self._store.write() as tx:
             record = tx.remove(key)
-            if record.remote is not None:
-                if self._remote is not None:
-                    self._remote.detach(record.id)
-                log.debug("remote snapshot removed", key=key, id=record.id)
-                return
-            doomed = self._dir / _doomed_name(str(record.id))
-            try:
-                os.rename(self._path(record.id), doomed)
-            except FileNotFoundError:
-                log.warning("snapshot directory already gone", key=key, id=record.id)
-                return
+            if record.remote is None:
+                doomed = self._dir / _doomed_name(str(record.id))
+                try:
+                    os.rename(self._path(record.id), doomed)
+                except FileNotFoundError:
+                    log.warning("snapshot directory already gone", key=key, id=record.id)
+                    return
+        if record.remote is not None:
+            # After the commit: a crash in between leaves saved TOC bytes nobody owns (removed
+            # at the next start), never a snapshot without its TOC.
+            if self._remote is not None:
+                self._remote.detach(record.id)
+            log.debug("remote snapshot removed", key=key, id=record.id)
+            return
         _remove_tree(doomed)
         log.debug("snapshot removed", key=key, id=record.id)
 

@@ -8,10 +8,11 @@ network and FUSE work; the snapshotter only decides and records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from lazy2dfs.errors import Lazy2dfsError
+from lazy2dfs.errors import Lazy2dfsError, UnavailableError
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.snapshot import Usage
 
@@ -26,6 +27,14 @@ class NotLazyError(Lazy2dfsError):
         self.reason = reason
 
 
+class ResolveCancelledError(UnavailableError):
+    """containerd gave up on the Prepare that was opening this layer."""
+
+
+# Registers a callback to run when the RPC ends (grpc.ServicerContext.add_callback).
+OnCancel = Callable[[Callable[[], None]], object]
+
+
 class ResolvedLayer(Protocol):
     """A layer whose TOC has been fetched and verified, ready to attach."""
 
@@ -37,8 +46,13 @@ Layer = TypeVar("Layer", bound=ResolvedLayer)
 
 
 class RemoteLayers(Protocol[Layer]):
-    def resolve(self, request: LayerRequest) -> Layer:
-        """Fetches and verifies the layer's TOC; raises NotLazyError. May block on the network."""
+    def resolve(self, request: LayerRequest, on_cancel: OnCancel | None = None) -> Layer:
+        """Fetches and verifies the layer's TOC; raises NotLazyError, or
+        ResolveCancelledError once ``on_cancel``'s callback ran. Bounded in time."""
+        ...
+
+    def verified(self, snapshot_id: int) -> bool:
+        """Whether the snapshot's bytes were checked against its image's diff ID."""
         ...
 
     def attach(self, snapshot_id: int, layer: Layer) -> None:
@@ -50,5 +64,9 @@ class RemoteLayers(Protocol[Layer]):
         ...
 
     def detach(self, snapshot_id: int) -> None: ...
+
+    def prune(self, keep: set[int]) -> None:
+        """Forgets what was saved for any snapshot not in ``keep`` (a crash mid-Remove)."""
+        ...
 
     def path(self, snapshot_id: int) -> Path: ...

@@ -124,7 +124,10 @@ class SnapshotsService:
     def Prepare(
         self, request: snapshots_pb2.PrepareSnapshotRequest, context: grpc.ServicerContext
     ) -> snapshots_pb2.PrepareSnapshotResponse:
-        mounts = self._snapshotter.prepare(request.key, request.parent, dict(request.labels))
+        # A Prepare containerd gives up on must stop opening the layer, not hold a thread.
+        mounts = self._snapshotter.prepare(
+            request.key, request.parent, dict(request.labels), context.add_callback
+        )
         return snapshots_pb2.PrepareSnapshotResponse(mounts=mounts_to_proto(mounts))
 
     @_rpc

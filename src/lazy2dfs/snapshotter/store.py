@@ -11,6 +11,7 @@ while a write is under way, so Mounts and Stat never queue behind a Commit's fsy
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -132,6 +133,10 @@ class Tx:
 
     def get(self, key: str) -> Record:
         return self._record(self._row(key))
+
+    def find(self, key: str) -> Record | None:
+        row = self._conn.execute("SELECT * FROM snapshots WHERE key = ?", (key,)).fetchone()
+        return None if row is None else self._record(row)
 
     def exists(self, key: str) -> bool:
         return (
@@ -266,6 +271,11 @@ class Store:
             )
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Labels name every tenant's images: root only, whatever the directory's mode.
+        for suffix in ("", "-wal", "-shm"):
+            database_file = path.with_name(path.name + suffix)
+            if database_file.exists():
+                os.chmod(database_file, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)

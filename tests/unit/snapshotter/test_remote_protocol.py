@@ -11,7 +11,7 @@ from lazy2dfs.snapshotter import labels as L
 from lazy2dfs.snapshotter.labels import LayerRequest, layer_request
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
-from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.snapshotter.remote import NotLazyError, OnCancel
 from lazy2dfs.snapshotter.snapshot import Kind, Usage
 from lazy2dfs.snapshotter.store import Store
 
@@ -31,8 +31,10 @@ class DirectoryLayers:
     root: Path
     refuse: set[str] = field(default_factory=set)
     attached: dict[int, LayerRequest | None] = field(default_factory=dict)
+    pruned_to: set[int] = field(default_factory=set)
+    verified_ids: set[int] = field(default_factory=set)
 
-    def resolve(self, request: LayerRequest) -> Resolved:
+    def resolve(self, request: LayerRequest, on_cancel: OnCancel | None = None) -> Resolved:
         if request.layer_digest in self.refuse:
             raise NotLazyError("no-toc", "plain tar.gz")
         return Resolved(Usage(size=123, inodes=4))
@@ -43,6 +45,12 @@ class DirectoryLayers:
 
     def restore(self, snapshot_id: int, request: LayerRequest) -> None:
         self.attached[snapshot_id] = request
+
+    def verified(self, snapshot_id: int) -> bool:
+        return snapshot_id in self.verified_ids
+
+    def prune(self, keep: set[int]) -> None:
+        self.pruned_to = keep
 
     def detach(self, snapshot_id: int) -> None:
         self.path(snapshot_id).rmdir()
@@ -107,6 +115,28 @@ def test_a_layer_that_cannot_be_lazy_falls_back_to_an_ordinary_snapshot(tmp_path
     assert metrics.FALLBACKS.labels("no-toc")._value.get() == before + 1
     last = metrics.RECENT_FALLBACKS.items()[-1]
     assert (last.layer, last.image, last.reason) == (DIGEST, "127.0.0.1:5000/model:v1", "no-toc")
+    store.close()
+
+
+def test_a_chain_id_is_reused_for_another_blob_only_once_checked(tmp_path: Path) -> None:
+    """The same chain ID asked for with another layer blob (another image's config claiming
+    that diff ID, or the same layer recompressed): reused only once the committed layer's
+    bytes were checked against the diff ID; until then the new one is downloaded."""
+    layers = DirectoryLayers(tmp_path)
+    store = Store(tmp_path / "db")
+    s = OverlaySnapshotter(tmp_path, store, OverlayFeatures(False, False), layers)
+    with pytest.raises(AlreadyExistsError):
+        s.prepare(f"extract-1 {CHAIN}", "", own_labels())
+    with pytest.raises(AlreadyExistsError):  # the same blob again: reused
+        s.prepare(f"extract-2 {CHAIN}", "", own_labels())
+    other = "sha256:" + "b" * 64
+    (mount,) = s.prepare(f"extract-3 {CHAIN}", "", own_labels(other))
+    assert mount.type == "bind"  # an ordinary snapshot: containerd downloads the layer
+    last = metrics.RECENT_FALLBACKS.items()[-1]
+    assert (last.layer, last.reason) == (other, "chain-conflict")
+    layers.verified_ids.add(1)
+    with pytest.raises(AlreadyExistsError):
+        s.prepare(f"extract-4 {CHAIN}", "", own_labels(other))
     store.close()
 
 
