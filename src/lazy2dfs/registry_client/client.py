@@ -179,6 +179,7 @@ class RegistryClient:
             what=f"manifest {ref.repository}:{name} from {endpoint.host}",
             scopes=[pull_scope(ref.repository)],
             headers={"Accept": ACCEPT},
+            max_body=MAX_MANIFEST_SIZE,
         )
         if response.status_code == 404:
             raise ManifestNotFoundError(f"manifest {ref.name}:{name} not found on {endpoint.host}")

@@ -29,6 +29,8 @@ log = get_logger(__name__)
 
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 _MAX_REDIRECTS: Final = 5
+# Answers read whole (manifests, tokens, errors) are small; anything larger is refused.
+MAX_ANSWER: Final = 8 * 1024 * 1024
 _LIMITS: Final = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 _USER_AGENT: Final = "lazy2dfs/0.1"
 
@@ -166,15 +168,29 @@ class Transport:
         scopes: Sequence[str] = (),
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        max_body: int = MAX_ANSWER,
     ) -> httpx.Response:
-        """``open`` with the body read, retried as the policy says."""
+        """``open`` with the body read, retried as the policy says. At most ``max_body`` bytes
+        are read: a hostile registry's 300 MiB answer costs a refusal, not 300 MiB."""
 
         async def attempt() -> httpx.Response:
             async with self.open(
                 method, url, endpoint=endpoint, scopes=scopes, headers=headers, content=content
             ) as response:
-                await response.aread()
-                return response
+                announced = response.headers.get("content-length", "")
+                if announced.isdigit() and int(announced) > max_body:
+                    raise RegistryProtocolError(f"{what}: answer of {announced} bytes refused")
+                body = bytearray()
+                async for piece in response.aiter_bytes():
+                    body += piece
+                    if len(body) > max_body:
+                        raise RegistryProtocolError(f"{what}: answer over {max_body} bytes refused")
+                return httpx.Response(
+                    response.status_code,
+                    headers=response.headers,
+                    content=bytes(body),
+                    request=response.request,
+                )
 
         return await self.policy.run(what, attempt)
 
