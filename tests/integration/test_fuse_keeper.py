@@ -3,6 +3,8 @@ restart gets its bytes from the next daemon, and after the grace period an EIO, 
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -107,3 +109,24 @@ def test_with_no_daemon_a_read_fails_with_eio_after_the_grace(root: Path) -> Non
         session = serve(root, grace=1)
         assert (layer / "second.bin").read_bytes() == SECOND
     session.stop()
+
+
+def test_a_keeper_that_waited_past_the_grace_for_its_first_daemon_still_serves(
+    root: Path,
+) -> None:
+    """The kernel's INIT is never failed for want of a daemon: an error would end the mount,
+    and every later daemon would find it dead."""
+    (root / "fuse").mkdir()
+    argv = [sys.executable, "-m", "lazy2dfs.fuse.keeper", "--mountpoint", str(root / "fuse")]
+    argv += ["--socket", str(root / "fuse-keeper.sock"), "--grace", "0.3"]
+    keeper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (root / "fuse-keeper.sock").exists():
+        assert time.monotonic() < deadline and keeper.poll() is None
+        time.sleep(0.05)
+    time.sleep(1.5)  # several graces with INIT pending and no daemon
+    session = serve(root, grace=0.3)
+    try:
+        assert (session.mountpoint / "7" / "first.bin").read_bytes() == FIRST
+    finally:
+        session.stop()

@@ -149,7 +149,14 @@ class Relay:
             with self._lock:
                 if self._connection is not None and self._connection.ready:
                     continue
-                expired = [u for u, p in self._pending.items() if now - p.since >= self._grace]
+                # Never INIT: answered with an error it would end the mount for every later
+                # daemon; it waits for one however long it takes.
+                expired = [
+                    u
+                    for u, p in self._pending.items()
+                    if now - p.since >= self._grace
+                    and IN_HEADER.unpack_from(p.message)[1] != FUSE_INIT
+                ]
                 for unique in expired:
                     del self._pending[unique]
             for unique in expired:
