@@ -12,6 +12,7 @@ from benchmarks import (
     reliability,
     restart_gap,
     snapshot_api,
+    verify_window,
 )
 
 BENCHMARKS = {
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "build": build,
     "restart_gap": restart_gap,
     "reliability": reliability,
+    "verify_window": verify_window,
 }
 
 
