@@ -22,14 +22,15 @@ ENV_PREFIX = "LAZY2DFS_"
 
 
 class CacheConfig(BaseModel):
-    """The on-disk chunk cache under ``<root>/cache``."""
+    """The layer cache under ``<root>/cache``: each blob's files, unpacked as they arrive."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_bytes: int = Field(
         default=20 * 1024**3,
         gt=0,
-        description="Upper bound of cached chunk bytes; least recently used chunks go first.",
+        description="Upper bound of cached bytes. Layers no snapshot uses go first, whole, least"
+        " recently used; when nothing can go, reads are served without being cached.",
     )
 
 
