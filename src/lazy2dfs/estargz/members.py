@@ -11,12 +11,17 @@ from __future__ import annotations
 import platform
 import zlib
 from types import ModuleType
-from typing import cast
+from typing import Protocol, cast
 
 import zstandard
 from isal import isal_zlib
 
 from lazy2dfs.estargz.errors import CompressedDataError
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -86,7 +91,7 @@ def read_zstd_frames(compressed: bytes, limit: int) -> bytes:
         with zstandard.ZstdDecompressor().stream_reader(
             compressed, read_across_frames=True
         ) as reader:
-            data = _read_at_most(reader, limit + 1)
+            data = read_at_most(reader, limit + 1)
     except zstandard.ZstdError as err:
         raise CompressedDataError(f"bad zstd frame: {err}") from None
     if len(data) > limit:
@@ -94,7 +99,8 @@ def read_zstd_frames(compressed: bytes, limit: int) -> bytes:
     return data
 
 
-def _read_at_most(reader: zstandard.ZstdDecompressionReader, count: int) -> bytes:
+def read_at_most(reader: Readable, count: int) -> bytes:
+    """Up to ``count`` bytes of ``reader``: fewer only at its end."""
     parts: list[bytes] = []
     have = 0
     while have < count:

@@ -37,6 +37,7 @@ import zstandard
 
 from lazy2dfs.estargz.errors import SourceError
 from lazy2dfs.estargz.footer import build_footer
+from lazy2dfs.estargz.members import read_at_most
 from lazy2dfs.estargz.sources import SourceEntry, entries_from_directory, entries_from_tar
 from lazy2dfs.estargz.toc import (
     LANDMARK_CONTENTS,
@@ -263,7 +264,7 @@ class _Encoder:
         file_hash = hashlib.sha256()
         done = 0
         while done < info.size:
-            chunk = _read_exactly(payload, min(self._options.chunk_size, info.size - done))
+            chunk = read_at_most(payload, min(self._options.chunk_size, info.size - done))
             if not chunk:
                 raise SourceError(f"{info.name!r} ended at {done} of {info.size} bytes")
             self._close_segment()
@@ -400,18 +401,6 @@ class _Encoder:
                 )
             )
         return out
-
-
-def _read_exactly(payload: IO[bytes], size: int) -> bytes:
-    parts: list[bytes] = []
-    have = 0
-    while have < size:
-        part = payload.read(size - have)
-        if not part:
-            break
-        parts.append(part)
-        have += len(part)
-    return b"".join(parts)
 
 
 def _compress_segment(

@@ -16,11 +16,11 @@ import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from lazy2dfs.cache.layer import LayerCache
 from lazy2dfs.errors import IntegrityError
 from lazy2dfs.estargz.members import inflate_gzip_members, read_zstd_frames
+from lazy2dfs.estargz.pieces import Piece, PieceStream
 from lazy2dfs.estargz.toc import (
     DEFAULT_LIMITS,
     TOC_TAR_NAME,
@@ -47,13 +47,6 @@ class LayerMismatchError(IntegrityError):
     """A layer's bytes are not the layer its image's config (or its TOC) says they are."""
 
 
-@dataclass(frozen=True)
-class _Piece:
-    start: int  # in the tar stream
-    data: bytes | None  # None: a payload, not needed to read headers
-    length: int
-
-
 def diff_id(cache: LayerCache, tail: bytes) -> str:
     """The sha256 of the layer's tar stream, after checking its headers against the TOC.
     ``tail`` is the blob from the TOC on (recorded when the layer was opened)."""
@@ -71,83 +64,39 @@ def diff_id(cache: LayerCache, tail: bytes) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _pieces(cache: LayerCache, tail_plain: bytes) -> tuple[list[_Piece], dict[str, int]]:
-    """The stream as gap pieces (bytes) and payload pieces (lengths only), and where each
-    file's first payload starts in it."""
-    pieces: list[_Piece] = []
+class _HeaderStream(PieceStream):
+    """The layer's tar stream with payload bytes read as zeros: enough for tarfile to walk
+    the headers and seek over file contents without reading them from disk."""
+
+    def read_external(self, piece: Piece, offset: int, count: int) -> bytes:
+        return bytes(count)
+
+
+def _header_stream(cache: LayerCache, tail_plain: bytes) -> tuple[_HeaderStream, dict[str, int]]:
+    """The stream, and where each file's first payload starts in it."""
+    stream = _HeaderStream()
     starts: dict[str, int] = {}
-    position = 0
     for segment in cache.layout.segments:
         gap = cache.gap_bytes(segment)
         taken = 0
         inner = 0
         for chunk in segment.chunks:
             before = chunk.inner_offset - inner
-            pieces.append(_Piece(position, gap[taken : taken + before], before))
-            position += before
+            stream.add(gap[taken : taken + before])
             taken += before
             if chunk.file_offset == 0:
-                starts[chunk.path] = position
-            pieces.append(_Piece(position, None, chunk.size))
-            position += chunk.size
+                starts[chunk.path] = stream.size
+            stream.add_external(chunk.size, chunk)
             inner = chunk.inner_offset + chunk.size
-        pieces.append(_Piece(position, gap[taken:], len(gap) - taken))
-        position += len(gap) - taken
-    pieces.append(_Piece(position, tail_plain, len(tail_plain)))
-    return pieces, starts
-
-
-class _HeaderStream(io.RawIOBase):
-    """The tar stream with payload bytes read as zeros: enough for tarfile to walk headers
-    and seek over file contents without reading them from disk."""
-
-    def __init__(self, pieces: list[_Piece]) -> None:
-        self._pieces = [p for p in pieces if p.length]
-        self._size = sum(p.length for p in self._pieces)
-        self._position = 0
-        self._index = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        written = 0
-        while written < len(view) and self._position < self._size:
-            piece = self._find(self._position)
-            inside = self._position - piece.start
-            count = min(len(view) - written, piece.length - inside)
-            if piece.data is None:
-                view[written : written + count] = bytes(count)
-            else:
-                view[written : written + count] = piece.data[inside : inside + count]
-            written += count
-            self._position += count
-        return written
-
-    def _find(self, position: int) -> _Piece:
-        if not self._pieces[self._index].start <= position:
-            self._index = 0
-        while self._pieces[self._index].start + self._pieces[self._index].length <= position:
-            self._index += 1
-        return self._pieces[self._index]
+        stream.add(gap[taken:])
+    stream.add(tail_plain)
+    return stream, starts
 
 
 def _check_headers(cache: LayerCache, tail_plain: bytes) -> None:
-    pieces, starts = _pieces(cache, tail_plain)
+    headers, starts = _header_stream(cache, tail_plain)
     entries = iter(e for e in cache.layout.toc.entries if e.type is not EntryType.CHUNK)
-    stream = io.BufferedReader(_HeaderStream(pieces), buffer_size=64 * 1024)
+    stream = io.BufferedReader(headers, buffer_size=64 * 1024)
     try:
         with tarfile.open(fileobj=stream, mode="r:") as archive:
             for member in _members(archive):
