@@ -40,7 +40,7 @@ def _events(log: Path, layer: str) -> dict[str, float]:
 
 
 def _trial(registry: LocalRegistry, work: Path, size_mib: int, link: str) -> dict[str, float]:
-    weights = os.urandom(1 << 20) * size_mib  # incompressible per MiB, like weights
+    weights = os.urandom(size_mib << 20)  # incompressible, like weights
     layer = build_layer(
         {"model/weights.bin": weights}, estargz=WriterOptions(compression=Compression.ZSTD)
     )

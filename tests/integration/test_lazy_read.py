@@ -16,7 +16,7 @@ import pytest
 
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.errors import FailedPreconditionError
-from lazy2dfs.estargz import WriterOptions, write_blob_from_directory
+from lazy2dfs.estargz import Compression, WriterOptions, write_blob_from_directory
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.remote.fetch import FetchContext
@@ -28,8 +28,9 @@ from tests.support.memory import MemoryBlob, MemoryLocator
 CHUNK = 256 * 1024
 
 
-@pytest.fixture
-def model(tmp_path: Path) -> tuple[dict[str, bytes], MemoryLocator]:
+@pytest.fixture(params=[Compression.ZSTD, Compression.GZIP])
+def model(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[dict[str, bytes], MemoryLocator]:
+    """A model layer in each format: every test runs on zstd:chunked and on eStargz."""
     files = {
         "model/weights-0.bin": os.urandom(3 * 1024 * 1024 + 5),
         "model/weights-1.bin": os.urandom(2 * 1024 * 1024),
@@ -41,7 +42,8 @@ def model(tmp_path: Path) -> tuple[dict[str, bytes], MemoryLocator]:
         (src / name).write_bytes(data)
     (src / "model/config.json").chmod(0o640)
     out = io.BytesIO()
-    result = write_blob_from_directory(src, out, WriterOptions(chunk_size=CHUNK, workers=2))
+    options = WriterOptions(chunk_size=CHUNK, workers=2, compression=request.param)
+    result = write_blob_from_directory(src, out, options)
     return files, MemoryLocator(MemoryBlob(out.getvalue()), result.toc_digest, result.diff_id)
 
 

@@ -112,11 +112,20 @@ def _open_steps(blob_size: int, expected_digest: str | None, limits: TocLimits) 
             raise FooterError(f"TOC ends at {toc_end}, past the footer of a {blob_size}-byte blob")
         if zstd_footer.toc_compressed_size > limits.max_toc_bytes + _TOC_MEMBER_SLACK:
             raise TocTooLargeError(f"compressed TOC is {zstd_footer.toc_compressed_size} bytes")
-        compressed = yield from _outside_tail(
-            zstd_footer.toc_offset, zstd_footer.toc_compressed_size, tail, blob_size - tail_size
+        # From the TOC's skippable-frame header on: with the tail, every byte after the
+        # payloads is then at hand (a layer's diff ID check decodes them).
+        start = zstd_footer.payload_end
+        framed = yield from _outside_tail(
+            start,
+            zstd_footer.toc_offset - start + zstd_footer.toc_compressed_size,
+            tail,
+            blob_size - tail_size,
         )
         return parse_zstd_toc(
-            compressed, footer=zstd_footer, expected_digest=expected_digest, limits=limits
+            framed[zstd_footer.toc_offset - start :],
+            footer=zstd_footer,
+            expected_digest=expected_digest,
+            limits=limits,
         )
     footer = parse_footer(tail)
     toc_size = blob_size - footer.size - footer.toc_offset

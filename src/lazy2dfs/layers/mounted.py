@@ -30,7 +30,12 @@ import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.layer import LayerCache
-from lazy2dfs.errors import FailedPreconditionError, Lazy2dfsError, UnavailableError
+from lazy2dfs.errors import (
+    FailedPreconditionError,
+    IntegrityError,
+    Lazy2dfsError,
+    UnavailableError,
+)
 from lazy2dfs.estargz.blob import open_blob, open_blob_async
 from lazy2dfs.estargz.errors import FormatError, TocDigestMismatchError, TocError
 from lazy2dfs.estargz.layout import BlobLayout
@@ -357,9 +362,7 @@ class EstargzLayers:
         expected = attached.layer.layer.diff_id
         known = _recorded_diff_id(cache)
         if known is None:
-            tail = attached.layer.layer.recorded.span(
-                attached.layer.toc.payload_end, attached.layer.layer.size
-            )
+            tail = await self._tail(attached, fetcher)
             try:
                 known = await trio.to_thread.run_sync(verify.diff_id, cache, tail)
             except Lazy2dfsError as exc:
@@ -382,6 +385,18 @@ class EstargzLayers:
         )
         if expected:
             attached.local = local
+
+    @staticmethod
+    async def _tail(attached: _Attached, fetcher: SegmentFetcher) -> bytes:
+        """The blob from its payloads' end (the TOC, the footer): recorded when it was opened,
+        or, for what opening did not read (a footer frame's header), from the registry."""
+        start, end = attached.layer.toc.payload_end, attached.layer.layer.size
+        try:
+            return attached.layer.layer.recorded.span(start, end)
+        except IntegrityError:
+            data = await fetcher.source.read_range(start, end - start)
+            fetcher.count_fetched(len(data), background=True)
+            return data
 
     def _refuse(self, snapshot_id: int, attached: _Attached, why: str) -> None:
         """Quarantines the layer: reads fail, no new container mounts it."""
