@@ -54,7 +54,7 @@ class DecodedSegment:
 
 
 def decode_segment(
-    segment: Segment, compressed: bytes, compression: Compression, gap_limit: int
+    segment: Segment, compressed: bytes | memoryview, compression: Compression, gap_limit: int
 ) -> DecodedSegment:
     """Decodes all of ``segment`` (``compressed`` is exactly its bytes), verifies every chunk
     and keeps the rest as the gap; a gap longer than ``gap_limit`` is a decompression bomb."""

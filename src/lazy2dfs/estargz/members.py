@@ -62,7 +62,7 @@ def read_zstd_frame(compressed: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def inflate_gzip_members(compressed: bytes, limit: int) -> bytes:
+def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes:
     """Every gzip member in ``compressed``, decoded and joined; more than ``limit`` bytes of
     output is an error (a member that inflates beyond what its entries can hold is a bomb)."""
     parts: list[bytes] = []
@@ -84,7 +84,7 @@ def inflate_gzip_members(compressed: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def read_zstd_frames(compressed: bytes, limit: int) -> bytes:
+def read_zstd_frames(compressed: bytes | memoryview, limit: int) -> bytes:
     """Every zstd frame in ``compressed`` (skippable frames yield nothing), decoded and joined;
     more than ``limit`` bytes of output is an error."""
     try:

@@ -344,8 +344,15 @@ class EstargzLayers:
     ) -> None:
         """Fetches the rest of the layer, verifies it, and writes its local tree."""
         request = attached.layer.request
+        cache = attached.cache
+        expected = attached.layer.layer.diff_id
         with trio.move_on_after(self._limits.verify_deadline) as late:
-            await fetch_layer(fetcher)
+            known = await self._diff_id(snapshot_id, attached, fetcher)
+            if known and expected and known != expected and cache.drop_assumptions():
+                # Chunks copied from another blob were hashed with their gaps assumed empty:
+                # learn every one from the registry before judging the layer.
+                _forget_diff_id(cache)
+                known = await self._diff_id(snapshot_id, attached, fetcher)
         if late.cancelled_caught:
             self._refuse(
                 snapshot_id,
@@ -354,27 +361,15 @@ class EstargzLayers:
                 " (fetch.verify_deadline_seconds)",
             )
             return
-        cache = attached.cache
-        if not cache.complete:
-            return
-        await trio.to_thread.run_sync(cache.flush)
-        local = cache.directory / TREE
-        expected = attached.layer.layer.diff_id
-        known = _recorded_diff_id(cache)
         if known is None:
-            tail = await self._tail(attached, fetcher)
-            try:
-                known = await trio.to_thread.run_sync(verify.diff_id, cache, tail)
-            except Lazy2dfsError as exc:
-                self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")
-                return
-            if not local.is_dir():
-                backing = functools.partial(_backing, cache)
-                await trio.to_thread.run_sync(localtree.write_tree, attached.tree, backing, local)
-            _record_diff_id(cache, known)
+            return  # not complete (the cache is full), or refused already
         if expected and known != expected:
             self._refuse(snapshot_id, attached, f"its tar hashes to {known}, not {expected}")
             return
+        local = cache.directory / TREE
+        if not local.is_dir():
+            backing = functools.partial(_backing, cache)
+            await trio.to_thread.run_sync(localtree.write_tree, attached.tree, backing, local)
         log.info(
             "layer verified",
             layer=request.layer_digest,
@@ -385,6 +380,28 @@ class EstargzLayers:
         )
         if expected:
             attached.local = local
+
+    async def _diff_id(
+        self, snapshot_id: int, attached: _Attached, fetcher: SegmentFetcher
+    ) -> str | None:
+        """The layer's diff ID once every segment is cached (recorded, so a restart does not
+        hash it again); None if it cannot be had or the layer was refused."""
+        await fetch_layer(fetcher)
+        cache = attached.cache
+        if not cache.complete:
+            return None
+        await trio.to_thread.run_sync(cache.flush)
+        known = _recorded_diff_id(cache)
+        if known is not None:
+            return known
+        tail = await self._tail(attached, fetcher)
+        try:
+            known = await trio.to_thread.run_sync(verify.diff_id, cache, tail)
+        except Lazy2dfsError as exc:
+            self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")
+            return None
+        _record_diff_id(cache, known)
+        return known
 
     @staticmethod
     async def _tail(attached: _Attached, fetcher: SegmentFetcher) -> bytes:
@@ -476,6 +493,10 @@ def _recorded_diff_id(cache: LayerCache) -> str | None:
         return (cache.directory / DIFF_ID).read_text().strip() or None
     except FileNotFoundError:
         return None
+
+
+def _forget_diff_id(cache: LayerCache) -> None:
+    (cache.directory / DIFF_ID).unlink(missing_ok=True)
 
 
 def _record_diff_id(cache: LayerCache, value: str) -> None:

@@ -56,9 +56,11 @@ def diff_id(cache: LayerCache, tail: bytes) -> str:
         tail_plain = inflate_gzip_members(tail, limit)
     else:
         tail_plain = read_zstd_frames(tail, limit)
-    digest = hashlib.sha256()
-    for piece in cache.stream():
-        digest.update(piece)
+    digest = cache.stream_digest()
+    if digest is None:  # segments arrived out of order, or a gap was guessed: hash it all
+        digest = hashlib.sha256()
+        for piece in cache.stream():
+            digest.update(piece)
     digest.update(tail_plain)
     _check_headers(cache, tail_plain)
     return "sha256:" + digest.hexdigest()

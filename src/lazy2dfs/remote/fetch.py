@@ -301,7 +301,7 @@ class SegmentFetcher:
     def _decode_and_write(self, segment: Segment, piece: memoryview) -> tuple[DecodedSegment, bool]:
         """In a worker thread: decode, verify, write. Returns whether the cache kept it."""
         decoded = decode_segment(
-            segment, bytes(piece), self.layout.toc.compression, self._gap_limits[segment.index]
+            segment, piece, self.layout.toc.compression, self._gap_limits[segment.index]
         )
         return decoded, self._write(segment, decoded.payloads, Gap.KNOWN, decoded.gap)
 

@@ -135,6 +135,11 @@ async def _read(fetcher: SegmentFetcher, file: RegularFile, offset: int, size: i
 
 
 async def _fetch_in_groups(fetcher: SegmentFetcher, segments: list[Segment]) -> None:
+    """Readers first, but not readers only: while a reader waits on the network, no further
+    group starts, yet one stays in flight. A model loads front to back, in the order this
+    fetch goes, so its reader is nearly always waiting, and for what that group brings; a
+    fetch that stopped whenever a reader waited left the load to its own 16 MiB read-ahead
+    (measured: 89 MiB/s for a cold 1 GiB layer)."""
     context = fetcher.context
     window = trio.CapacityLimiter(LAYER_WINDOW)
 
@@ -147,7 +152,8 @@ async def _fetch_in_groups(fetcher: SegmentFetcher, segments: list[Segment]) -> 
 
     async with trio.open_nursery() as nursery:
         for group in groups(fetcher.wanted(segments, Fetch.PREFETCH), GROUP_BYTES):
-            await context.gate.wait_idle()
+            if window.borrowed_tokens:
+                await context.gate.wait_idle()
             token = object()
             await window.acquire_on_behalf_of(token)
             nursery.start_soon(one, group, token)

@@ -2,6 +2,8 @@
 once however many readers want it, chunks another blob holds copied instead of fetched, reads
 served by pread, and a stalled registry turned into an error after the deadline."""
 
+import gzip
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.layout import BlobLayout
+from lazy2dfs.layers.verify import diff_id
 from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
 from lazy2dfs.remote.flight import Fetch
 from lazy2dfs.remote.reader import LayerReader
@@ -44,6 +47,11 @@ class CountingSource:
     @property
     def served(self) -> int:
         return sum(length for _, length in self.requests)
+
+
+def tar_stream(data: bytes) -> bytes:
+    """The blob's whole tar stream, decompressed (its gzip members, TOC and footer included)."""
+    return gzip.decompress(data)
 
 
 def blob(files: dict[str, bytes]) -> tuple[bytes, BlobLayout]:
@@ -108,6 +116,13 @@ def test_a_file_another_blob_holds_is_copied_not_fetched(tmp_path: Path) -> None
         await new.ensure(list(new_layout.segments), Fetch.PREFETCH)
         assert new.cache.complete
         assert source.served < new_layout.toc.payload_end - 2 * CHUNK
+        # The tar stream hashed as the copies and fetches arrived is the layer's: the diff ID
+        # check reads nothing back, and the copies' assumed-empty gaps were right.
+        assert new.cache.stream_digest() is not None
+        tail = new_data[new_layout.toc.payload_end :]
+        assert (
+            diff_id(new.cache, tail) == "sha256:" + hashlib.sha256(tar_stream(new_data)).hexdigest()
+        )
 
     trio.run(main)
 
