@@ -93,6 +93,7 @@ class LayerCache:
         self._gaps: dict[int, Gap] = {}  # present segments
         self._gap_at: dict[int, tuple[int, int]] = {}  # segment → (log offset, length)
         self._pending: list[_Pending] = []
+        self._recording: list[_Pending] = []  # taken by a flush, offsets not yet known
         self._dirty: set[int] = set()  # file numbers written since the last flush
         self._numbered = tuple(layout.files.values())  # a file's number is its index
         self._files: OrderedDict[int, int] = OrderedDict()  # file number → descriptor
@@ -215,6 +216,8 @@ class LayerCache:
         """Makes written segments durable, then records them; returns how many it recorded."""
         with self._lock:
             pending, self._pending = self._pending, []
+            # Still readable by gap_bytes until their offsets in the log are known.
+            self._recording.extend(pending)
             dirty, self._dirty = self._dirty, set()
             created, self._created = self._created, False
         if not pending:
@@ -242,6 +245,8 @@ class LayerCache:
             os.ftruncate(self._log, end)
             with self._lock:
                 self._pending[:0] = pending
+                taken = {id(p) for p in pending}
+                self._recording = [p for p in self._recording if id(p) not in taken]
             log.warning(
                 "cache records not written",
                 path=self._log_path,
@@ -252,6 +257,8 @@ class LayerCache:
         with self._lock:
             for segment, offset, length in offsets:
                 self._gap_at[segment] = (offset, length)
+            taken = {id(p) for p in pending}
+            self._recording = [p for p in self._recording if id(p) not in taken]
         return len(pending)
 
     def _load_log(self) -> None:
@@ -310,7 +317,14 @@ class LayerCache:
         """The recorded gap of a present segment (empty when assumed empty)."""
         with self._lock:
             where = self._gap_at.get(segment.index)
-            pending = next((p for p in self._pending if p.segment == segment.index), None)
+            pending = next(
+                (
+                    p
+                    for p in reversed(self._recording + self._pending)  # newest first
+                    if p.segment == segment.index
+                ),
+                None,
+            )
         if pending is not None:
             return pending.gap_bytes
         if where is None:

@@ -124,3 +124,25 @@ def test_a_full_disk_refuses_the_write_and_marks_nothing(
         fill(cache, data, layout, [s.index for s in segments])
     assert not all(cache.present(s) for s in segments)
     cache.close()
+
+
+def test_a_gap_stays_readable_while_a_flush_records_it(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The diff ID check reads gaps while the recorder appends them to the log."""
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    fill(cache, data, layout, [0])
+    expected = cache.gap_bytes(layout.segments[0])
+    seen: list[bytes] = []
+    real_write = os.write
+
+    def write_then_look(fd: int, records: bytes) -> int:
+        seen.append(cache.gap_bytes(layout.segments[0]))  # between taking and recording
+        return real_write(fd, records)
+
+    monkeypatch.setattr(os, "write", write_then_look)
+    cache.flush()
+    monkeypatch.undo()
+    assert seen == [expected] and cache.gap_bytes(layout.segments[0]) == expected
+    cache.close()
