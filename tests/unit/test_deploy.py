@@ -229,3 +229,23 @@ def test_model_deployment_uses_a_2dfs_partition() -> None:
         node.items()
         <= _manifest("daemonset.yaml")["spec"]["template"]["spec"]["nodeSelector"].items()
     )
+
+
+def test_model_server_mounts_its_weights_as_an_image_volume() -> None:
+    deployment = _manifest("model-image-volume.yaml")
+    assert deployment["kind"] == "Deployment"
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [container] = pod["containers"]
+    [mount] = container["volumeMounts"]
+    volume = volumes[mount["name"]]
+    assert mount["readOnly"] is True
+    assert volume["image"]["pullPolicy"] in {"IfNotPresent", "Always", "Never"}
+    assert parse_reference(volume["image"]["reference"]).tag == "v1"
+    assert mount["mountPath"] in " ".join(container["args"])
+    assert "subPath" not in mount  # containerd 2.1 ignores it (docs/kubernetes.md)
+    node = pod["nodeSelector"]
+    assert (
+        node.items()
+        <= _manifest("daemonset.yaml")["spec"]["template"]["spec"]["nodeSelector"].items()
+    )
