@@ -167,8 +167,11 @@ class Kubelet:
             for container in pod.containers:
                 image_ref = self.ensure_image(container.image, sandbox)
                 running.container_ids[container.name] = self._start(running, container, image_ref)
-        except BaseException:
-            self.remove_pod(running)
+        except BaseException as failure:
+            try:
+                self.remove_pod(running)
+            except grpc.RpcError as cleanup:
+                failure.add_note(f"removing pod {pod.name} failed too: {cleanup}")
             raise
         return running
 
