@@ -24,11 +24,12 @@ ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
 SHARDS = {f"llama/shard-{n}.safetensors": os.urandom(6 * CHUNK + n) for n in range(3)}
 HEAD = 1000
 # The server reads shard 0 whole and the head of shard 1; shard 2 it never opens. Then it
-# tries to write into the volume.
+# tries to write into the volume; the shell's complaint goes to standard output too, so that
+# the CRI log (one file for both streams) keeps it in order.
 SERVER = f"""sha256sum /models/llama/shard-0.safetensors
 head -c {HEAD} /models/llama/shard-1.safetensors | sha256sum
 ls /models/llama
-echo weights > /models/llama/new 2>&1 || echo "write refused"
+{{ echo weights > /models/llama/new; }} 2>&1 || echo "write refused"
 """
 
 
