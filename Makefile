@@ -6,10 +6,13 @@ APT_PACKAGES := containerd runc docker-registry fuse3 libfuse3-dev pkg-config bu
 	stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev skopeo \
 	golang-go golang-github-containerd-containerd-dev sqlite3 iproute2
 PROTO_FILES := $(wildcard proto/lazy2dfs/api/*.proto)
+# containerd 2.1 for the tests' second containerd, unpacked from Debian unstable's package
+# (the system's containerd stays the 1.6 of Debian 12); devstack/containerd.py looks here.
+DEBIAN_UNSTABLE := .cache/debian-unstable
 
-.PHONY: deps apt venv proto proto-check lint pytest test demo bench clean
+.PHONY: deps apt containerd-2.1 venv proto proto-check lint pytest test demo bench clean
 
-deps: apt venv
+deps: apt containerd-2.1 venv
 
 # Installs only what is missing, so a warm machine pays nothing.
 apt:
@@ -18,6 +21,10 @@ apt:
 		echo "installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# Downloads only once: the script returns at once when the package is already unpacked.
+containerd-2.1:
+	devstack/fetch-containerd-2.1.sh $(DEBIAN_UNSTABLE)
 
 venv: $(VENV)/.installed
 

@@ -76,7 +76,7 @@ def cold_start(
 
 
 def _ctr(containerd: LocalContainerd) -> list[str]:
-    return ["ctr", "--address", str(containerd.address)]
+    return [containerd.release.binary("ctr"), "--address", str(containerd.address)]
 
 
 def _run_script(

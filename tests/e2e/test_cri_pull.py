@@ -1,29 +1,27 @@
 """CRI image pulls (``runtime.v1.ImageService/PullImage``, as kubelet and crictl make them)
-into a private containerd 1.6 whose CRI plugin unpacks into lazy2dfs, configured as
-``deploy/containerd/config-1.6.toml`` ships it: eStargz layers are mounted lazily from the
-``containerd.io/snapshot/cri.*`` labels alone, plain tar.gz layers fall back to a download, and
-containers run on both."""
+into a private containerd, 1.6 and 2.1, whose CRI plugin unpacks into lazy2dfs, configured as
+``deploy/containerd/config-1.6.toml`` and ``config-2.x.toml`` ship it (2.1 pulls through its
+transfer service): eStargz layers are mounted lazily from the ``containerd.io/snapshot/cri.*``
+labels alone, plain tar.gz layers fall back to a download, and containers run on both."""
 
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
-import grpc
 import pytest
 
-from devstack.containerd import CRI_NAMESPACE, CRI_READY, LocalContainerd
+from devstack.containerd import CONTAINERD_1_6, CRI_NAMESPACE, CRI_READY, RELEASES, Release
 from devstack.images import BuiltImage, build_image, build_layer
+from devstack.kubelet import Kubelet
 from devstack.model import runtime_tree
-from lazy2dfs.api import cri_pb2, cri_pb2_grpc
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.snapshotter.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
-from tests.support.stack import Stack, private_stack
+from tests.support.stack import Stack, private_stack, release_id
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
-PULL_TIMEOUT = 300.0
 MODEL: Mapping[str, bytes] = {
     "model/weights.bin": os.urandom(5 * CHUNK + 321),
     "model/config.json": b'{"rows": 4, "cols": 2}',
@@ -32,39 +30,25 @@ MODEL: Mapping[str, bytes] = {
 }
 
 
-@pytest.fixture(scope="module")
-def cri_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def cri_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """CRI on; the daemon's background fetch off, so that every GET of a layer blob in the
     registry's log is either containerd downloading it or a read fetching a chunk."""
     config = "[fetch]\nbackground = false\n"
-    with private_stack(tmp_path_factory.mktemp("cri"), config=config, cri=True) as stack:
+    release: Release = request.param
+    work = tmp_path_factory.mktemp("cri")
+    with private_stack(work, config=config, cri=True, release=release) as stack:
         try:
             yield stack
         finally:
-            remove_containers(stack.containerd)
+            stack.remove_containers()
 
 
-def remove_containers(containerd: LocalContainerd) -> None:
-    """Kills what a failed ``ctr run --rm`` may have left: shims outlive containerd, and hold
-    their containers' overlay mounts on lazy2dfs's layers."""
-    for namespace in (CRI_NAMESPACE, "default"):
-        for task in containerd.ctr(
-            "tasks", "ls", "--quiet", namespace=namespace, check=False
-        ).split():
-            containerd.ctr("tasks", "rm", "--force", task, namespace=namespace, check=False)
-        for container in containerd.ctr(
-            "containers", "ls", "--quiet", namespace=namespace, check=False
-        ).split():
-            containerd.ctr("containers", "rm", container, namespace=namespace, check=False)
-
-
-def cri_pull(containerd: LocalContainerd, ref: str) -> str:
-    """PullImage on containerd's socket; CRI answers with the image ID (the config digest)."""
-    with grpc.insecure_channel(f"unix:{containerd.address}") as channel:
-        stub = cri_pb2_grpc.ImageServiceStub(channel)
-        request = cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=ref))
-        response: cri_pb2.PullImageResponse = stub.PullImage(request, timeout=PULL_TIMEOUT)
-    return response.image_ref
+def cri_pull(stack: Stack, ref: str) -> str:
+    with Kubelet(stack.containerd.address, stack.containerd.workdir / "pods") as kubelet:
+        return kubelet.pull_image(ref)
 
 
 def k8s_ctr(stack: Stack, *args: str) -> str:
@@ -93,11 +77,6 @@ def chain_ids(image: BuiltImage) -> list[str]:
     return chain
 
 
-def daemon_events(stack: Stack, event: str) -> list[str]:
-    log = Path(stack.snapshotter.workdir, "lazy2dfs.log").read_text(errors="replace")
-    return [line for line in log.splitlines() if f'event="{event}"' in line]
-
-
 def model_image() -> BuiltImage:
     return build_image(
         [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer(MODEL, estargz=ESTARGZ)]
@@ -107,18 +86,30 @@ def model_image() -> BuiltImage:
 def test_cri_runs_as_shipped_with_its_state_in_the_work_directory(cri_stack: Stack) -> None:
     containerd = cri_stack.containerd
     log = containerd.log()
-    started = [line for line in log.splitlines() if 'msg="Start cri plugin with config' in line]
-    assert len(started) == 1
-    for setting in (
-        "Snapshotter:lazy2dfs ",
-        "DisableSnapshotAnnotations:false ",
-        f"RootDir:{containerd.workdir}/root/io.containerd.grpc.v1.cri ",
-        f"StateDir:{containerd.workdir}/state/io.containerd.grpc.v1.cri}}",
-        f"NetworkPluginConfDir:{containerd.workdir}/cni/net.d ",
-        "StreamServerAddress:127.0.0.1 ",
-        "Registry:{ConfigPath: ",  # so 127.0.0.1 is reached over plain HTTP
-    ):
-        assert setting in started[0]
+    if containerd.release is CONTAINERD_1_6:
+        started = [x for x in log.splitlines() if 'msg="Start cri plugin with config' in x]
+        assert len(started) == 1
+        for setting in (
+            "Snapshotter:lazy2dfs ",
+            "DisableSnapshotAnnotations:false ",
+            f"RootDir:{containerd.workdir}/root/io.containerd.grpc.v1.cri ",
+            f"StateDir:{containerd.workdir}/state/io.containerd.grpc.v1.cri}}",
+            f"NetworkPluginConfDir:{containerd.workdir}/cni/net.d ",
+            "StreamServerAddress:127.0.0.1 ",
+            "Registry:{ConfigPath: ",  # so 127.0.0.1 is reached over plain HTTP
+        ):
+            assert setting in started[0]
+    else:
+        # 2.x logs the runtime half of CRI's config as JSON, and its image half piecemeal.
+        [started] = re.findall(r'msg="starting cri plugin" config="(.*)"$', log, re.MULTILINE)
+        runtime = json.loads(started.replace('\\"', '"'))
+        assert runtime["rootDir"] == f"{containerd.workdir}/root/io.containerd.grpc.v1.cri"
+        assert runtime["stateDir"] == f"{containerd.workdir}/state/io.containerd.grpc.v1.cri"
+        assert runtime["cni"]["confDir"] == f"{containerd.workdir}/cni/net.d"
+        root = cri_stack.snapshotter.root
+        assert f'Get image filesystem path \\"{root}\\" for snapshotter \\"lazy2dfs\\"' in log
+        # CRI pulls through the transfer service (with image labels), not its local puller.
+        assert "Falling back to local image pull mode" not in log
     # CRI loads without CNI (image pulls never need it); that is its only complaint at start.
     startup = log[: log.index(CRI_READY)]
     errors = [line for line in startup.splitlines() if "level=error" in line]
@@ -129,7 +120,7 @@ def test_cri_pull_of_an_estargz_image_mounts_every_layer_lazily(cri_stack: Stack
     image = model_image()
     ref = cri_stack.push("cri/model:v1", image)
 
-    assert cri_pull(cri_stack.containerd, ref) == image.config.digest
+    assert cri_pull(cri_stack, ref) == image.config.digest
 
     # Only the manifest and config reached containerd's content store.
     content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()
@@ -138,12 +129,12 @@ def test_cri_pull_of_an_estargz_image_mounts_every_layer_lazily(cri_stack: Stack
         assert layer.blob.digest not in content
         # containerd never asked for the blob; the daemon read its footer and TOC by range.
         assert set(cri_stack.blob_gets(layer.blob.digest)) <= {206}
-    mounted = daemon_events(cri_stack, "layer mounted lazily")
+    mounted = cri_stack.daemon_events("layer mounted lazily")
     for layer in image.layers:
         lines = [line for line in mounted if f"layer={layer.blob.digest}" in line]
         assert len(lines) == 1, mounted
         assert f"image={ref}" in lines[0]
-    assert not daemon_events(cri_stack, "layer fallback")
+    assert not cri_stack.daemon_events("layer fallback")
 
     # The snapshots were committed from the labels CRI passed, not from lazy2dfs's own.
     for layer, chain_id in zip(image.layers, chain_ids(image), strict=True):
@@ -178,9 +169,9 @@ def test_cri_pull_of_a_plain_gzip_image_falls_back_and_runs(cri_stack: Stack) ->
     image = build_image([runtime_tree(), files])
     ref = cri_stack.push("cri/plain:v1", image)
 
-    assert cri_pull(cri_stack.containerd, ref) == image.config.digest
+    assert cri_pull(cri_stack, ref) == image.config.digest
 
-    fallbacks = daemon_events(cri_stack, "layer fallback")
+    fallbacks = cri_stack.daemon_events("layer fallback")
     for layer in image.layers:
         lines = [line for line in fallbacks if f"layer={layer.blob.digest}" in line]
         assert len(lines) == 1, fallbacks

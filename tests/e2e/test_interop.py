@@ -21,14 +21,13 @@ import json
 import os
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from devstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
+from devstack.containerd import CONTAINERD_1_6, dump_toml, load_shipped, local_config
 from devstack.images import build_image
 from devstack.model import runtime_tree
 from devstack.mounts import detach_under, mounts_under
@@ -268,9 +267,7 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
         cdir = work / "c"
         cdir.mkdir()
         address = cdir / "containerd.sock"
-        config = local_config(
-            tomllib.loads(SHIPPED_CONFIG.read_text()), cdir, address, lazy.address
-        )
+        config = local_config(load_shipped(CONTAINERD_1_6), cdir, address, lazy.address)
         config["proxy_plugins"]["stargz"] = {"type": "snapshot", "address": str(stargz_socket)}
         (cdir / "config.toml").write_text(dump_toml(config))
         containerd = ChildProcess(

@@ -1,5 +1,6 @@
 """Running containers keep reading lazily pulled weights while the daemon is killed (-9) or
-stopped (SIGTERM) and started again: the FUSE keeper holds their requests meanwhile."""
+stopped (SIGTERM) and started again: the FUSE keeper holds their requests meanwhile. On
+containerd 1.6 and 2.1."""
 
 import hashlib
 import os
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.containerd import RELEASES, Release
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
 from devstack.snapshotter import keeper_pids
 from lazy2dfs.estargz import WriterOptions
-from tests.support.stack import Stack, private_stack
+from tests.support.stack import Stack, private_stack, release_id
 
 CHUNK = 1 << 20
 ESTARGZ = WriterOptions(chunk_size=CHUNK, mtime=946684800)
@@ -27,12 +29,15 @@ touch /out/done
 """
 
 
-@pytest.fixture(scope="module")
-def keeper_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def keeper_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """Background fetch off: what the container reads after the restart is not cached yet,
     so it must travel kernel → keeper → new daemon → registry."""
     config = "[fetch]\nbackground = false\n[fuse]\nrestart_grace_seconds = 60\n"
-    with private_stack(tmp_path_factory.mktemp("keep"), config=config) as stack:
+    release: Release = request.param
+    with private_stack(tmp_path_factory.mktemp("keep"), config=config, release=release) as stack:
         yield stack
 
 

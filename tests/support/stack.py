@@ -1,13 +1,17 @@
-"""A private registry, lazy2dfs daemon and containerd 1.6 for the end-to-end tests, always torn
-down; images are built by the tests and pushed over loopback."""
+"""A private registry, lazy2dfs daemon and containerd (1.6 or 2.1) for the end-to-end tests,
+always torn down; images are built by the tests and pushed over loopback.
 
+A module fixture with ``params=devstack.containerd.RELEASES, ids=release_id`` runs its tests
+once per containerd release, each against its own stack."""
+
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.containerd import LocalContainerd
+from devstack.containerd import CONTAINERD_1_6, CRI_NAMESPACE, LocalContainerd, Release
 from devstack.faults import FaultProxy
 from devstack.images import BuiltImage
 from devstack.registry import LocalRegistry
@@ -15,6 +19,10 @@ from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.errors import UnavailableError
 
 RECONNECT_TIMEOUT = 30.0
+
+
+def release_id(release: Release) -> str:
+    return f"containerd-{release.name}"
 
 
 @dataclass
@@ -61,24 +69,55 @@ class Stack:
                     raise
                 time.sleep(0.2)
 
+    def remove_containers(self) -> None:
+        """Kills what a failed ``ctr run --rm`` or pod may have left: shims outlive containerd,
+        and hold their containers' overlay mounts on lazy2dfs's layers."""
+        for namespace in (CRI_NAMESPACE, "default"):
+            ctr = functools.partial(self.containerd.ctr, namespace=namespace, check=False)
+            for task in ctr("tasks", "ls", "--quiet").split():
+                ctr("tasks", "rm", "--force", task)
+            for container in ctr("containers", "ls", "--quiet").split():
+                ctr("containers", "rm", container)
+
+    def daemon_events(self, event: str) -> list[str]:
+        """The daemon's log lines for ``event`` (e.g. ``layer mounted lazily``)."""
+        log = (self.snapshotter.workdir / "lazy2dfs.log").read_text(errors="replace")
+        return [line for line in log.splitlines() if f'event="{event}"' in line]
+
     def snapshot_dirs(self) -> list[str]:
         return sorted(p.name for p in (self.snapshotter.root / "snapshots").iterdir())
 
 
 @contextmanager
 def private_stack(
-    work: Path, config: str = "", log_level: str = "info", proxy: bool = False, cri: bool = False
+    work: Path,
+    config: str = "",
+    log_level: str = "info",
+    proxy: bool = False,
+    cri: bool = False,
+    release: Release = CONTAINERD_1_6,
+    sandbox: BuiltImage | None = None,
 ) -> Iterator[Stack]:
     """A stack under ``work`` (keep it short: unix socket names are limited to 108 bytes),
     ``config`` for the daemon; with ``proxy``, a fault proxy in front of the registry (images
-    pulled through ``proxy.host`` go through it); with ``cri``, containerd's CRI plugin on."""
+    pulled through ``proxy.host`` go through it); with ``cri``, containerd's CRI plugin on;
+    ``release``: which containerd; ``sandbox``: CRI's pause image, pushed to the registry and
+    named in containerd's config (nothing is pulled from outside)."""
     with ExitStack() as running:
         registry = running.enter_context(LocalRegistry(work / "r"))
         front = running.enter_context(FaultProxy(registry.host)) if proxy else None
+        pause = registry.push("k8s/pause:local", sandbox) if sandbox is not None else None
         snapshotter = running.enter_context(
             LocalSnapshotter(work / "s", config=config, log_level=log_level)
         )
         containerd = running.enter_context(
-            LocalContainerd(work / "c", snapshotter.address, cri=cri)
+            LocalContainerd(
+                work / "c",
+                snapshotter.address,
+                cri=cri,
+                release=release,
+                snapshotter_root=snapshotter.root,
+                sandbox_image=pause,
+            )
         )
         yield Stack(registry, snapshotter, containerd, front)

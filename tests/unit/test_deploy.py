@@ -1,4 +1,5 @@
-"""The files under deploy/ are what they claim: containerd loads its configs, systemd accepts
+"""The files under deploy/ are what they claim: containerd (1.6 and 2.1) loads its configs,
+systemd accepts
 the unit, the Kubernetes manifests carry what the node needs, and their command lines are ones
 ``lazy2dfs`` accepts."""
 
@@ -14,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from devstack.containerd import SHIPPED_CONFIG, dump_toml, local_config
+from devstack.containerd import (
+    CONTAINERD_1_6,
+    CONTAINERD_2_1,
+    RELEASES,
+    Release,
+    dump_toml,
+    load_shipped,
+    local_config,
+)
 from lazy2dfs import config
 from lazy2dfs.cli import build_parser
 from lazy2dfs.daemon import SHUTDOWN_GRACE_SECONDS
@@ -26,17 +35,10 @@ SOCKET = str(config.Config().address)
 CRI_V1 = "io.containerd.grpc.v1.cri"
 
 
-def _containerd() -> str:
-    binary = shutil.which("containerd")
-    if binary is None:
-        pytest.fail("containerd is not installed: run 'make deps'")
-    return binary
-
-
-def _dump(path: Path) -> dict[str, Any]:
-    """The configuration containerd 1.6 would run with, as it prints it."""
+def _dump(path: Path, release: Release = CONTAINERD_1_6) -> dict[str, Any]:
+    """The configuration ``release`` would run with, as it prints it."""
     done = subprocess.run(
-        [_containerd(), "--config", str(path), "config", "dump"],
+        [release.binary("containerd"), "--config", str(path), "config", "dump"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -50,8 +52,9 @@ def _version_2_files() -> list[Path]:
     return [f for f in files if tomllib.loads(f.read_text()).get("version") == 2]
 
 
-def test_the_tests_use_a_shipped_version_2_file() -> None:
-    assert SHIPPED_CONFIG in _version_2_files()
+def test_the_tests_use_the_shipped_files() -> None:
+    assert CONTAINERD_1_6.shipped_config in _version_2_files()
+    assert CONTAINERD_2_1.shipped_config == DEPLOY / "containerd" / "config-2.x.toml"
 
 
 @pytest.mark.parametrize("path", _version_2_files(), ids=lambda p: p.name)
@@ -63,12 +66,17 @@ def test_containerd_loads_the_shipped_version_2_config(path: Path) -> None:
     assert cri["disable_snapshot_annotations"] is False
 
 
-def test_private_containerd_config_is_the_shipped_one_with_local_paths(tmp_path: Path) -> None:
-    shipped = tomllib.loads(SHIPPED_CONFIG.read_text())
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: f"containerd-{r.name}")
+def test_private_containerd_config_is_the_shipped_one_with_local_paths(
+    release: Release, tmp_path: Path
+) -> None:
+    shipped = load_shipped(release)
     local = local_config(shipped, tmp_path, tmp_path / "c.sock", tmp_path / "s.sock")
     assert tomllib.loads(dump_toml(local)) == local
-    # Only the private instance's paths, sockets and disabled plugins differ.
-    assert local["plugins"][CRI_V1] == shipped["plugins"][CRI_V1]
+    # Only the private instance's paths, sockets and disabled plugins differ: every setting
+    # the shipped file makes is there unchanged, the proxy's address aside.
+    for name, settings in shipped["plugins"].items():
+        assert local["plugins"][name].items() >= settings.items(), name
     assert local["proxy_plugins"]["lazy2dfs"] == {
         **shipped["proxy_plugins"]["lazy2dfs"],
         "address": str(tmp_path / "s.sock"),
@@ -76,29 +84,47 @@ def test_private_containerd_config_is_the_shipped_one_with_local_paths(tmp_path:
     assert CRI_V1 in local["disabled_plugins"]
     file = tmp_path / "config.toml"
     file.write_text(dump_toml(local))
-    dumped = _dump(file)
+    dumped = _dump(file, release)
     assert dumped["grpc"]["address"] == str(tmp_path / "c.sock")
     assert dumped["proxy_plugins"]["lazy2dfs"]["address"] == str(tmp_path / "s.sock")
+    # Nothing containerd writes or listens on stays outside the work directory.
+    for path in (dumped["root"], dumped["state"], dumped["ttrpc"]["address"]):
+        assert path.startswith(str(tmp_path)), path
+    if release is CONTAINERD_2_1:
+        nri = dumped["plugins"]["io.containerd.nri.v1.nri"]
+        assert nri["socket_path"].startswith(str(tmp_path))
+        runtime = dumped["plugins"]["io.containerd.cri.v1.runtime"]
+        assert runtime["netns_mounts_under_state_dir"] is True
+        assert all(d.startswith(str(tmp_path)) for d in runtime["cdi_spec_dirs"])
 
 
-def test_containerd_2_config_enables_the_transfer_service_and_cri() -> None:
-    # containerd 2.x is not installed here: check the structure its documentation describes.
-    cfg = tomllib.loads((DEPLOY / "containerd" / "config-2.x.toml").read_text())
-    assert cfg["version"] == 3
-    proxy = cfg["proxy_plugins"]["lazy2dfs"]
+def test_containerd_2_1_loads_the_transfer_service_and_cri_settings() -> None:
+    dumped = _dump(CONTAINERD_2_1.shipped_config, CONTAINERD_2_1)
+    proxy = dumped["proxy_plugins"]["lazy2dfs"]
     assert proxy["type"] == "snapshot"
     assert proxy["address"] == SOCKET
     assert proxy["exports"] == {
+        "address": SOCKET,  # containerd adds it
         "root": str(config.Config().root),
         "enable_remote_snapshot_annotations": "true",
     }
-    unpack = cfg["plugins"]["io.containerd.transfer.v1.local"]["unpack_config"]
-    lazy = {u["platform"] for u in unpack if u["snapshotter"] == "lazy2dfs"}
-    assert lazy == {"linux/amd64", "linux/arm64"}
-    images = cfg["plugins"]["io.containerd.cri.v1.images"]
+    unpack = dumped["plugins"]["io.containerd.transfer.v1.local"]["unpack_config"]
+    # Each entry names its differ (else a foreign platform's entry breaks the transfer
+    # service: tests/e2e/test_containerd_plugins.py); overlayfs stays, for other pulls.
+    assert all(u["differ"] == "walking" for u in unpack)
+    for snapshotter in ("lazy2dfs", "overlayfs"):
+        platforms = {u["platform"] for u in unpack if u["snapshotter"] == snapshotter}
+        assert platforms == {"linux/amd64", "linux/arm64"}
+    assert dumped["plugins"]["io.containerd.transfer.v1.local"]["check_platform_supported"] is False
+    images = dumped["plugins"]["io.containerd.cri.v1.images"]
     assert images["snapshotter"] == "lazy2dfs"
-    # On 2.1 this setting turns CRI's transfer service off; the file must not need it.
-    assert "disable_snapshot_annotations" not in images
+    # The defaults, which keep CRI pulling through the transfer service: the file must not
+    # set disable_snapshot_annotations (false would switch 2.1 to its local puller).
+    assert images["use_local_image_pull"] is False
+    assert (
+        "disable_snapshot_annotations"
+        not in load_shipped(CONTAINERD_2_1)["plugins"]["io.containerd.cri.v1.images"]
+    )
 
 
 def _unit() -> configparser.ConfigParser:
@@ -199,6 +225,26 @@ def test_model_deployment_uses_a_2dfs_partition() -> None:
     assert ref.tag == "v1"
     assert [str(p) for p in ref.partitions] == ["0.0.1.0"]
     node = deployment["spec"]["template"]["spec"]["nodeSelector"]
+    assert (
+        node.items()
+        <= _manifest("daemonset.yaml")["spec"]["template"]["spec"]["nodeSelector"].items()
+    )
+
+
+def test_model_server_mounts_its_weights_as_an_image_volume() -> None:
+    deployment = _manifest("model-image-volume.yaml")
+    assert deployment["kind"] == "Deployment"
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [container] = pod["containers"]
+    [mount] = container["volumeMounts"]
+    volume = volumes[mount["name"]]
+    assert mount["readOnly"] is True
+    assert volume["image"]["pullPolicy"] in {"IfNotPresent", "Always", "Never"}
+    assert parse_reference(volume["image"]["reference"]).tag == "v1"
+    assert mount["mountPath"] in " ".join(container["args"])
+    assert "subPath" not in mount  # containerd 2.1 ignores it (docs/kubernetes.md)
+    node = pod["nodeSelector"]
     assert (
         node.items()
         <= _manifest("daemonset.yaml")["spec"]["template"]["spec"]["nodeSelector"].items()

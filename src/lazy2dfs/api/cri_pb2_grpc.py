@@ -25,6 +25,465 @@ if _version_not_supported:
     )
 
 
+class RuntimeServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Version = channel.unary_unary(
+                '/runtime.v1.RuntimeService/Version',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.VersionRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.VersionResponse.FromString,
+                _registered_method=True)
+        self.RunPodSandbox = channel.unary_unary(
+                '/runtime.v1.RuntimeService/RunPodSandbox',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.RunPodSandboxRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.RunPodSandboxResponse.FromString,
+                _registered_method=True)
+        self.StopPodSandbox = channel.unary_unary(
+                '/runtime.v1.RuntimeService/StopPodSandbox',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.StopPodSandboxRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.StopPodSandboxResponse.FromString,
+                _registered_method=True)
+        self.RemovePodSandbox = channel.unary_unary(
+                '/runtime.v1.RuntimeService/RemovePodSandbox',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.RemovePodSandboxRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.RemovePodSandboxResponse.FromString,
+                _registered_method=True)
+        self.PodSandboxStatus = channel.unary_unary(
+                '/runtime.v1.RuntimeService/PodSandboxStatus',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.PodSandboxStatusRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.PodSandboxStatusResponse.FromString,
+                _registered_method=True)
+        self.CreateContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/CreateContainer',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.CreateContainerResponse.FromString,
+                _registered_method=True)
+        self.StartContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/StartContainer',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.StartContainerRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.StartContainerResponse.FromString,
+                _registered_method=True)
+        self.StopContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/StopContainer',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.StopContainerRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.StopContainerResponse.FromString,
+                _registered_method=True)
+        self.RemoveContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/RemoveContainer',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.RemoveContainerRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.RemoveContainerResponse.FromString,
+                _registered_method=True)
+        self.ContainerStatus = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ContainerStatus',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.ContainerStatusRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.ContainerStatusResponse.FromString,
+                _registered_method=True)
+
+
+class RuntimeServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Version(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunPodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopPodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePodSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PodSandboxStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ContainerStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RuntimeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Version': grpc.unary_unary_rpc_method_handler(
+                    servicer.Version,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.VersionRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.VersionResponse.SerializeToString,
+            ),
+            'RunPodSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunPodSandbox,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.RunPodSandboxRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.RunPodSandboxResponse.SerializeToString,
+            ),
+            'StopPodSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopPodSandbox,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.StopPodSandboxRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.StopPodSandboxResponse.SerializeToString,
+            ),
+            'RemovePodSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePodSandbox,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.RemovePodSandboxRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.RemovePodSandboxResponse.SerializeToString,
+            ),
+            'PodSandboxStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PodSandboxStatus,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.PodSandboxStatusRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.PodSandboxStatusResponse.SerializeToString,
+            ),
+            'CreateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContainer,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.CreateContainerRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.CreateContainerResponse.SerializeToString,
+            ),
+            'StartContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartContainer,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.StartContainerRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.StartContainerResponse.SerializeToString,
+            ),
+            'StopContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopContainer,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.StopContainerRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.StopContainerResponse.SerializeToString,
+            ),
+            'RemoveContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveContainer,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.RemoveContainerRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.RemoveContainerResponse.SerializeToString,
+            ),
+            'ContainerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ContainerStatus,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.ContainerStatusRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.ContainerStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'runtime.v1.RuntimeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('runtime.v1.RuntimeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RuntimeService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Version(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/Version',
+            lazy2dfs_dot_api_dot_cri__pb2.VersionRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.VersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunPodSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/RunPodSandbox',
+            lazy2dfs_dot_api_dot_cri__pb2.RunPodSandboxRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.RunPodSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopPodSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/StopPodSandbox',
+            lazy2dfs_dot_api_dot_cri__pb2.StopPodSandboxRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.StopPodSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePodSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/RemovePodSandbox',
+            lazy2dfs_dot_api_dot_cri__pb2.RemovePodSandboxRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.RemovePodSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PodSandboxStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/PodSandboxStatus',
+            lazy2dfs_dot_api_dot_cri__pb2.PodSandboxStatusRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.PodSandboxStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/CreateContainer',
+            lazy2dfs_dot_api_dot_cri__pb2.CreateContainerRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.CreateContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/StartContainer',
+            lazy2dfs_dot_api_dot_cri__pb2.StartContainerRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.StartContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/StopContainer',
+            lazy2dfs_dot_api_dot_cri__pb2.StopContainerRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.StopContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/RemoveContainer',
+            lazy2dfs_dot_api_dot_cri__pb2.RemoveContainerRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.RemoveContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ContainerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ContainerStatus',
+            lazy2dfs_dot_api_dot_cri__pb2.ContainerStatusRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.ContainerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ImageServiceStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -34,6 +493,11 @@ class ImageServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ImageStatus = channel.unary_unary(
+                '/runtime.v1.ImageService/ImageStatus',
+                request_serializer=lazy2dfs_dot_api_dot_cri__pb2.ImageStatusRequest.SerializeToString,
+                response_deserializer=lazy2dfs_dot_api_dot_cri__pb2.ImageStatusResponse.FromString,
+                _registered_method=True)
         self.PullImage = channel.unary_unary(
                 '/runtime.v1.ImageService/PullImage',
                 request_serializer=lazy2dfs_dot_api_dot_cri__pb2.PullImageRequest.SerializeToString,
@@ -44,6 +508,12 @@ class ImageServiceStub:
 class ImageServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def ImageStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PullImage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -53,6 +523,11 @@ class ImageServiceServicer:
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ImageStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageStatus,
+                    request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.ImageStatusRequest.FromString,
+                    response_serializer=lazy2dfs_dot_api_dot_cri__pb2.ImageStatusResponse.SerializeToString,
+            ),
             'PullImage': grpc.unary_unary_rpc_method_handler(
                     servicer.PullImage,
                     request_deserializer=lazy2dfs_dot_api_dot_cri__pb2.PullImageRequest.FromString,
@@ -68,6 +543,33 @@ def add_ImageServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ImageService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ImageStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/ImageStatus',
+            lazy2dfs_dot_api_dot_cri__pb2.ImageStatusRequest.SerializeToString,
+            lazy2dfs_dot_api_dot_cri__pb2.ImageStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def PullImage(request,
