@@ -357,6 +357,7 @@ class EstargzLayers:
         cache = attached.cache
         if not cache.complete:
             return
+        fetcher.source.release()
         await trio.to_thread.run_sync(cache.flush)
         local = cache.directory / TREE
         expected = attached.layer.layer.diff_id
