@@ -65,8 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _ranges(self, data: bytes, header: str) -> None:
         ranges = []
         for spec in header.removeprefix("bytes=").split(","):
-            first, _, last = spec.partition("-")
-            ranges.append((int(first), int(last) if last else len(data) - 1))
+            start, _, end = spec.partition("-")
+            ranges.append((int(start), int(end) if end else len(data) - 1))
         if len(ranges) == 1:
             first, last = ranges[0]
             content_range = f"bytes {first}-{last}/{len(data)}"
