@@ -40,14 +40,13 @@ from benchmarks.coldstack import (
     EMULATED,
     LINK_BYTES_PER_SECOND,
     LOOPBACK,
-    Served,
     cold_stack,
     registry_host,
 )
 from benchmarks.coldstart import ColdStart, cold_start, pull, read_all, read_first
 from devstack.images import Blob, build_image, build_layer, push_image
 from devstack.model import runtime_tree, sample_model
-from devstack.registry import LocalRegistry
+from devstack.registry import LocalRegistry, Served
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (

@@ -143,8 +143,10 @@ class BlobRoutes:
 
     def ordered(self, targets: Sequence[tuple[Endpoint, str]]) -> list[tuple[Endpoint, str]]:
         """``targets`` with endpoints recently found down moved last."""
-        now = trio.current_time()
-        return sorted(targets, key=lambda t: self._down_until.get(t[0].host, 0.0) > now)
+        return sorted(targets, key=lambda t: self.is_down(t[0].host))
+
+    def is_down(self, host: str) -> bool:
+        return self._down_until.get(host, 0.0) > trio.current_time()
 
     def down(self, host: str) -> None:
         self._down_until[host] = trio.current_time() + DOWN_SECONDS
@@ -218,14 +220,16 @@ class BlobReader:
             try:
                 result = await self._from_endpoint(endpoint, url, wanted, whole_ok)
             except RegistryUnavailableError as err:
+                if not self._routes.is_down(endpoint.host):
+                    log.warning(
+                        "registry endpoint unavailable, trying the next",
+                        host=endpoint.host,
+                        blob=self.digest,
+                        reason=err,
+                        action="check the mirror; meanwhile reads go to the next host in"
+                        " hosts.toml",
+                    )
                 self._routes.down(endpoint.host)
-                log.warning(
-                    "registry endpoint unavailable, trying the next",
-                    host=endpoint.host,
-                    blob=self.digest,
-                    reason=err,
-                    action="check the mirror; meanwhile reads go to the next host in hosts.toml",
-                )
                 failure = err
                 continue
             except BlobNotFoundError as err:
@@ -251,6 +255,8 @@ class BlobReader:
                 return await self._probe(endpoint, url, route, wanted, whole_ok)
             else:
                 await route.changed.wait()
+                if self._routes.is_down(endpoint.host):
+                    raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
         return await self._ranges(endpoint, url, wanted, whole_ok)
 
     async def _probe(
@@ -313,8 +319,6 @@ class BlobReader:
             for endpoint, target in [(first, url), *others]:
                 if blob.failure is not None or blob.position == blob.size:
                     break
-                if blob.position > 0:
-                    metrics.WHOLE_BLOBS.labels("resumed").inc()
                 try:
                     await self._transport.policy.run(
                         f"rest of blob {self.digest} from {endpoint.host}",
@@ -351,6 +355,9 @@ class BlobReader:
                 first, _, _ = parse_content_range(response.headers.get("content-range", ""))
                 if first != start:
                     raise RegistryProtocolError(f"blob {self.digest}: asked {start}-, got {first}-")
+                if start > 0:
+                    metrics.WHOLE_BLOBS.labels("resumed").inc()
+                    log.info("whole blob goes on", blob=self.digest, host=endpoint.host, at=start)
             elif status == 200:
                 blob.restart()
             else:
@@ -358,16 +365,20 @@ class BlobReader:
             await self._stream_into(response, blob)
 
     async def _stream_into(self, response: httpx.Response, blob: SpilledBlob) -> None:
+        """Writes the body at the blob's position; what arrived before a break is kept."""
         pending: list[bytes] = []
         buffered = 0
-        async for chunk in response.aiter_bytes():
-            pending.append(chunk)
-            buffered += len(chunk)
-            if buffered >= SPILL_WRITE:
-                await blob.append(b"".join(pending))
-                pending, buffered = [], 0
-        if pending:
-            await blob.append(b"".join(pending))
+        try:
+            async for chunk in response.aiter_bytes():
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= SPILL_WRITE:
+                    await blob.append(b"".join(pending))
+                    pending, buffered = [], 0
+        finally:
+            if pending:
+                with trio.CancelScope(shield=True):
+                    await blob.append(b"".join(pending))
 
     async def _from_spill(self, blob: SpilledBlob, wanted: list[ByteRange]) -> list[bytes] | None:
         """``wanted`` from a whole blob on disk, waiting for the stream where it is behind;
