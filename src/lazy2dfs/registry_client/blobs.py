@@ -78,7 +78,7 @@ _EXPIRED: Final = frozenset({401, 403})
 MULTIPART_OVERHEAD_PER_PART: Final = 1024
 # A range that starts this far beyond a whole-blob stream's position may be asked of the next
 # endpoint, within BYPASS_SHARE of the blob's size per stream (see the module's docstring).
-FAR_AHEAD: Final = 32 * 1024 * 1024
+FAR_AHEAD: Final = 1024 * 1024
 BYPASS_SHARE: Final = 0.02
 # Bytes of a whole-blob stream written to its spill file at once.
 SPILL_WRITE: Final = 1024 * 1024

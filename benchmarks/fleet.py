@@ -1,0 +1,425 @@
+"""A model rolled out to a fleet through one pull-through mirror, and an update of one row.
+
+``devstack.fleet``: N nodes (1, 4, 8), each its own containerd and ``lazy2dfs serve`` with
+private state, pull through one CNCF registry in proxy mode (hosts.toml) from an origin
+behind an emulated 1 Gbit/s, 20 ms link. Every fleet starts cold: a new mirror, new nodes,
+the page cache dropped.
+
+* Rollout: each node pulls, then a container loads every tensor of the model with
+  safetensors (``safe_open``, numpy), then checks every file's sha256. The time is from the
+  start of the pulls to the moment the last node's loader has every tensor; bytes are what
+  the origin and the mirror sent (their access logs). Whole model: every node loads the whole
+  model. Partitions: node i serves row i mod 4 of the 2DFS field (``REF--r.0.r.0``), the
+  2DFS use case of split serving.
+* Update: on the fleet that rolled out the whole model, v2 (one row's weights changed, so
+  one allotment) is pulled and loaded by every node; time until every node loaded v2, and
+  the origin's bytes against the changed allotment's size.
+* Mirror stopped: the whole-model rollout of 4 nodes with the mirror stopped a second in.
+
+lazy2dfs: ``lazy2dfs pull --hosts-dir`` of the eStargz 2DFS image ``lazy2dfs build`` makes.
+overlayfs: ``ctr images pull --hosts-dir`` of the same weights as plain tar.gz, one layer per
+row (what the 2DFS registry serves for a partition of a stock field), whole blobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import trio
+
+from benchmarks import report
+from benchmarks.coldstack import drop_page_cache
+from devstack.fleet import Fleet, Node
+from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.model import MODEL_DIR, runtime_tree, sample_model
+from devstack.registry import LocalRegistry, Served
+from lazy2dfs.estargz import WriterOptions
+from lazy2dfs.progress import Progress
+from lazy2dfs.registry_client import (
+    OCI_MANIFEST,
+    ImageManifest,
+    Partition,
+    RegistryClient,
+    parse_manifest,
+)
+from lazy2dfs.tdfs import FIELD_MEDIA_TYPE, Allotment, BuildRequest, Field, build, partition_image
+
+SIZE_MIB = int(os.environ.get("FLEET_MODEL_MIB", "256"))
+FLEETS = tuple(int(n) for n in os.environ.get("FLEET_NODES", "1,4,8").split(","))
+ROWS = 4
+CHANGED_ROW = 2
+LINK = (1000.0, 20.0)
+REPO = "bench/model"
+METHODS = ("overlayfs", "lazy2dfs")
+WHOLE, PARTITIONS, UPDATE, STOPPED = "whole model", "partitions", "update", "mirror stopped"
+STOP_AFTER_SECONDS = 1.0
+# A container's loader: every tensor through safetensors, then the time it finished.
+LOADER = (
+    "import glob, time\n"
+    "from safetensors import safe_open\n"
+    "for path in sorted(glob.glob('/model/*.safetensors')):\n"
+    "    with safe_open(path, framework='numpy') as f:\n"
+    "        for name in f.keys():\n"
+    "            f.get_tensor(name)\n"
+    "print('loaded', time.time())\n"
+)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of the model as both images: per row its file, its sha256, and the two
+    allotment blobs (digest, size)."""
+
+    files: tuple[str, ...]
+    sums: tuple[str, ...]
+    lazy: tuple[tuple[str, int], ...]
+    plain: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    v1: Version
+    v2: Version
+    base_lazy: int  # bytes of the base (runtime) layer of each image
+    base_plain: int
+
+    def image_bytes(self, method: str, rows: Sequence[int]) -> int:
+        lazy = method == "lazy2dfs"
+        allotments = self.v1.lazy if lazy else self.v1.plain
+        base = self.base_lazy if lazy else self.base_plain
+        return base + sum(allotments[r][1] for r in rows)
+
+    def changed_bytes(self, method: str) -> int:
+        return (self.v2.lazy if method == "lazy2dfs" else self.v2.plain)[CHANGED_ROW][1]
+
+
+def ref(origin: LocalRegistry, method: str, version: str, rows: Sequence[int]) -> str:
+    if method == "lazy2dfs":
+        return f"{origin.host}/{REPO}:{version}--{rows[0]}.0.{rows[-1]}.0"
+    suffix = "" if len(rows) == ROWS else f"-row{rows[0]}"
+    return f"{origin.host}/{REPO}:tar-{version}{suffix}"
+
+
+def _push(origin: LocalRegistry, work: Path) -> Pushed:
+    v1 = sample_model(SIZE_MIB, files=ROWS, layers=2 * ROWS, dtype="F16")
+    files = tuple(v1.paths)
+    changed = sample_model(SIZE_MIB, files=ROWS, layers=2 * ROWS, dtype="F16", seed=1)
+    weights = {"v1": dict(v1.files), "v2": dict(v1.files)}
+    weights["v2"][files[CHANGED_ROW]] = changed.files[files[CHANGED_ROW]]
+    base_lazy = build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))
+    base = origin.push(f"{REPO}-base:v1", build_image([base_lazy]))
+    versions = {}
+    for version, data in weights.items():
+        lazy = _push_2dfs(origin, work, base, data, files, version)
+        plain, base_plain = _push_plain(origin, data, files, version)
+        sums = tuple(hashlib.sha256(data[path]).hexdigest() for path in files)
+        versions[version] = Version(files, sums, lazy, plain)
+    return Pushed(versions["v1"], versions["v2"], len(base_lazy.blob.data), base_plain)
+
+
+def _push_2dfs(
+    origin: LocalRegistry,
+    work: Path,
+    base: str,
+    weights: Mapping[str, bytes],
+    files: Sequence[str],
+    version: str,
+) -> tuple[tuple[str, int], ...]:
+    """The eStargz 2DFS image of one version, as ``lazy2dfs build`` makes it."""
+    source = work / f"build-{version}"
+    source.mkdir(parents=True)
+    spec = []
+    for row, path in enumerate(files):
+        (source / f"row{row}").write_bytes(weights[path])
+        spec.append({"src": f"row{row}", "dst": f"/{path}", "row": row, "col": 0})
+    (source / "2dfs.json").write_text(json.dumps({"allotments": spec}))
+    built = build(
+        BuildRequest(
+            spec=source / "2dfs.json",
+            base=base,
+            target=f"{origin.host}/{REPO}:{version}",
+            push=True,
+            plain_http=True,
+            cache_root=work / "build-cache",
+        ),
+        progress=Progress(quiet=True),
+    )
+    shutil.rmtree(source)
+    ordered = sorted(built.allotments, key=lambda a: a.row)
+    return tuple((a.blob.digest, a.blob.size) for a in ordered)
+
+
+def _push_plain(
+    origin: LocalRegistry, weights: Mapping[str, bytes], files: Sequence[str], version: str
+) -> tuple[tuple[tuple[str, int], ...], int]:
+    """The tar.gz image of one version (``tar-<version>``), and per row the image the 2DFS
+    registry serves for that partition of a stock field (``tar-<version>-row<r>``)."""
+    base = build_layer(runtime_tree())
+    allotments = [build_layer({path: weights[path]}) for path in files]
+    field = Field.from_allotments(
+        Allotment(row, 0, layer.blob.digest[7:], layer.diff_id[7:])
+        for row, layer in enumerate(allotments)
+    )
+    stock = build_image([base], extra=[Blob(FIELD_MEDIA_TYPE, field.to_json())])
+    manifest = parse_manifest(stock.manifest.data, OCI_MANIFEST)
+    assert isinstance(manifest, ImageManifest)
+    sizes = {layer.blob.digest: len(layer.blob.data) for layer in allotments}
+
+    async def upload() -> None:
+        async with RegistryClient(plain_http=True) as client:
+            whole = build_image([base, *allotments])
+            await push_image(client, f"{origin.host}/{REPO}:tar-{version}", whole)
+            for row in range(ROWS):
+                part = partition_image(
+                    manifest, stock.config.data, field, [Partition(row, 0, row, 0)], sizes
+                )
+                target = f"{origin.host}/{REPO}:tar-{version}-row{row}"
+                await client.push_blob(target, part.config_digest, part.config)
+                await client.push_manifest(target, part.manifest, OCI_MANIFEST)
+
+    trio.run(upload)
+    return tuple((a.blob.digest, len(a.blob.data)) for a in allotments), len(base.blob.data)
+
+
+def _loader_mounts() -> list[str]:
+    """``ctr run`` options that show the container this interpreter, its libraries and its
+    virtualenv (safetensors, numpy), read-only: the model image itself holds only busybox."""
+    sources = {"/usr", "/lib", "/lib64", sys.base_prefix, sys.prefix}
+    return [
+        option
+        for source in sorted(sources)
+        if Path(source).exists()
+        for option in ("--mount", f"type=bind,src={source},dst={source},options=rbind:ro")
+    ]
+
+
+def _pull_and_load(
+    fleet: Fleet, node: Node, image: str, method: str, version: Version, rows: Sequence[int]
+) -> float:
+    """Pulls ``image`` on ``node`` and loads it in a container; the wall-clock time (epoch)
+    its loader had every tensor. Raises if a file's bytes are not the model's."""
+    if method == "lazy2dfs":
+        node.containerd.lazy_pull(image, fleet.hosts_dir)
+    else:
+        node.containerd.ctr(
+            "images", "pull", "--hosts-dir", str(fleet.hosts_dir),
+            "--snapshotter", "overlayfs", image,
+        )  # fmt: skip
+    script = f'{sys.executable} -c "{LOADER}" && sha256sum /{MODEL_DIR}/*'
+    out = node.containerd.ctr(
+        "run", "--rm", "--snapshotter", method, *_loader_mounts(), image,
+        f"{node.name}-{int(time.time() * 1000)}", "/bin/sh", "-c", script,
+    )  # fmt: skip
+    lines = out.split("\n")
+    loaded = float(next(line for line in lines if line.startswith("loaded ")).split()[1])
+    found = {line.split()[1]: line.split()[0] for line in lines if line.count(" ") == 2}
+    wanted = {f"/{version.files[r]}": version.sums[r] for r in rows}
+    if found != wanted:
+        raise RuntimeError(f"{node.name}: {image} has wrong bytes: {found} != {wanted}")
+    return loaded
+
+
+def _fleet_run(
+    fleet: Fleet,
+    origin: LocalRegistry,
+    method: str,
+    version: Version,
+    rows_of: Callable[[int], Sequence[int]],
+    version_name: str,
+) -> dict[str, float]:
+    """Every node pulls and loads at once; seconds until the last loaded, bytes sent."""
+    assert fleet.mirror is not None
+    sent, relayed = Served(origin), Served(fleet.mirror)
+    start = time.time()
+    jobs = [
+        (node, ref(origin, method, version_name, rows_of(i)), rows_of(i))
+        for i, node in enumerate(fleet.nodes)
+    ]
+    loaded = fleet.each(
+        lambda job: _pull_and_load(fleet, job[0], job[1], method, version, job[2]), jobs
+    )
+    relayed_bytes = relayed.bytes() if fleet.mirror.process is not None else 0
+    return {"seconds": max(loaded) - start, "origin": sent.bytes(), "mirror": relayed_bytes}
+
+
+def _trials(origin: LocalRegistry, pushed: Pushed, work: Path) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    everything = tuple(range(ROWS))
+    for nodes in FLEETS:
+        for method in METHODS:
+            key = f"{nodes}/{method}"
+            drop_page_cache()
+            where = work / f"w{nodes}{method[0]}"
+            with Fleet(where, origin, nodes, LINK) as fleet:
+                raw[f"{WHOLE}/{key}"] = _fleet_run(
+                    fleet, origin, method, pushed.v1, lambda _: everything, "v1"
+                )
+                raw[f"{UPDATE}/{key}"] = _fleet_run(
+                    fleet, origin, method, pushed.v2, lambda _: everything, "v2"
+                )
+            shutil.rmtree(where, ignore_errors=True)
+            drop_page_cache()
+            where = work / f"p{nodes}{method[0]}"
+            with Fleet(where, origin, nodes, LINK) as fleet:
+                raw[f"{PARTITIONS}/{key}"] = _fleet_run(
+                    fleet, origin, method, pushed.v1, lambda i: (i % ROWS,), "v1"
+                )
+            shutil.rmtree(where, ignore_errors=True)
+            print(f"fleet {key}: done", flush=True)
+    for method in METHODS:
+        drop_page_cache()
+        where = work / f"s{method[0]}"
+        with Fleet(where, origin, 4, LINK) as fleet:
+            stop = threading.Timer(STOP_AFTER_SECONDS, fleet.stop_mirror)
+            stop.start()
+            result: dict[str, Any]
+            try:
+                result = {
+                    **_fleet_run(fleet, origin, method, pushed.v1, lambda _: everything, "v1"),
+                    "failed": 0,
+                }
+            except Exception as exc:  # what a user would see: the rollout failed
+                result = {"failed": 1, "error": str(exc)[-400:]}
+            finally:
+                stop.cancel()
+        raw[f"{STOPPED}/4/{method}"] = result
+        shutil.rmtree(where, ignore_errors=True)
+    return raw
+
+
+def run() -> Path:
+    with tempfile.TemporaryDirectory(prefix="l2d-fleet-") as tmp:
+        work = Path(tmp)
+        with LocalRegistry(work / "origin") as origin:
+            pushed = _push(origin, work)
+            raw = _trials(origin, pushed, work)
+    return _report(raw, pushed)
+
+
+def _report(raw: dict[str, Any], pushed: Pushed) -> Path:
+    mib = 2**20
+    everything = tuple(range(ROWS))
+    rows: list[list[Any]] = []
+    for scenario in (WHOLE, PARTITIONS):
+        for nodes in FLEETS:
+            cells = {m: raw[f"{scenario}/{nodes}/{m}"] for m in METHODS}
+            for method in METHODS:
+                cell = cells[method]
+                needed = float(pushed.image_bytes(method, everything))
+                if scenario == PARTITIONS:
+                    needed = statistics.mean(
+                        pushed.image_bytes(method, (i % ROWS,)) for i in range(nodes)
+                    )
+                rows.append(
+                    [
+                        scenario,
+                        nodes,
+                        method,
+                        cell["seconds"],
+                        cell["origin"] / mib,
+                        f"{cell['origin'] / needed:.2f}x",
+                        cell["mirror"] / mib,
+                        f"{cell['origin'] / cells['overlayfs']['origin']:.2f}x",
+                    ]
+                )
+    for nodes in FLEETS:
+        cells = {m: raw[f"{UPDATE}/{nodes}/{m}"] for m in METHODS}
+        for method in METHODS:
+            cell = cells[method]
+            rows.append(
+                [
+                    UPDATE,
+                    nodes,
+                    method,
+                    cell["seconds"],
+                    cell["origin"] / mib,
+                    f"{cell['origin'] / pushed.changed_bytes(method):.2f}x of the changed row",
+                    cell["mirror"] / mib,
+                    f"{cell['origin'] / cells['overlayfs']['origin']:.2f}x",
+                ]
+            )
+    for method in METHODS:
+        cell = raw[f"{STOPPED}/4/{method}"]
+        if cell["failed"]:
+            rows.append([STOPPED, 4, method, "failed", "", "", "", ""])
+        else:
+            needed = pushed.image_bytes(method, everything)
+            rows.append(
+                [
+                    STOPPED, 4, method, cell["seconds"], cell["origin"] / mib,
+                    f"{cell['origin'] / needed:.2f}x", "", "",
+                ]
+            )  # fmt: skip
+    notes = [
+        f"Model: {SIZE_MIB} MiB of F16 safetensors weights in {ROWS} files, one per 2DFS row;"
+        f" the whole image is {pushed.image_bytes('lazy2dfs', everything) / mib:.1f} MiB as"
+        f" eStargz, {pushed.image_bytes('overlayfs', everything) / mib:.1f} MiB as tar.gz."
+        f" The origin is behind an emulated {LINK[0]:g} Mbit/s, {LINK[1]:g} ms link; the"
+        " nodes reach the mirror on loopback.",
+        "Seconds: from the start of the pulls until the last node's container had loaded every"
+        " tensor (safetensors, numpy); every file's sha256 was then checked in the container."
+        " Origin and mirror MiB: GET bodies in their access logs. 'x' columns: origin bytes per"
+        " byte the nodes need (whole model: the image; partitions: the mean partition), and"
+        " lazy2dfs against overlayfs in the same run.",
+        "The CNCF registry in proxy mode fetches a blob it does not hold from its origin once"
+        " for its own store and once more for every request that arrives before it holds it:"
+        " one plain pull costs the origin 2x, N pulls at once N+1 times. lazy2dfs sends a"
+        " mirror one request per blob until the mirror serves ranges, and keeps the whole blob"
+        " that request brings (see docs/fleets.md).",
+        f"Update: v1 to v2 with row {CHANGED_ROW} changed, on the fleet that rolled out v1.",
+        f"Mirror stopped: 4 nodes, whole model, the mirror's process ended"
+        f" {STOP_AFTER_SECONDS:g} s after the pulls began.",
+    ]
+    columns = [
+        "scenario",
+        "nodes",
+        "method",
+        "seconds to the last replica loaded",
+        "origin MiB",
+        "origin per needed byte",
+        "mirror MiB",
+        "origin, lazy2dfs / overlayfs",
+    ]
+    title = "A model rolled out through one pull-through mirror, and an update of one row"
+    report.write_tables("fleet", title, columns, rows, {"raw": raw}, notes)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for axis, (what, label) in zip(
+        axes[:2],
+        (("seconds", "seconds to the last replica"), ("origin", "origin MiB")),
+        strict=True,
+    ):
+        for scenario in (WHOLE, PARTITIONS):
+            for method in METHODS:
+                values = [raw[f"{scenario}/{n}/{method}"][what] for n in FLEETS]
+                if what == "origin":
+                    values = [v / mib for v in values]
+                style = "-" if method == "lazy2dfs" else "--"
+                axis.plot(FLEETS, values, style, marker="o", label=f"{method}, {scenario}")
+        axis.set_xlabel("nodes")
+        axis.set_ylabel(label)
+        axis.set_xticks(FLEETS)
+        axis.legend(fontsize=7)
+    width = 0.35
+    for i, method in enumerate(METHODS):
+        values = [raw[f"{UPDATE}/{n}/{method}"]["origin"] / mib for n in FLEETS]
+        axes[2].bar([x + i * width for x in range(len(FLEETS))], values, width, label=method)
+    axes[2].set_xticks([x + width / 2 for x in range(len(FLEETS))])
+    axes[2].set_xticklabels([f"{n} nodes" for n in FLEETS])
+    axes[2].set_ylabel("origin MiB for the update")
+    axes[2].axhline(pushed.changed_bytes("lazy2dfs") / mib, color="grey", linestyle=":")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return report.save_figure("fleet", fig)
