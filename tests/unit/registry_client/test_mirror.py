@@ -110,7 +110,8 @@ def test_one_whole_blob_from_the_mirror_serves_every_range(
     assert mirror.whole_answers == 1
     assert mirror.origin_bytes == 2 * len(BLOB)
     assert mirror.sent_bytes == len(BLOB)
-    assert origin.gets == 0
+    # Beside it, only ranges far ahead of its stream (the footer) went to the origin.
+    assert origin.sent_bytes <= len(BLOB) * blobs_module.BYPASS_SHARE
     assert kept == len(BLOB)  # kept, verified, for later ranges
 
 
@@ -142,9 +143,10 @@ def test_a_mirror_stopped_mid_stream_costs_no_read_and_no_byte_twice(
     kept = run(tmp_path, origin, [mirror.host], read_all_at_once)
     assert mirror.stopped
     # The origin sent the rest of the blob, from where the mirror's stream broke, once.
-    resumed = [r for _, _, r in origin.requests]
+    resumed = [r for _, _, r in origin.requests if r.endswith("-")]
     assert resumed == [f"bytes={len(BLOB) // 3}-"]
-    assert origin.sent_bytes == len(BLOB) - len(BLOB) // 3
+    bypass = len(BLOB) * blobs_module.BYPASS_SHARE
+    assert origin.sent_bytes <= len(BLOB) - len(BLOB) // 3 + bypass
     assert kept == len(BLOB)
 
 
@@ -168,10 +170,9 @@ def test_a_blob_too_large_to_keep_still_reads_right_without_multiplying_the_orig
 
 
 def test_a_far_range_goes_to_the_origin_while_the_whole_blob_streams(
-    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
 ) -> None:
     """A layer's footer and TOC, at the end of the blob, do not wait for the whole blob."""
-    monkeypatch.setattr(blobs_module, "FAR_AHEAD", 1 << 20)
     mirror.rate = 2e6  # 1.5 s for the blob
     footer = [(len(BLOB) - 51, 51)]
 
