@@ -375,14 +375,19 @@ class BlobReader:
                 if buffered >= SPILL_WRITE:
                     await blob.append(b"".join(pending))
                     pending, buffered = [], 0
-        finally:
+        except httpx.TransportError:
             if pending:
-                with trio.CancelScope(shield=True):
-                    await blob.append(b"".join(pending))
+                await blob.append(b"".join(pending))
+            raise
+        if pending:
+            await blob.append(b"".join(pending))
 
     async def _from_spill(self, blob: SpilledBlob, wanted: list[ByteRange]) -> list[bytes] | None:
         """``wanted`` from a whole blob on disk, waiting for the stream where it is behind;
         None when the spill failed or went (the caller asks registries instead)."""
+        for offset, length in wanted:
+            if offset + length > blob.size:
+                raise RangeError(f"{self.digest}: range {offset}+{length} beyond {blob.size}")
         results: dict[int, bytes] = {}
         if not blob.complete:
             budget = int(blob.size * BYPASS_SHARE) - blob.bypassed
