@@ -65,7 +65,7 @@ from lazy2dfs.registry_client.ranges import (
     slice_parts,
 )
 from lazy2dfs.registry_client.spill import SpillArea, SpilledBlob
-from lazy2dfs.registry_client.transport import Transport
+from lazy2dfs.registry_client.transport import Transport, read_at_most
 
 log = get_logger(__name__)
 
@@ -555,7 +555,7 @@ class BlobReader:
         multipart headers)."""
         extent = max(o + n for o, n in ranges) - min(o for o, _ in ranges)
         limit = extent + MULTIPART_OVERHEAD_PER_PART * (len(ranges) + 1)
-        body = await self._read_at_most(response, limit, range_header(ranges))
+        body = await read_at_most(response, limit, f"blob {self.digest} {range_header(ranges)}")
         content_type = response.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/byteranges"):
             return parse_multipart_byteranges(body, content_type)
@@ -567,22 +567,6 @@ class BlobReader:
         if self.size is None and total is not None:
             self.size = total
         return [Part(first, body)]
-
-    async def _read_at_most(self, response: httpx.Response, limit: int, asked: str) -> bytes:
-        declared = response.headers.get("content-length", "")
-        too_long = RegistryProtocolError(
-            f"blob {self.digest}: more than {limit} bytes sent for {asked}"
-        )
-        if declared.isdigit() and int(declared) > limit:
-            raise too_long
-        chunks: list[bytes] = []
-        received = 0
-        async for chunk in response.aiter_bytes():
-            received += len(chunk)
-            if received > limit:
-                raise too_long
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _from_whole_blob(
         self, response: httpx.Response, ranges: list[ByteRange]
