@@ -24,7 +24,6 @@ row (what the 2DFS registry serves for a partition of a stock field), whole blob
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -32,30 +31,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import trio
 
 from benchmarks import report
 from benchmarks.coldstack import drop_page_cache
+from benchmarks.tdfs_images import push_2dfs, push_stock
 from devstack.fleet import Fleet, Node
-from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.images import build_image, build_layer
 from devstack.model import MODEL_DIR, runtime_tree, sample_model
 from devstack.registry import LocalRegistry, Served
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
-    OCI_MANIFEST,
-    ImageManifest,
     Partition,
-    RegistryClient,
-    parse_manifest,
 )
-from lazy2dfs.tdfs import FIELD_MEDIA_TYPE, Allotment, BuildRequest, Field, build, partition_image
 
 SIZE_MIB = int(os.environ.get("FLEET_MODEL_MIB", "256"))
 FLEETS = tuple(int(n) for n in os.environ.get("FLEET_NODES", "1,4,8").split(","))
@@ -123,75 +116,14 @@ def _push(origin: LocalRegistry, work: Path) -> Pushed:
     base = origin.push(f"{REPO}-base:v1", build_image([base_lazy]))
     versions = {}
     for version, data in weights.items():
-        lazy = _push_2dfs(origin, work, base, data, files, version)
-        plain, base_plain = _push_plain(origin, data, files, version)
+        tag = f"{REPO}:{version}"
+        source, cache = work / f"build-{version}", work / "build-cache"
+        lazy = push_2dfs(origin, source, base, data, files, tag, cache)
+        rows = {f"{REPO}:tar-{version}-row{r}": [Partition(r, 0, r, 0)] for r in range(ROWS)}
+        plain, base_plain = push_stock(origin, data, files, f"{REPO}:tar-{version}", rows)
         sums = tuple(hashlib.sha256(data[path]).hexdigest() for path in files)
         versions[version] = Version(files, sums, lazy, plain)
     return Pushed(versions["v1"], versions["v2"], len(base_lazy.blob.data), base_plain)
-
-
-def _push_2dfs(
-    origin: LocalRegistry,
-    work: Path,
-    base: str,
-    weights: Mapping[str, bytes],
-    files: Sequence[str],
-    version: str,
-) -> tuple[tuple[str, int], ...]:
-    """The eStargz 2DFS image of one version, as ``lazy2dfs build`` makes it."""
-    source = work / f"build-{version}"
-    source.mkdir(parents=True)
-    spec = []
-    for row, path in enumerate(files):
-        (source / f"row{row}").write_bytes(weights[path])
-        spec.append({"src": f"row{row}", "dst": f"/{path}", "row": row, "col": 0})
-    (source / "2dfs.json").write_text(json.dumps({"allotments": spec}))
-    built = build(
-        BuildRequest(
-            spec=source / "2dfs.json",
-            base=base,
-            target=f"{origin.host}/{REPO}:{version}",
-            push=True,
-            plain_http=True,
-            cache_root=work / "build-cache",
-        ),
-        progress=Progress(quiet=True),
-    )
-    shutil.rmtree(source)
-    ordered = sorted(built.allotments, key=lambda a: a.row)
-    return tuple((a.blob.digest, a.blob.size) for a in ordered)
-
-
-def _push_plain(
-    origin: LocalRegistry, weights: Mapping[str, bytes], files: Sequence[str], version: str
-) -> tuple[tuple[tuple[str, int], ...], int]:
-    """The tar.gz image of one version (``tar-<version>``), and per row the image the 2DFS
-    registry serves for that partition of a stock field (``tar-<version>-row<r>``)."""
-    base = build_layer(runtime_tree())
-    allotments = [build_layer({path: weights[path]}) for path in files]
-    field = Field.from_allotments(
-        Allotment(row, 0, layer.blob.digest[7:], layer.diff_id[7:])
-        for row, layer in enumerate(allotments)
-    )
-    stock = build_image([base], extra=[Blob(FIELD_MEDIA_TYPE, field.to_json())])
-    manifest = parse_manifest(stock.manifest.data, OCI_MANIFEST)
-    assert isinstance(manifest, ImageManifest)
-    sizes = {layer.blob.digest: len(layer.blob.data) for layer in allotments}
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            whole = build_image([base, *allotments])
-            await push_image(client, f"{origin.host}/{REPO}:tar-{version}", whole)
-            for row in range(ROWS):
-                part = partition_image(
-                    manifest, stock.config.data, field, [Partition(row, 0, row, 0)], sizes
-                )
-                target = f"{origin.host}/{REPO}:tar-{version}-row{row}"
-                await client.push_blob(target, part.config_digest, part.config)
-                await client.push_manifest(target, part.manifest, OCI_MANIFEST)
-
-    trio.run(upload)
-    return tuple((a.blob.digest, len(a.blob.data)) for a in allotments), len(base.blob.data)
 
 
 def _loader_mounts() -> list[str]:
