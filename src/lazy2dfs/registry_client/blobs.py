@@ -236,8 +236,9 @@ class BlobReader:
                 failure = err
                 continue
             self._routes.up(endpoint.host)
-            self._targets.remove((endpoint, url))
-            self._targets.insert(0, (endpoint, url))
+            if skip is None:  # a range asked around a whole-blob stream does not reorder
+                self._targets.remove((endpoint, url))
+                self._targets.insert(0, (endpoint, url))
             return result
         raise failure or RegistryUnavailableError(f"blob {self.digest}: no other endpoint")
 
