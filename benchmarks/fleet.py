@@ -26,12 +26,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,8 @@ LINK = (1000.0, 20.0)
 REPO = "bench/model"
 METHODS = ("overlayfs", "lazy2dfs")
 WHOLE, PARTITIONS, UPDATE, STOPPED = "whole model", "partitions", "update", "mirror stopped"
+DIRECT = "no mirror"  # suffix of scenarios whose nodes reach the origin without the mirror
+DIRECT_FLEETS = tuple(n for n in (1, 4) if n in FLEETS)
 STOP_AFTER_SECONDS = 1.0
 # A container's loader: every tensor through safetensors, then the time it finished.
 LOADER = (
@@ -89,14 +90,20 @@ class Pushed:
     base_lazy: int  # bytes of the base (runtime) layer of each image
     base_plain: int
 
-    def image_bytes(self, method: str, rows: Sequence[int]) -> int:
-        lazy = method == "lazy2dfs"
-        allotments = self.v1.lazy if lazy else self.v1.plain
-        base = self.base_lazy if lazy else self.base_plain
-        return base + sum(allotments[r][1] for r in rows)
-
-    def changed_bytes(self, method: str) -> int:
-        return (self.v2.lazy if method == "lazy2dfs" else self.v2.plain)[CHANGED_ROW][1]
+    def sizes(self) -> dict[str, dict[str, Any]]:
+        """Per method: the base layer's bytes, each row's allotment, the changed row of v2."""
+        return {
+            "lazy2dfs": {
+                "base": self.base_lazy,
+                "rows": [size for _, size in self.v1.lazy],
+                "changed": self.v2.lazy[CHANGED_ROW][1],
+            },
+            "overlayfs": {
+                "base": self.base_plain,
+                "rows": [size for _, size in self.v1.plain],
+                "changed": self.v2.plain[CHANGED_ROW][1],
+            },
+        }
 
 
 def ref(origin: LocalRegistry, method: str, version: str, rows: Sequence[int]) -> str:
@@ -173,8 +180,8 @@ def _fleet_run(
     version_name: str,
 ) -> dict[str, float]:
     """Every node pulls and loads at once; seconds until the last loaded, bytes sent."""
-    assert fleet.mirror is not None
-    sent, relayed = Served(origin), Served(fleet.mirror)
+    mirror = fleet.mirror
+    sent, relayed = Served(origin), (Served(mirror) if mirror is not None else None)
     start = time.time()
     jobs = [
         (node, ref(origin, method, version_name, rows_of(i)), rows_of(i))
@@ -183,7 +190,8 @@ def _fleet_run(
     loaded = fleet.each(
         lambda job: _pull_and_load(fleet, job[0], job[1], method, version, job[2]), jobs
     )
-    relayed_bytes = relayed.bytes() if fleet.mirror.process is not None else 0
+    up = relayed is not None and mirror is not None and mirror.process is not None
+    relayed_bytes = relayed.bytes() if up and relayed is not None else 0
     return {"seconds": max(loaded) - start, "origin": sent.bytes(), "mirror": relayed_bytes}
 
 
@@ -210,6 +218,17 @@ def _trials(origin: LocalRegistry, pushed: Pushed, work: Path) -> dict[str, Any]
                     fleet, origin, method, pushed.v1, lambda i: (i % ROWS,), "v1"
                 )
             shutil.rmtree(where, ignore_errors=True)
+            if nodes in DIRECT_FLEETS:
+                drop_page_cache()
+                where = work / f"d{nodes}{method[0]}"
+                with Fleet(where, origin, nodes, LINK, mirror=False) as fleet:
+                    raw[f"{WHOLE}, {DIRECT}/{key}"] = _fleet_run(
+                        fleet, origin, method, pushed.v1, lambda _: everything, "v1"
+                    )
+                    raw[f"{UPDATE}, {DIRECT}/{key}"] = _fleet_run(
+                        fleet, origin, method, pushed.v2, lambda _: everything, "v2"
+                    )
+                shutil.rmtree(where, ignore_errors=True)
             print(f"fleet {key}: done", flush=True)
     for method in METHODS:
         drop_page_cache()
@@ -237,75 +256,75 @@ def run() -> Path:
         work = Path(tmp)
         with LocalRegistry(work / "origin") as origin:
             pushed = _push(origin, work)
-            raw = _trials(origin, pushed, work)
-    return _report(raw, pushed)
+            raw = {"sizes": pushed.sizes(), "trials": _trials(origin, pushed, work)}
+    return _report(raw)
 
 
-def _report(raw: dict[str, Any], pushed: Pushed) -> Path:
+def _needed(sizes: Mapping[str, Any], rows: set[int]) -> int:
+    """Distinct bytes a fleet needs: the base layer and the union of its nodes' rows."""
+    return int(sizes["base"]) + sum(int(sizes["rows"][r]) for r in rows)
+
+
+def _report(raw: dict[str, Any]) -> Path:
+    """Tables and plots from ``raw`` (``{"sizes": …, "trials": …}``, as the JSON keeps it)."""
     mib = 2**20
-    everything = tuple(range(ROWS))
+    sizes, trials = raw["sizes"], raw["trials"]
+    everything = set(range(ROWS))
     rows: list[list[Any]] = []
-    for scenario in (WHOLE, PARTITIONS):
-        for nodes in FLEETS:
-            cells = {m: raw[f"{scenario}/{nodes}/{m}"] for m in METHODS}
+
+    def row(scenario: str, nodes: int, method: str, needed: int, per: str) -> list[Any]:
+        cell = trials[f"{scenario}/{nodes}/{method}"]
+        base = trials[f"{scenario}/{nodes}/overlayfs"]
+        return [
+            scenario,
+            nodes,
+            method,
+            cell["seconds"],
+            cell["origin"] / mib,
+            f"{cell['origin'] / needed:.2f}x{per}",
+            cell["mirror"] / mib if "mirror" in cell and DIRECT not in scenario else "",
+            f"{cell['origin'] / base['origin']:.2f}x",
+        ]
+
+    for scenario, fleets in (
+        (WHOLE, FLEETS),
+        (PARTITIONS, FLEETS),
+        (f"{WHOLE}, {DIRECT}", DIRECT_FLEETS),
+    ):
+        for nodes in fleets:
+            spread = everything if scenario != PARTITIONS else {i % ROWS for i in range(nodes)}
             for method in METHODS:
-                cell = cells[method]
-                needed = float(pushed.image_bytes(method, everything))
-                if scenario == PARTITIONS:
-                    needed = statistics.mean(
-                        pushed.image_bytes(method, (i % ROWS,)) for i in range(nodes)
-                    )
-                rows.append(
-                    [
-                        scenario,
-                        nodes,
-                        method,
-                        cell["seconds"],
-                        cell["origin"] / mib,
-                        f"{cell['origin'] / needed:.2f}x",
-                        cell["mirror"] / mib,
-                        f"{cell['origin'] / cells['overlayfs']['origin']:.2f}x",
-                    ]
-                )
-    for nodes in FLEETS:
-        cells = {m: raw[f"{UPDATE}/{nodes}/{m}"] for m in METHODS}
-        for method in METHODS:
-            cell = cells[method]
-            rows.append(
-                [
-                    UPDATE,
-                    nodes,
-                    method,
-                    cell["seconds"],
-                    cell["origin"] / mib,
-                    f"{cell['origin'] / pushed.changed_bytes(method):.2f}x of the changed row",
-                    cell["mirror"] / mib,
-                    f"{cell['origin'] / cells['overlayfs']['origin']:.2f}x",
-                ]
-            )
+                rows.append(row(scenario, nodes, method, _needed(sizes[method], spread), ""))
+    for scenario, fleets in ((UPDATE, FLEETS), (f"{UPDATE}, {DIRECT}", DIRECT_FLEETS)):
+        for nodes in fleets:
+            for method in METHODS:
+                changed = int(sizes[method]["changed"])
+                rows.append(row(scenario, nodes, method, changed, " of the changed row"))
     for method in METHODS:
-        cell = raw[f"{STOPPED}/4/{method}"]
+        cell = trials[f"{STOPPED}/4/{method}"]
         if cell["failed"]:
-            rows.append([STOPPED, 4, method, "failed", "", "", "", ""])
-        else:
-            needed = pushed.image_bytes(method, everything)
-            rows.append(
-                [
-                    STOPPED, 4, method, cell["seconds"], cell["origin"] / mib,
-                    f"{cell['origin'] / needed:.2f}x", "", "",
-                ]
-            )  # fmt: skip
+            rows.append([STOPPED, 4, method, f"failed: {cell['error']}", "", "", "", ""])
+            continue
+        needed = _needed(sizes[method], everything)
+        rows.append(
+            [
+                STOPPED, 4, method, cell["seconds"], cell["origin"] / mib,
+                f"{cell['origin'] / needed:.2f}x", "", "",
+            ]
+        )  # fmt: skip
+    image = {m: _needed(sizes[m], everything) / mib for m in METHODS}
     notes = [
         f"Model: {SIZE_MIB} MiB of F16 safetensors weights in {ROWS} files, one per 2DFS row;"
-        f" the whole image is {pushed.image_bytes('lazy2dfs', everything) / mib:.1f} MiB as"
-        f" eStargz, {pushed.image_bytes('overlayfs', everything) / mib:.1f} MiB as tar.gz."
-        f" The origin is behind an emulated {LINK[0]:g} Mbit/s, {LINK[1]:g} ms link; the"
-        " nodes reach the mirror on loopback.",
+        f" the whole image is {image['lazy2dfs']:.1f} MiB as eStargz,"
+        f" {image['overlayfs']:.1f} MiB as tar.gz. The origin is behind an emulated"
+        f" {LINK[0]:g} Mbit/s, {LINK[1]:g} ms link; the nodes reach the mirror on loopback"
+        f" ('{DIRECT}': the nodes reach the origin over that link, without a mirror).",
         "Seconds: from the start of the pulls until the last node's container had loaded every"
         " tensor (safetensors, numpy); every file's sha256 was then checked in the container."
-        " Origin and mirror MiB: GET bodies in their access logs. 'x' columns: origin bytes per"
-        " byte the nodes need (whole model: the image; partitions: the mean partition), and"
-        " lazy2dfs against overlayfs in the same run.",
+        " Origin and mirror MiB: GET bodies in their access logs. 'Origin per needed byte':"
+        " origin bytes per distinct byte the fleet needs (the image; for partitions the base"
+        " and the rows its nodes serve, node i row i mod 4), or per byte of the changed row."
+        " Last column: lazy2dfs against overlayfs in the same run.",
         "The CNCF registry in proxy mode fetches a blob it does not hold from its origin once"
         " for its own store and once more for every request that arrives before it holds it:"
         " one plain pull costs the origin 2x, N pulls at once N+1 times. lazy2dfs sends a"
@@ -326,7 +345,7 @@ def _report(raw: dict[str, Any], pushed: Pushed) -> Path:
         "origin, lazy2dfs / overlayfs",
     ]
     title = "A model rolled out through one pull-through mirror, and an update of one row"
-    report.write_tables("fleet", title, columns, rows, {"raw": raw}, notes)
+    report.write_tables("fleet", title, columns, rows, raw, notes)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for axis, (what, label) in zip(
         axes[:2],
@@ -335,7 +354,7 @@ def _report(raw: dict[str, Any], pushed: Pushed) -> Path:
     ):
         for scenario in (WHOLE, PARTITIONS):
             for method in METHODS:
-                values = [raw[f"{scenario}/{n}/{method}"][what] for n in FLEETS]
+                values = [trials[f"{scenario}/{n}/{method}"][what] for n in FLEETS]
                 if what == "origin":
                     values = [v / mib for v in values]
                 style = "-" if method == "lazy2dfs" else "--"
@@ -346,12 +365,17 @@ def _report(raw: dict[str, Any], pushed: Pushed) -> Path:
         axis.legend(fontsize=7)
     width = 0.35
     for i, method in enumerate(METHODS):
-        values = [raw[f"{UPDATE}/{n}/{method}"]["origin"] / mib for n in FLEETS]
+        values = [trials[f"{UPDATE}/{n}/{method}"]["origin"] / mib for n in FLEETS]
         axes[2].bar([x + i * width for x in range(len(FLEETS))], values, width, label=method)
     axes[2].set_xticks([x + width / 2 for x in range(len(FLEETS))])
     axes[2].set_xticklabels([f"{n} nodes" for n in FLEETS])
     axes[2].set_ylabel("origin MiB for the update")
-    axes[2].axhline(pushed.changed_bytes("lazy2dfs") / mib, color="grey", linestyle=":")
+    axes[2].axhline(
+        int(sizes["lazy2dfs"]["changed"]) / mib,
+        color="grey",
+        linestyle=":",
+        label="the changed row",
+    )
     axes[2].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return report.save_figure("fleet", fig)

@@ -33,16 +33,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def write_hosts_dir(directory: Path, origin: str, mirror: str) -> Path:
+def write_hosts_dir(
+    directory: Path, origin: str, mirror: str | None, server: str | None = None
+) -> Path:
     """``<directory>/<origin>/hosts.toml``: ``origin`` (``host:port``) reached through
-    ``mirror`` first; both plain HTTP (loopback). Returns ``directory``."""
+    ``mirror`` first (if any), then at ``server`` (default: ``origin`` itself); all plain HTTP
+    (loopback). Returns ``directory``."""
     host_dir = directory / origin
     host_dir.mkdir(parents=True, exist_ok=True)
-    (host_dir / "hosts.toml").write_text(
-        f'server = "http://{origin}"\n\n'
-        f'[host."http://{mirror}"]\n'
-        '  capabilities = ["pull", "resolve"]\n'
-    )
+    text = f'server = "http://{server or origin}"\n'
+    if mirror is not None:
+        text += f'\n[host."http://{mirror}"]\n  capabilities = ["pull", "resolve"]\n'
+    (host_dir / "hosts.toml").write_text(text)
     return directory
 
 
@@ -57,9 +59,10 @@ class Node:
 
 
 class Fleet:
-    """``nodes`` nodes under ``workdir`` pulling ``origin``'s images through a new mirror;
-    ``link`` is (Mbit/s, round trip ms) between the mirror and the origin, None for loopback;
-    ``daemon_config`` is added to each daemon's configuration file."""
+    """``nodes`` nodes under ``workdir`` pulling ``origin``'s images through a new mirror
+    (``mirror=False``: straight from the origin, over the same link); ``link`` is (Mbit/s,
+    round trip ms) in front of the origin, None for loopback; ``daemon_config`` is added to
+    each daemon's configuration file."""
 
     def __init__(
         self,
@@ -69,8 +72,10 @@ class Fleet:
         link: tuple[float, float] | None = (1000, 20),
         daemon_config: str = "",
         log_level: str = "warning",
+        mirror: bool = True,
     ) -> None:
         self.workdir = workdir
+        self.with_mirror = mirror
         self.origin = origin
         self.count = nodes
         self.link = link
@@ -89,10 +94,13 @@ class Fleet:
             if self.link is not None:
                 mbit, rtt = self.link
                 upstream = self._running.enter_context(LinkEmulator(upstream, mbit, rtt)).host
-            self.mirror = self._running.enter_context(
-                LocalRegistry(self.workdir / "mirror", proxy_remote=f"http://{upstream}")
-            )
-            write_hosts_dir(self.hosts_dir, self.origin.host, self.mirror.host)
+            if self.with_mirror:
+                self.mirror = self._running.enter_context(
+                    LocalRegistry(self.workdir / "mirror", proxy_remote=f"http://{upstream}")
+                )
+                write_hosts_dir(self.hosts_dir, self.origin.host, self.mirror.host)
+            else:
+                write_hosts_dir(self.hosts_dir, self.origin.host, None, server=upstream)
             config = f'[registry]\nhosts_dir = "{self.hosts_dir}"\n{self.daemon_config}'
             self.nodes = self.each(lambda i: self._start_node(f"n{i}", config), range(self.count))
         except BaseException:
