@@ -3,14 +3,14 @@
 A trial runs on a fresh lazy2dfs daemon and containerd (empty content store, snapshots and
 chunk cache) after the page cache is dropped, and reaches the registry either on loopback or
 through ``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
-registry's access log says it served.
+registry's access log says it served (``devstack.registry.Served``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,19 +63,3 @@ def registry_host(registry: LocalRegistry, link: str) -> Iterator[str]:
         return
     with LinkEmulator(registry.host, LINK_MBIT, LINK_RTT_MS) as emulated:
         yield emulated.host
-
-
-class Served:
-    """Bytes ``registry`` serves from now on (GET response bodies, from its access log)."""
-
-    def __init__(self, registry: LocalRegistry) -> None:
-        self.registry = registry
-        self.start = len(registry.requests())
-
-    def bytes(self, digests: Collection[str] | None = None) -> int:
-        """All bytes served, or only those of blobs named in ``digests``."""
-        return sum(
-            r.size
-            for r in self.registry.requests()[self.start :]
-            if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
-        )

@@ -25,7 +25,6 @@ from benchmarks.coldstack import (
     EMULATED,
     LINK_BYTES_PER_SECOND,
     LOOPBACK,
-    Served,
     cold_stack,
     daemon_usage,
     registry_host,
@@ -33,7 +32,7 @@ from benchmarks.coldstack import (
 from benchmarks.coldstart import METHODS, cold_start
 from devstack.images import BuiltImage, build_image, build_layer
 from devstack.model import runtime_tree, sample_model
-from devstack.registry import LocalRegistry
+from devstack.registry import LocalRegistry, Served
 from lazy2dfs.estargz import WriterOptions
 
 # (size MiB, trials on loopback, trials on the emulated link)

@@ -7,6 +7,7 @@ import sys
 from benchmarks import (
     build,
     codecs,
+    fleet,
     model_start,
     partition_matrix,
     reliability,
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "restart_gap": restart_gap,
     "reliability": reliability,
     "verify_window": verify_window,
+    "fleet": fleet,
 }
 
 

@@ -354,10 +354,13 @@ class LocalContainerd:
             )
         return done.stdout
 
-    def lazy_pull(self, ref: str) -> str:
-        """``lazy2dfs pull`` into this containerd; returns what it reported (on standard
-        error: the layers pulled lazily, present and downloaded)."""
+    def lazy_pull(self, ref: str, hosts_dir: Path | None = None) -> str:
+        """``lazy2dfs pull`` into this containerd (through the mirrors ``hosts_dir``
+        configures); returns what it reported (on standard error: the layers pulled lazily,
+        present and downloaded)."""
         argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(self.address), ref]
+        if hosts_dir is not None:
+            argv += ["--hosts-dir", str(hosts_dir)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PULL_TIMEOUT)
         if done.returncode != 0:
             raise UnavailableError(f"lazy2dfs pull {ref} failed:\n{done.stderr}")

@@ -50,12 +50,14 @@ class SampleModel:
         return sorted(self.files)
 
 
-def _safetensors(layers: Sequence[int], per_tensor: int, seed: int) -> tuple[bytes, int]:
+def _safetensors(
+    layers: Sequence[int], per_tensor: int, seed: int, dtype: str
+) -> tuple[bytes, int]:
     header: dict[str, Any] = {"__metadata__": {"format": "pt", "made_by": "lazy2dfs"}}
     offset = 0
     for n in layers:
         header[f"model.layers.{n}.mlp.weight"] = {
-            "dtype": "BF16",
+            "dtype": dtype,
             "shape": [per_tensor // 2],
             "data_offsets": [offset, offset + per_tensor],
         }
@@ -66,15 +68,21 @@ def _safetensors(layers: Sequence[int], per_tensor: int, seed: int) -> tuple[byt
     return prefix + bf16_like(offset, seed), len(prefix) + per_tensor
 
 
-def sample_model(size_mib: int, files: int = 4, layers: int = 8) -> SampleModel:
-    """``layers`` transformer-like blocks, ``size_mib`` MiB in all, sharded over ``files``."""
+def sample_model(
+    size_mib: int, files: int = 4, layers: int = 8, dtype: str = "BF16", seed: int = 0
+) -> SampleModel:
+    """``layers`` transformer-like blocks, ``size_mib`` MiB in all, sharded over ``files``.
+    ``dtype`` names the 16-bit type the header declares (``F16`` loads with safetensors'
+    numpy framework, which has no bfloat16); ``seed`` makes another version's weights."""
     per_tensor = (size_mib << 20) // layers // 2 * 2
     per_file = layers // files
     shards: dict[str, bytes] = {}
     first_end = 0
     for shard in range(files):
         blocks = range(shard * per_file, (shard + 1) * per_file)
-        data, tensor_end = _safetensors(blocks, per_tensor, seed=size_mib * 100 + shard)
+        data, tensor_end = _safetensors(
+            blocks, per_tensor, seed=seed * 10_000 + size_mib * 100 + shard, dtype=dtype
+        )
         name = f"{MODEL_DIR}/model-{shard + 1:05d}-of-{files:05d}.safetensors"
         shards[name] = data
         first_end = first_end or tensor_end

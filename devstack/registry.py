@@ -7,6 +7,10 @@ only some chunks of a blob.
 
 ``auth=`` (optional) makes it ask for credentials: :class:`~devstack.auth.HtpasswdAuth`
 for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
+
+``proxy_remote=URL`` runs it as a pull-through cache of the registry at ``URL`` (``proxy:
+remoteurl``), as fleets deploy it per zone: read-only, it fetches what it does not hold from
+there — a range request for a blob it does not hold yet gets 200 and the whole blob.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -79,10 +84,16 @@ class LocalRegistry:
     """A registry under ``workdir``; ``host`` is ``127.0.0.1:<port>`` once started."""
 
     def __init__(
-        self, workdir: Path, storage: Path | None = None, *, auth: RegistryAuth | None = None
+        self,
+        workdir: Path,
+        storage: Path | None = None,
+        *,
+        auth: RegistryAuth | None = None,
+        proxy_remote: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.auth = auth
+        self.proxy_remote = proxy_remote
         self.storage = storage or workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.access_log_path = workdir / "registry.log"
@@ -118,6 +129,8 @@ class LocalRegistry:
 
     def _config(self) -> str:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
+        if self.proxy_remote is not None:
+            config += f"proxy:\n  remoteurl: {self.proxy_remote}\n"
         if self.auth is None:
             return config
         from devstack.auth import write_registry_auth
@@ -186,3 +199,19 @@ class LocalRegistry:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class Served:
+    """Bytes ``registry`` serves from now on (GET response bodies, from its access log)."""
+
+    def __init__(self, registry: LocalRegistry) -> None:
+        self.registry = registry
+        self.start = len(registry.requests())
+
+    def bytes(self, digests: Collection[str] | None = None) -> int:
+        """All bytes served, or only those of blobs named in ``digests``."""
+        return sum(
+            r.size
+            for r in self.registry.requests()[self.start :]
+            if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
+        )

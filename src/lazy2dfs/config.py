@@ -104,6 +104,18 @@ class RegistryConfig(BaseModel):
         default_factory=list,
         description="Registries (host:port) reached over plain HTTP; loopback always is.",
     )
+    spill_max_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=0,
+        description="Whole blobs a registry or pull-through mirror sends for a range request are"
+        " kept under <root>/spill, up to this many bytes, to serve later ranges without"
+        " downloading them again; 0 keeps none.",
+    )
+    spill_idle_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A kept whole blob that no read used for this long is dropped.",
+    )
 
 
 class Config(BaseModel):

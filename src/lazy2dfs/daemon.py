@@ -32,7 +32,7 @@ from lazy2dfs.layers.locator import RegistryLocator
 from lazy2dfs.layers.mounted import EstargzLayers, ResolveLimits
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.observability import DaemonParts, Observability
-from lazy2dfs.registry_client import RegistryClient
+from lazy2dfs.registry_client import RegistryClient, SpillArea
 from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
@@ -122,8 +122,11 @@ class Daemon:
         session = FuseSession(
             LayerFilesystem(), Keeper(root, self.config.fuse.restart_grace_seconds)
         )
+        settings = self.config.registry
         registry = RegistryClient(
-            hosts_dir=self.config.registry.hosts_dir, plain_http=self.config.registry.plain_http
+            hosts_dir=settings.hosts_dir,
+            plain_http=settings.plain_http,
+            spill=SpillArea(root / "spill", settings.spill_max_bytes, settings.spill_idle_seconds),
         )
         server: grpc.Server | None = None
         cache: CacheStore | None = None

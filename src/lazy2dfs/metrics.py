@@ -88,6 +88,14 @@ REGISTRY_LATENCY = Histogram(
     ["host", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WHOLE_BLOBS = Counter(
+    "lazy2dfs_registry_whole_blobs",
+    "Whole blobs a registry sent for a range request (a pull-through mirror that does not hold"
+    " the blob yet), by what became of them: spilled (kept on disk to serve later ranges),"
+    " verified, resumed (the stream broke and went on from another endpoint), failed, not_kept"
+    " (no room: only the asked ranges were kept).",
+    ["outcome"],
+)
 REGISTRY_RETRIES = Counter(
     "lazy2dfs_registry_retries",
     "Registry requests tried again, by cause: status (429 or 5xx) or network (connection"

@@ -29,6 +29,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pull.add_argument(
         "--plain-http", action="store_true", help="reach the registry over HTTP (not TLS)"
     )
+    pull.add_argument(
+        "--hosts-dir",
+        type=Path,
+        default=Path("/etc/containerd/certs.d"),
+        help="containerd hosts.toml directory: mirrors and pull-through caches to fetch the"
+        " manifest and config through, as the daemon's registry.hosts_dir does for layers"
+        " (default /etc/containerd/certs.d)",
+    )
     pull.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     pull.set_defaults(func=_pull)
 
@@ -43,9 +51,8 @@ def _pull(args: argparse.Namespace) -> int:
     plain_http = [parse_reference(args.reference).registry] if args.plain_http else False
     containerd = ContainerdClient(args.containerd_address, args.namespace)
     try:
-        Puller(containerd, SyncRegistryClient(plain_http=plain_http), args.snapshotter).pull(
-            args.reference
-        )
+        registry = SyncRegistryClient(hosts_dir=args.hosts_dir, plain_http=plain_http)
+        Puller(containerd, registry, args.snapshotter).pull(args.reference)
     finally:
         containerd.close()
     return 0

@@ -390,6 +390,7 @@ class EstargzLayers:
         cache = attached.cache
         if not cache.complete:
             return None
+        fetcher.source.release()  # every byte is cached: a whole blob kept for it may go
         await trio.to_thread.run_sync(cache.flush)
         known = _recorded_diff_id(cache)
         if known is not None:

@@ -31,7 +31,7 @@ from lazy2dfs.digest import (
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import push as _push
 from lazy2dfs.registry_client.auth import pull_scope
-from lazy2dfs.registry_client.blobs import BlobReader
+from lazy2dfs.registry_client.blobs import BlobReader, BlobRoutes
 from lazy2dfs.registry_client.credentials import CredentialStore, default_docker_config
 from lazy2dfs.registry_client.errors import (
     BlobNotFoundError,
@@ -53,6 +53,7 @@ from lazy2dfs.registry_client.manifest import (
 from lazy2dfs.registry_client.platform import Platform, host_platform
 from lazy2dfs.registry_client.reference import DOCKER_HUB, Reference, parse_reference
 from lazy2dfs.registry_client.retry import RetryPolicy
+from lazy2dfs.registry_client.spill import SpillArea
 from lazy2dfs.registry_client.transport import DEFAULT_TIMEOUT, Transport
 
 log = get_logger(__name__)
@@ -99,10 +100,14 @@ class RegistryClient:
         credentials: CredentialStore | None = None,
         retry: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        spill: SpillArea | None = None,
     ) -> None:
+        """``spill``: where whole blobs a registry sends for range requests are kept to serve
+        later ranges (``registry_client.spill``); without it only the ranges asked are kept."""
         self._hosts = RegistryHosts(hosts_dir, plain_http)
         store = credentials or CredentialStore(docker_config=default_docker_config())
         self._transport = Transport(store, retry or RetryPolicy(), timeout)
+        self._routes = BlobRoutes(spill)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -116,6 +121,8 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._routes.spill is not None:
+            self._routes.spill.close()
         await self._transport.aclose()
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -243,6 +250,7 @@ class RegistryClient:
             reference.repository,
             digest,
             size,
+            self._routes,
         )
 
     async def stat_blob(self, ref: Reference | str, digest: str) -> int:

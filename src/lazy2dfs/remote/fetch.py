@@ -63,6 +63,11 @@ class BlobSource(Protocol):
         the registry allows."""
         ...
 
+    def release(self) -> None:
+        """The caller holds every byte of the blob it will need (its layer's cache is
+        complete): a whole copy kept for it may go."""
+        ...
+
 
 @dataclass
 class LayerStats:
