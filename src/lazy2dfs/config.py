@@ -3,10 +3,13 @@
 Precedence, lowest first: the defaults below, the TOML file (``/etc/lazy2dfs/config.toml``),
 environment variables (``LAZY2DFS_<FIELD>``, e.g. ``LAZY2DFS_ROOT``; a section's field as
 ``LAZY2DFS_<SECTION>__<FIELD>``, e.g. ``LAZY2DFS_CACHE__MAX_BYTES``), command-line flags.
+Any other ``LAZY2DFS_*`` variable is an error, as an unknown key in the file is: a misspelt
+name would otherwise leave its option silently at the default.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -133,7 +136,9 @@ class Config(BaseModel):
     )
     metrics_address: str | None = Field(
         default=None,
-        description="HOST:PORT for Prometheus /metrics; unset disables the endpoint.",
+        description="HOST:PORT for Prometheus /metrics, /healthz and /status; unset disables"
+        " the endpoint (`lazy2dfs status` still works over the control socket).",
+        examples=["127.0.0.1:9880"],
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level printed."
@@ -168,6 +173,36 @@ def _describe(exc: ValidationError, source: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"invalid configuration in {source}: {problems}")
 
 
+def environment_variables() -> dict[str, tuple[str, ...]]:
+    """Every ``LAZY2DFS_*`` variable the loader reads, with the option it sets (a path into
+    the model: ``("root",)``, ``("cache", "max_bytes")``)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for name, info in Config.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for field in section.model_fields:
+                names[f"{ENV_PREFIX}{name.upper()}__{field.upper()}"] = (name, field)
+        else:
+            names[ENV_PREFIX + name.upper()] = (name,)
+    return names
+
+
+def _unknown_variables(environ: Mapping[str, str], known: Mapping[str, object]) -> None:
+    """A misspelt variable would silently leave its option at the default: refuse it."""
+    unknown = sorted(v for v in environ if v.startswith(ENV_PREFIX) and v not in known)
+    if not unknown:
+        return
+    problems = []
+    for variable in unknown:
+        close = difflib.get_close_matches(variable, list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{variable}{hint}")
+    raise InvalidArgumentError(
+        f"unknown environment variable {'; '.join(problems)}: lazy2dfs reads only the"
+        " variables `lazy2dfs config default` names; rename or unset it"
+    )
+
+
 def load(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -185,15 +220,15 @@ def load(
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgumentError(f"configuration file {file} is not TOML: {exc}") from exc
     environ = os.environ if env is None else env
-    for name, info in Config.model_fields.items():
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
-            for field in section.model_fields:
-                variable = f"{ENV_PREFIX}{name.upper()}__{field.upper()}"
-                if (value := environ.get(variable)) is not None:
-                    values.setdefault(name, {})[field] = value
-        elif (value := environ.get(ENV_PREFIX + name.upper())) is not None:
-            values[name] = value
+    known = environment_variables()
+    _unknown_variables(environ, known)
+    for variable, option in known.items():
+        if (value := environ.get(variable)) is None:
+            continue
+        if len(option) == 2:
+            values.setdefault(option[0], {})[option[1]] = value
+        else:
+            values[option[0]] = value
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return Config.model_validate(values)

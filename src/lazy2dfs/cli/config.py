@@ -10,7 +10,8 @@ from it here, so the two cannot drift apart:
 * ``lazy2dfs config docs``: ``docs/configuration.md``, which a test compares with the model.
 
 TOML is written by hand (no dependency) for the types the model uses: strings, paths,
-integers, booleans, lists of strings; an option whose default is ``None`` is shown commented out.
+integers, booleans, lists of strings; an option whose default is ``None`` is shown commented out
+with the example its field gives, so that uncommenting it yields valid TOML.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Option:
     section: str  # "" for top-level options
     name: str
     default: object
+    example: object  # shown, commented out, for an option unset by default
     description: str
     type: str
     env: str  # "" when the environment cannot set it
@@ -105,13 +107,15 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def _option(section: str, name: str, info: FieldInfo) -> Option:
-    env = config.ENV_PREFIX + (f"{section.upper()}__{name.upper()}" if section else name.upper())
+    variables = {path: v for v, path in config.environment_variables().items()}
+    env = variables[(section, name) if section else (name,)]
     if get_origin(info.annotation) is list:
         env = ""  # config.load passes variables on as strings, which a list does not accept
     return Option(
         section=section,
         name=name,
         default=info.get_default(call_default_factory=True),
+        example=info.examples[0] if info.examples else None,
         description=info.description or "",
         type=_describe_type(info.annotation) + _bounds(info),
         env=env,
@@ -146,7 +150,9 @@ def _option_lines(option: Option) -> Iterator[str]:
     env = f"Environment: {option.env}." if option.env else "Set in this file only."
     yield f"# Type: {option.type}. {env}"
     if option.default is None:
-        yield f"# {option.name} = (unset)"
+        # Commented out, the line is still the valid TOML a user uncomments.
+        yield "# Unset by default; for example:"
+        yield f"# {option.name} = {toml_value(option.example)}"
     else:
         yield f"{option.name} = {toml_value(option.default)}"
 
