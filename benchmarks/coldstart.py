@@ -13,7 +13,6 @@ from pathlib import PurePosixPath
 
 from devstack.containerd import LocalContainerd
 from devstack.model import MODEL_DIR
-from devstack.process import lazy2dfs_argv
 
 # A method is a snapshotter name; overlayfs is containerd's own full pull.
 METHODS = ("overlayfs", "lazy2dfs")
@@ -35,9 +34,9 @@ class ColdStart:
         return self.pull + self.full_read
 
 
-def _timed(argv: list[str]) -> float:
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr}")
     return time.perf_counter() - start
@@ -47,9 +46,8 @@ def pull(containerd: LocalContainerd, ref: str, method: str) -> float:
     """Seconds to pull ``ref`` for ``method``: ``ctr`` for overlayfs, ``lazy2dfs pull`` else."""
     if method == "overlayfs":
         argv = [*_ctr(containerd), "images", "pull", "--plain-http", "--snapshotter", method, ref]
-    else:
-        argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(containerd.address), ref]
-    return _timed(argv)
+        return _timed(argv)
+    return _timed(containerd.pull_argv(ref), containerd.pull_env())
 
 
 def read_first(containerd: LocalContainerd, ref: str, method: str, path: str, size: int) -> float:

@@ -260,7 +260,8 @@ class LocalContainerd:
 
     It starts only if every plugin it loads loads: a shipped config that breaks one (as
     ``linux/arm64`` unpack entries broke 2.1's transfer service and CRI on amd64) fails here,
-    with containerd's own line."""
+    with containerd's own line. ``snapshotter_config`` is the daemon's configuration file,
+    which ``lazy2dfs pull`` reads for its registry settings."""
 
     def __init__(
         self,
@@ -271,6 +272,7 @@ class LocalContainerd:
         snapshotter_root: Path | None = None,
         sandbox_image: str | None = None,
         config: Mapping[str, Any] | None = None,
+        snapshotter_config: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
@@ -279,6 +281,7 @@ class LocalContainerd:
         self.snapshotter_root = snapshotter_root
         self.sandbox_image = sandbox_image
         self.config = config
+        self.snapshotter_config = snapshotter_config
         self.cri = cri
         self.release = release
         self.log_path = workdir / "containerd.log"
@@ -354,14 +357,30 @@ class LocalContainerd:
             )
         return done.stdout
 
-    def lazy_pull(self, ref: str, hosts_dir: Path | None = None) -> str:
+    def pull_argv(self, ref: str, *flags: str) -> list[str]:
+        """``lazy2dfs pull`` of ``ref`` into this containerd, with the private daemon's
+        configuration (run it with ``pull_env``, which names the daemon's socket)."""
+        config = ["--config", str(self.snapshotter_config)] if self.snapshotter_config else []
+        return [*lazy2dfs_argv(), "pull", "-a", str(self.address), *config, *flags, ref]
+
+    def pull_env(self) -> dict[str, str]:
+        """The environment for ``pull_argv``: the private daemon is not at the default
+        address, and no configuration file of its names it."""
+        return {**os.environ, "LAZY2DFS_ADDRESS": str(self.snapshotter_address)}
+
+    def lazy_pull(self, ref: str, *flags: str, hosts_dir: Path | None = None) -> str:
         """``lazy2dfs pull`` into this containerd (through the mirrors ``hosts_dir``
         configures); returns what it reported (on standard error: the layers pulled lazily,
         present and downloaded)."""
-        argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(self.address), ref]
         if hosts_dir is not None:
-            argv += ["--hosts-dir", str(hosts_dir)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PULL_TIMEOUT)
+            flags = (*flags, "--hosts-dir", str(hosts_dir))
+        done = subprocess.run(
+            self.pull_argv(ref, *flags),
+            capture_output=True,
+            text=True,
+            timeout=PULL_TIMEOUT,
+            env=self.pull_env(),
+        )
         if done.returncode != 0:
             raise UnavailableError(f"lazy2dfs pull {ref} failed:\n{done.stderr}")
         return done.stderr

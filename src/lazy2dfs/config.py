@@ -159,6 +159,12 @@ class Config(BaseModel):
         return value
 
     @property
+    def control_address(self) -> Path:
+        """The daemon's control socket, beside ``address``: ``lazy2dfs status`` and
+        ``lazy2dfs pull`` ask the daemon there (root only, always on while it serves)."""
+        return self.address.with_suffix(".control.sock")
+
+    @property
     def metrics_host_port(self) -> tuple[str, int] | None:
         if self.metrics_address is None:
             return None

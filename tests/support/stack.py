@@ -118,6 +118,7 @@ def private_stack(
                 release=release,
                 snapshotter_root=snapshotter.root,
                 sandbox_image=pause,
+                snapshotter_config=snapshotter.config_path,
             )
         )
         yield Stack(registry, snapshotter, containerd, front)

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from lazy2dfs import config
+from lazy2dfs.cli.parser import Subparsers
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 _TYPE_NAMES: dict[Any, str] = {
@@ -230,18 +231,34 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Adds ``lazy2dfs config`` to the command line."""
     parser = subparsers.add_parser(
-        "config", help="print the default configuration, or check a configuration file"
+        "config",
+        help="print the default configuration, or check a configuration file",
+        description=f"The daemon's configuration ({config.DEFAULT_CONFIG_PATH}, or `serve"
+        " --config`): print it with every option described, or check a file.",
     )
-    commands = parser.add_subparsers(dest="config_command", required=True)
+    commands = parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     default = commands.add_parser(
-        "default", help="print the full default configuration as TOML, with every option's help"
+        "default",
+        help="print the full default configuration as TOML, with every option's help",
+        description="Prints every option with its description, type, default and environment"
+        f" variable, as TOML: `lazy2dfs config default > {config.DEFAULT_CONFIG_PATH}` is a"
+        " valid starting point.",
     )
     default.set_defaults(func=_default)
-    check = commands.add_parser("check", help="validate a configuration file (exit status 1)")
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration file (exit status 1)",
+        description="Validates FILE as the daemon would read it (LAZY2DFS_* variables left"
+        " out) and names every problem; exit status 1 if there is one.",
+    )
     check.add_argument("file", metavar="FILE", type=Path, help="TOML file, e.g. /etc/lazy2dfs/…")
     check.set_defaults(func=_check)
-    docs = commands.add_parser("docs", help="print docs/configuration.md (Markdown)")
+    docs = commands.add_parser(
+        "docs",
+        help="print docs/configuration.md (Markdown)",
+        description="Prints the configuration reference (docs/configuration.md) as Markdown.",
+    )
     docs.set_defaults(func=_docs)

@@ -64,6 +64,7 @@ from lazy2dfs.registry_client.ranges import (
     range_header,
     slice_parts,
 )
+from lazy2dfs.registry_client.retry import RetryPolicy
 from lazy2dfs.registry_client.spill import SpillArea, SpilledBlob
 from lazy2dfs.registry_client.transport import Transport, read_at_most
 
@@ -164,6 +165,7 @@ class BlobReader:
 
     ``targets`` are the (endpoint, blob URL) pairs able to serve the blob, in order; the first
     that answers is kept for later reads. ``routes`` is shared by the readers of one client.
+    ``policy`` retries each read (default: the transport's).
     """
 
     def __init__(
@@ -174,10 +176,12 @@ class BlobReader:
         digest: str,
         size: int | None = None,
         routes: BlobRoutes | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         if not targets:
             raise BlobNotFoundError(f"{repository}@{digest}: no endpoint can pull")
         self._transport = transport
+        self._policy = policy or transport.policy
         self._targets = list(targets)
         self._scopes = (pull_scope(repository),)
         self._routes = routes or BlobRoutes()
@@ -321,9 +325,10 @@ class BlobReader:
                 if blob.failure is not None or blob.position == blob.size:
                     break
                 try:
-                    await self._transport.policy.run(
+                    await self._policy.run(
                         f"rest of blob {self.digest} from {endpoint.host}",
                         functools.partial(self._resume, endpoint, target, blob),
+                        endpoint.host,
                     )
                 except (RegistryUnavailableError, BlobNotFoundError) as exc:
                     self._routes.down(endpoint.host)
@@ -464,9 +469,10 @@ class BlobReader:
         whole_ok: bool,
         handoff: _Handoff | None,
     ) -> list[bytes]:
-        return await self._transport.policy.run(
+        return await self._policy.run(
             f"blob {self.digest} from {endpoint.host}",
             functools.partial(self._attempt, endpoint, url, ranges, whole_ok, handoff),
+            endpoint.host,
         )
 
     async def _attempt(

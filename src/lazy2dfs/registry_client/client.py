@@ -99,14 +99,18 @@ class RegistryClient:
         plain_http: bool | Sequence[str] = False,
         credentials: CredentialStore | None = None,
         retry: RetryPolicy | None = None,
+        range_retry: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         spill: SpillArea | None = None,
     ) -> None:
         """``spill``: where whole blobs a registry sends for range requests are kept to serve
-        later ranges (``registry_client.spill``); without it only the ranges asked are kept."""
-        self._hosts = RegistryHosts(hosts_dir, plain_http)
-        store = credentials or CredentialStore(docker_config=default_docker_config())
-        self._transport = Transport(store, retry or RetryPolicy(), timeout)
+        later ranges (``registry_client.spill``); without it only the ranges asked are kept.
+        ``range_retry``: how range reads are retried (default: as every request, ``retry``);
+        the daemon gives them its read deadline as their budget."""
+        self.hosts = RegistryHosts(hosts_dir, plain_http)
+        self._range_retry = range_retry
+        self.credentials = credentials or CredentialStore(docker_config=default_docker_config())
+        self._transport = Transport(self.credentials, retry or RetryPolicy(), timeout)
         self._routes = BlobRoutes(spill)
 
     async def __aenter__(self) -> RegistryClient:
@@ -128,7 +132,7 @@ class RegistryClient:
     # -- endpoints ---------------------------------------------------------------------------
 
     def _endpoints(self, ref: Reference, capability: Capability) -> list[Endpoint]:
-        endpoints = [e for e in self._hosts.endpoints(ref.registry) if capability in e.capabilities]
+        endpoints = [e for e in self.hosts.endpoints(ref.registry) if capability in e.capabilities]
         if not endpoints:
             raise RegistryUnavailableError(f"{ref.registry}: no endpoint may {capability.name}")
         return endpoints
@@ -251,6 +255,7 @@ class RegistryClient:
             digest,
             size,
             self._routes,
+            self._range_retry,
         )
 
     async def stat_blob(self, ref: Reference | str, digest: str) -> int:
@@ -302,14 +307,21 @@ class RegistryClient:
                     verifier.verify(f"blob {digest}")
                     return b"".join(chunks)
 
-            return await self._transport.policy.run(f"blob {digest}", attempt)
+            return await self._transport.policy.run(f"blob {digest}", attempt, endpoint.host)
 
         return await self._first(
             self._endpoints(reference, Capability.PULL), f"blob {digest}", fetch
         )
 
-    async def download_blob(self, ref: Reference | str, digest: str, path: Path) -> int:
-        """Streams a blob to ``path`` and returns its size.
+    async def download_blob(
+        self,
+        ref: Reference | str,
+        digest: str,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Streams a blob to ``path`` and returns its size; ``progress`` gets the bytes
+        received so far.
 
         The bytes go to ``<path>.partial`` first and are renamed only once verified, so
         ``path`` never holds unverified content.
@@ -331,11 +343,13 @@ class RegistryClient:
                         async for chunk in response.aiter_bytes():
                             verifier.update(chunk)
                             await out.write(chunk)
+                            if progress is not None:
+                                progress(verifier.size)
                 verifier.verify(f"blob {digest}")
                 os.replace(partial, path)
                 return verifier.size
 
-            return await self._transport.policy.run(f"download {digest}", attempt)
+            return await self._transport.policy.run(f"download {digest}", attempt, endpoint.host)
 
         try:
             return await self._first(
@@ -364,8 +378,10 @@ class RegistryClient:
         *,
         mount_from: str | None = None,
         chunk_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> bool:
-        """Uploads a blob unless present; True when bytes were sent or mounted."""
+        """Uploads a blob unless present; True when bytes were sent or mounted. ``progress``
+        gets the bytes sent so far."""
         reference = _as_reference(ref)
         return await _push.push_blob(
             self._transport,
@@ -375,6 +391,7 @@ class RegistryClient:
             data,
             mount_from=mount_from,
             chunk_size=chunk_size,
+            progress=progress,
         )
 
     async def push_manifest(self, ref: Reference | str, data: bytes, media_type: str) -> Descriptor:

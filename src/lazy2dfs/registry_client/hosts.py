@@ -123,6 +123,14 @@ class RegistryHosts:
             )
         return configured
 
+    def source(self, registry: str) -> Path | None:
+        """The directory (with its hosts.toml, if any) that configures ``registry``."""
+        return self._host_directory(registry)
+
+    @property
+    def hosts_dir(self) -> Path | None:
+        return self._hosts_dir
+
     def _host_directory(self, registry: str) -> Path | None:
         if self._hosts_dir is None:
             return None

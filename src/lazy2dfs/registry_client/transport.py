@@ -190,7 +190,7 @@ class Transport:
                     request=response.request,
                 )
 
-        return await self.policy.run(what, attempt)
+        return await self.policy.run(what, attempt, endpoint.host if endpoint else "")
 
 
 async def read_at_most(response: httpx.Response, limit: int, what: str) -> bytes:

@@ -1,6 +1,5 @@
 """The CLI end to end: safetensors → 2dfs.json → build --push → a partition holds its rows."""
 
-import argparse
 import io
 import json
 import struct
@@ -12,21 +11,14 @@ import zstandard
 
 from devstack.images import build_image, push_image
 from devstack.registry import LocalRegistry
-from lazy2dfs.cli import tdfs as tdfs_cli
+from lazy2dfs.cli import main
 from lazy2dfs.registry_client import host_platform
 from lazy2dfs.tdfs import fetch_partitioned_image
 from tests.support.registry import run
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazy2dfs")
-    tdfs_cli.register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def _main(*argv: str) -> int:
-    args = _parser().parse_args(argv)
-    return int(args.func(args))
+    return main(list(argv))
 
 
 def _model(path: Path, layers: int) -> None:
@@ -75,5 +67,5 @@ def test_from_safetensors_then_build_then_partition(
 
 def test_bad_platform_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        _parser().parse_args(["build", "--platform", "linux", "a", "b"])
+        main(["build", "--platform", "linux", "a", "b"])
     assert "platform" in capsys.readouterr().err
