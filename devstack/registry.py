@@ -11,6 +11,8 @@ for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bea
 ``proxy_remote=URL`` runs it as a pull-through cache of the registry at ``URL`` (``proxy:
 remoteurl``), as fleets deploy it per zone: read-only, it fetches what it does not hold from
 there — a range request for a blob it does not hold yet gets 200 and the whole blob.
+``network=`` (optional) runs it in a :class:`~devstack.network.PrivateNetwork`, on an address
+that is not loopback, as a registry elsewhere on the network would be.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from devstack.images import BuiltImage, push_image
+from devstack.network import PrivateNetwork
 from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.registry_client import RegistryClient
@@ -90,10 +93,12 @@ class LocalRegistry:
         *,
         auth: RegistryAuth | None = None,
         proxy_remote: str | None = None,
+        network: PrivateNetwork | None = None,
     ) -> None:
         self.workdir = workdir
         self.auth = auth
         self.proxy_remote = proxy_remote
+        self.network = network
         self.storage = storage or workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.access_log_path = workdir / "registry.log"
@@ -111,21 +116,35 @@ class LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
         failure: UnavailableError | None = None
         for _ in range(_START_ATTEMPTS):
-            self.host = f"127.0.0.1:{free_port()}"
-            self.config_path.write_text(self._config())
-            self.process = ChildProcess(
-                "docker-registry",
-                [REGISTRY_BINARY, "serve", str(self.config_path)],
-                self.access_log_path,
-            )
+            address = self.network.address if self.network else "127.0.0.1"
             try:
-                self.process.wait_until(self._answers, START_TIMEOUT, "serving /v2/")
-                return self
+                return self._start_on(f"{address}:{free_port()}")
             except UnavailableError as err:
                 failure = err
-                self.stop()
         assert failure is not None
         raise failure
+
+    def restart(self) -> None:
+        """Stops the registry and starts it again on the same address, as a registry that
+        restarts does (connections refused meanwhile)."""
+        self.stop()
+        self._start_on(self.host)
+
+    def _start_on(self, host: str) -> LocalRegistry:
+        self.host = host
+        self.config_path.write_text(self._config())
+        argv = [REGISTRY_BINARY, "serve", str(self.config_path)]
+        self.process = ChildProcess(
+            "docker-registry",
+            self.network.argv(*argv) if self.network else argv,
+            self.access_log_path,
+        )
+        try:
+            self.process.wait_until(self._answers, START_TIMEOUT, "serving /v2/")
+        except UnavailableError:
+            self.stop()
+            raise
+        return self
 
     def _config(self) -> str:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
@@ -138,6 +157,11 @@ class LocalRegistry:
         return config + write_registry_auth(self.auth, self.workdir)
 
     def _answers(self) -> bool:
+        if self.network is not None:
+            return self.network.run(self._answers_here)
+        return self._answers_here()
+
+    def _answers_here(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
                 return bool(response.status == 200)
@@ -158,10 +182,13 @@ class LocalRegistry:
         ref = f"{self.host}/{name}"
 
         async def upload() -> None:
-            async with RegistryClient(plain_http=True) as client:
+            async with RegistryClient(plain_http=[self.host]) as client:
                 await push_image(client, ref, image)
 
-        trio.run(upload)
+        if self.network is not None:
+            self.network.run(lambda: trio.run(upload))
+        else:
+            trio.run(upload)
         return ref
 
     def blob_path(self, digest: str) -> Path:

@@ -73,7 +73,8 @@ def test_plain_layers_are_downloaded_quietly_and_the_pull_says_why_and_what_to_d
     out = lazy_stack.containerd.lazy_pull(ref)
     assert "0 lazy, 0 present, 2 downloaded" in out, out
     for layer in image.layers:
-        (line,) = [ln for ln in out.splitlines() if layer.blob.digest[7:19] + " " in ln and "layer" in ln]
+        short = layer.blob.digest[7:19]
+        (line,) = [ln for ln in out.splitlines() if f"{short} " in ln and "layer" in ln]
         assert "downloaded: not-lazy-format:" in line and "toc.digest" in line
     assert "lazy2dfs convert SRC DST" in out
     assert lazy_stack.run(ref, "plain", "cat /plain/file") == "not seekable"

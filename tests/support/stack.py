@@ -5,15 +5,21 @@ A module fixture with ``params=devstack.containerd.RELEASES, ids=release_id`` ru
 once per containerd release, each against its own stack."""
 
 import functools
+import json
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devstack.containerd import CONTAINERD_1_6, CRI_NAMESPACE, LocalContainerd, Release
 from devstack.faults import FaultProxy
 from devstack.images import BuiltImage
+from devstack.network import PrivateNetwork
+from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.errors import UnavailableError
@@ -53,21 +59,39 @@ class Stack:
 
     def restart_snapshotter(self, crash: bool) -> None:
         """Restarts the daemon (``crash``: kill -9 first) and waits until containerd has
-        reconnected: its gRPC channel retries with a backoff of about a second."""
+        reconnected: its gRPC channel retries with a backoff of about a second. The probe is a
+        snapshot prepared and removed: containerd answers a listing from its own database,
+        without the daemon, so a listing that succeeds proves nothing."""
         if crash:
             self.snapshotter.kill()
             self.snapshotter.start()
         else:
             self.snapshotter.restart()
         deadline = time.monotonic() + RECONNECT_TIMEOUT
+        probe = f"reconnect-probe-{uuid.uuid4().hex[:12]}"
         while True:
             try:
-                self.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls")
-                return
+                self.ctr("snapshots", "--snapshotter", "lazy2dfs", "prepare", probe, "")
+                break
             except UnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        self.ctr("snapshots", "--snapshotter", "lazy2dfs", "rm", probe)
+
+    def status(self) -> dict[str, Any]:
+        """``lazy2dfs status --json``, as a user runs it on the node."""
+        done = subprocess.run(
+            [*lazy2dfs_argv(), "status", "--json", "--config", str(self.snapshotter.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.containerd.pull_env(),
+        )
+        if done.returncode != 0:
+            raise UnavailableError(f"lazy2dfs status failed:\n{done.stderr}")
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
 
     def remove_containers(self) -> None:
         """Kills what a failed ``ctr run --rm`` or pod may have left: shims outlive containerd,
@@ -97,18 +121,20 @@ def private_stack(
     cri: bool = False,
     release: Release = CONTAINERD_1_6,
     sandbox: BuiltImage | None = None,
+    network: PrivateNetwork | None = None,
 ) -> Iterator[Stack]:
     """A stack under ``work`` (keep it short: unix socket names are limited to 108 bytes),
     ``config`` for the daemon; with ``proxy``, a fault proxy in front of the registry (images
     pulled through ``proxy.host`` go through it); with ``cri``, containerd's CRI plugin on;
     ``release``: which containerd; ``sandbox``: CRI's pause image, pushed to the registry and
-    named in containerd's config (nothing is pulled from outside)."""
+    named in containerd's config (nothing is pulled from outside); with ``network``, registry
+    and daemon in that namespace, the registry not on loopback."""
     with ExitStack() as running:
-        registry = running.enter_context(LocalRegistry(work / "r"))
+        registry = running.enter_context(LocalRegistry(work / "r", network=network))
         front = running.enter_context(FaultProxy(registry.host)) if proxy else None
         pause = registry.push("k8s/pause:local", sandbox) if sandbox is not None else None
         snapshotter = running.enter_context(
-            LocalSnapshotter(work / "s", config=config, log_level=log_level)
+            LocalSnapshotter(work / "s", config=config, log_level=log_level, network=network)
         )
         containerd = running.enter_context(
             LocalContainerd(

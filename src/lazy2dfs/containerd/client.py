@@ -96,9 +96,9 @@ class ContainerdClient:
         if dialed is not None and Path(dialed.group(1)) != self.address:
             return errors.UnavailableError(
                 f"{what}: containerd answers, but cannot reach the snapshotter's socket"
-                f" {dialed.group(1)}: the lazy2dfs daemon is not running there. Start it"
+                f" {Path(dialed.group(1))}: the lazy2dfs daemon is not running there. Start it"
                 " (`systemctl start lazy2dfs`, or `lazy2dfs serve`), or make its --address"
-                " and containerd's proxy_plugins address the same"
+                f" and containerd's proxy_plugins address the same (containerd: {details})"
             )
         return errors.UnavailableError(
             f"{what}: containerd at {self.address} is unreachable: {details};"
