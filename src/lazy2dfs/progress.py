@@ -9,6 +9,7 @@ Safe to call from worker threads. Library code takes a ``Progress`` and never pr
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import NoReturn, TextIO
@@ -17,6 +18,8 @@ from tqdm import tqdm
 
 # Redraw a bar at most this often.
 REDRAW_SECONDS = 0.1
+DEFAULT_COLUMNS = 100
+DEFAULT_ROWS = 24
 
 
 def human_bytes(count: float) -> str:
@@ -61,6 +64,7 @@ class Progress:
         with self._lock:
             bar = self._bars.get(key)
             if bar is None:
+                sized = self._columns() > 0
                 bar = self._bars[key] = tqdm(
                     total=total,
                     desc=key,
@@ -70,7 +74,11 @@ class Progress:
                     unit_divisor=1024,
                     mininterval=REDRAW_SECONDS,
                     leave=False,
-                    dynamic_ncols=True,
+                    # A terminal that reports no size (some CI pseudo-terminals) would get
+                    # no bar at all from tqdm.
+                    dynamic_ncols=sized,
+                    ncols=None if sized else DEFAULT_COLUMNS,
+                    nrows=None if sized else DEFAULT_ROWS,
                 )
             bar.update(done - bar.n)
             if label is not None and done >= total:
@@ -87,6 +95,12 @@ class Progress:
             else:
                 print(summary, file=self._stream)
             self._stream.flush()
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError):
+            return 0
 
     def _close(self, key: str) -> None:
         bar = self._bars.pop(key, None)

@@ -33,8 +33,8 @@ class LayerStatus(TypedDict):
     fetched: int  # bytes fetched from the registry since the daemon started
     served: int
     prefetched: int
-    cached_percent: float  # of the layer's segments on disk, whenever they were fetched
-    state: str  # fetching, complete, verified (served from its local tree) or refused
+    cached_percent: float  # of the layer's file bytes on disk, whenever they were fetched
+    state: str  # lazy, fetching, complete, verified (served from its local tree) or refused
     fetched_percent: float
     fetch_rate: float  # bytes per second, recent
 

@@ -171,11 +171,11 @@ def test_cri_pull_of_a_plain_gzip_image_falls_back_and_runs(cri_stack: Stack) ->
 
     assert cri_pull(cri_stack, ref) == image.config.digest
 
-    fallbacks = cri_stack.daemon_events("layer fallback")
+    downloads = cri_stack.daemon_events("layer downloaded: not in a lazy format")
     for layer in image.layers:
-        lines = [line for line in fallbacks if f"layer={layer.blob.digest}" in line]
-        assert len(lines) == 1, fallbacks
-        assert f"image={ref}" in lines[0] and "reason=no-toc-digest" in lines[0]
+        lines = [line for line in downloads if f"layer={layer.blob.digest}" in line]
+        assert len(lines) == 1, downloads
+        assert f"image={ref}" in lines[0] and "reason=not-lazy-format" in lines[0]
         # containerd downloaded the layer itself, and keeps it.
         assert 200 in cri_stack.blob_gets(layer.blob.digest)
     content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()

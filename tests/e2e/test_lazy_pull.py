@@ -13,6 +13,7 @@ import pytest
 from devstack.containerd import CONTAINERD_2_1, RELEASES, Release
 from devstack.images import BuiltImage, build_image, build_layer
 from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
 from tests.support.stack import Stack, private_stack, release_id
 
@@ -139,3 +140,17 @@ def test_ctr_pull_is_lazy_through_the_transfer_service_of_2_1(lazy_stack: Stack)
             assert 200 in lazy_stack.blob_gets(layer.blob.digest)
     out = lazy_stack.run(ref, "ctr-pulled", "sha256sum /model/weights.bin /model/config.json")
     assert out.split()[0::2] == [hashlib.sha256(d).hexdigest() for d in files.values()]
+
+
+def test_pull_takes_containerd_address_and_namespace_as_ctr_does(lazy_stack: Stack) -> None:
+    containerd = lazy_stack.containerd
+    image = build_image([build_layer({"ns/x": b"x"}, estargz=ESTARGZ)])
+    ref = lazy_stack.push("lazy/ns:v1", image)
+    env = containerd.pull_env()
+    env.update(CONTAINERD_ADDRESS=str(containerd.address), CONTAINERD_NAMESPACE="team-a")
+    argv = [*lazy2dfs_argv(), "pull", "--config", str(lazy_stack.snapshotter.config_path), ref]
+    for extra, namespace in (([], "team-a"), (["-n", "team-b"], "team-b")):
+        done = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        assert ref in containerd.ctr("images", "ls", "--quiet", namespace=namespace).split()
+    assert ref not in containerd.ctr("images", "ls", "--quiet").split()

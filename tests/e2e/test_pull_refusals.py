@@ -127,19 +127,35 @@ def test_an_https_pull_of_a_plain_http_registry_says_so_and_what_to_do(
 
 
 def test_a_pull_with_the_daemon_down_names_the_daemon_not_containerd(
-    remote: Stack, network: PrivateNetwork
+    remote: Stack, network: PrivateNetwork, tmp_path: Path
 ) -> None:
     ref = remote.push("down/model:v1", _image("down"))
     remote.snapshotter.stop_daemon()
     try:
         done = pull(remote, network, ref)
+        assert done.returncode == 1
+        control = remote.snapshotter.address.with_suffix(".control.sock")
+        assert "lazy2dfs daemon is not running" in done.stderr and str(control) in done.stderr
+        assert "lazy2dfs serve" in done.stderr
+        assert "containerd" not in done.stderr.replace("containerd/certs.d", "")
+        # A daemon serving another socket than containerd dials: containerd is named as
+        # answering, the socket it cannot reach as the problem.
+        plain = f'[registry]\nplain_http = ["{remote.registry.host}"]\n'
+        with LocalSnapshotter(tmp_path / "elsewhere", plain, network=network) as elsewhere:
+            env = {**remote.containerd.pull_env(), "LAZY2DFS_ADDRESS": str(elsewhere.address)}
+            done = subprocess.run(
+                network.argv(*remote.containerd.pull_argv(ref, "--plain-http")),
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                env=env,
+            )
+        assert done.returncode == 1
+        assert "containerd answers, but cannot reach the snapshotter's socket" in done.stderr
+        assert str(remote.snapshotter.address) in done.stderr
+        assert "proxy_plugins" in done.stderr, done.stderr
     finally:
         remote.restart_snapshotter(crash=False)
-    assert done.returncode == 1
-    control = remote.snapshotter.address.with_suffix(".control.sock")
-    assert "lazy2dfs daemon is not running" in done.stderr and str(control) in done.stderr
-    assert "lazy2dfs serve" in done.stderr
-    assert "containerd" not in done.stderr.replace("containerd/certs.d", "")
     assert ref not in images(remote)
 
 

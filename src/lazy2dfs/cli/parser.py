@@ -25,12 +25,22 @@ from typing import Any, TypeAlias
 Subparsers: TypeAlias = "argparse._SubParsersAction[CommandParser]"
 
 
+class _ParagraphFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description on its own (argparse joins them all)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            super(_ParagraphFormatter, self)._fill_text(p, width, indent)
+            for p in text.split("\n\n")
+        )
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ``argparse`` parser without flag abbreviations that knows which command it parses."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", _ParagraphFormatter)
         super().__init__(*args, **kwargs)
         self.set_defaults(command_parser=self)
 

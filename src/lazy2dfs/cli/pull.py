@@ -42,6 +42,7 @@ def register(subparsers: Subparsers) -> None:
         "--address",
         "--containerd-address",
         dest="containerd_address",
+        metavar="ADDRESS",
         type=Path,
         default=Path(os.environ.get("CONTAINERD_ADDRESS") or DEFAULT_CONTAINERD),
         help=f"containerd's socket (default $CONTAINERD_ADDRESS or {DEFAULT_CONTAINERD})",

@@ -184,15 +184,16 @@ class EstargzLayers:
         return {i: a.reader for i, a in tuple(self._attached.items())}
 
     def state(self, snapshot_id: int) -> tuple[str, float]:
-        """A mounted layer's state and the share of its segments on disk, whenever fetched
+        """A mounted layer's state and the share of its file bytes on disk, whenever fetched
         (so a restart does not look like an empty cache): ``verified`` (served from its local
         tree), ``complete``, ``refused``, ``fetching`` (in the background) or ``lazy``."""
         attached = self._attached.get(snapshot_id)
         if attached is None:
             return "detached", 0.0
         cache = attached.cache
-        total = len(cache.layout.segments)
-        share = cache.present_count() / total if total else 1.0
+        segments = cache.layout.segments
+        total = sum(s.payload_size for s in segments)
+        share = sum(s.payload_size for s in segments if cache.present(s)) / total if total else 1.0
         if attached.refused:
             return "refused", share
         if attached.local is not None:
