@@ -132,7 +132,9 @@ class Config(BaseModel):
     )
     address: Path = Field(
         default=Path("/run/lazy2dfs/lazy2dfs.sock"),
-        description="Unix socket containerd's proxy plugin dials (config.toml `address`).",
+        description="Unix socket containerd's proxy plugin dials (config.toml `address`). The"
+        " control socket `lazy2dfs status` and `lazy2dfs pull` ask is beside it, its `.sock`"
+        " replaced by `.control.sock`.",
     )
     metrics_address: str | None = Field(
         default=None,

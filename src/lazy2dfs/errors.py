@@ -57,3 +57,12 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         below = current.__cause__ or current.__context__
         if below is not None:
             pending.append(below)
+
+
+def describe(exc: BaseException) -> str:
+    """The first message found in ``exc`` and what lies under it, for a person: never an
+    exception's class name with an empty message."""
+    for cause in causes(exc):
+        if str(cause):
+            return str(cause)
+    return f"{type(exc).__name__} (no detail given)"

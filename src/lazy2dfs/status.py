@@ -19,7 +19,13 @@ from typing import TypedDict, cast
 
 import httpx
 
-from lazy2dfs.errors import FailedPreconditionError, Lazy2dfsError, UnavailableError, causes
+from lazy2dfs.errors import (
+    FailedPreconditionError,
+    Lazy2dfsError,
+    UnavailableError,
+    causes,
+    describe,
+)
 
 # Long enough for /registry, whose manifest fetch the daemon retries for a few seconds.
 CONTROL_TIMEOUT = 60.0
@@ -136,4 +142,6 @@ class ControlClient:
                 " if it serves another --address, name its configuration with --config FILE"
                 " or LAZY2DFS_ADDRESS=<its --address>"
             )
-        return UnavailableError(f"the lazy2dfs daemon at {self.socket} did not answer: {exc!r}")
+        return UnavailableError(
+            f"the lazy2dfs daemon at {self.socket} did not answer: {describe(exc)}"
+        )

@@ -67,9 +67,11 @@ def test_every_command_has_a_description_and_refuses_abbreviations() -> None:
     assert done.returncode == 0 and "containerd's proxy snapshotter plugin dials" in done.stdout
 
 
-@pytest.mark.parametrize("command", ["status", "pull", "build", "convert"])
+@pytest.mark.parametrize(
+    "command", ["status", "pull", "build", "convert", "field from-safetensors"]
+)
 def test_commands_that_print_results_have_json(command: str) -> None:
-    done = lazy2dfs(command, "--help")
+    done = lazy2dfs(*command.split(), "--help")
     assert "--json" in done.stdout
 
 

@@ -152,11 +152,20 @@ def _register_field(subparsers: Subparsers) -> None:
     split.add_argument(
         "--dst-dir", default="/model", help="directory of the files in the image (default /model)"
     )
+    split.add_argument("--json", action="store_true", help="print the result as JSON")
     split.set_defaults(func=_from_safetensors)
 
 
 def _from_safetensors(args: argparse.Namespace) -> int:
     result = split_safetensors(args.models, args.rows, args.out, args.dst_dir)
+    if args.json:
+        rows = [
+            {"row": g.row, "col": 0, "layers": list(g.layers), "tensors": g.tensors}
+            | {"size": g.size, "path": str(g.path)}
+            for g in result.rows
+        ]
+        print(json.dumps({"spec": str(result.spec), "rows": rows}, indent=2))
+        return 0
     for group in result.rows:
         layers = f"layers {group.layers[0]}-{group.layers[-1]}" if group.layers else "no layers"
         print(

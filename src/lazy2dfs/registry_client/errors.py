@@ -19,6 +19,7 @@ from lazy2dfs.errors import (
     NotFoundError,
     UnavailableError,
     causes,
+    describe,
 )
 
 
@@ -105,5 +106,4 @@ def explain_transport_error(err: httpx.TransportError) -> str:
             return f"cannot reach {host}: {cause.strerror}"
     if isinstance(err, httpx.TimeoutException):
         return f"{host} did not answer in time ({type(err).__name__})"
-    message = next((str(c) for c in causes(err) if str(c)), "")
-    return f"{type(err).__name__} from {host}" + (f": {message}" if message else "")
+    return f"{host}: {describe(err)}"
