@@ -1,6 +1,5 @@
 import http.server
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -12,6 +11,7 @@ import trio
 from lazy2dfs import metrics
 from lazy2dfs.registry_client import RegistryUnavailableError, RetryPolicy
 from lazy2dfs.registry_client.retry import RetryableError, retry_after
+from tests.support.registry import http_server
 
 
 def test_retry_after() -> None:
@@ -90,14 +90,8 @@ def plain_http_server() -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Quiet) as host:
+        yield host
 
 
 def _get(url: str, policy: RetryPolicy, host: str) -> None:
