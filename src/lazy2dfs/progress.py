@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import NoReturn, TextIO
+from collections.abc import Callable
+from typing import IO, NoReturn, TextIO
 
 from tqdm import tqdm
 
@@ -106,3 +107,31 @@ class Progress:
         bar = self._bars.pop(key, None)
         if bar is not None:
             bar.close()
+
+
+class ReadProgress:
+    """A file being read that reports how far the reader got: the byte progress of a stage
+    that consumes it (compressing a tar). Reads, seeks and tells pass through."""
+
+    def __init__(self, raw: IO[bytes], report: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._report = report
+        self._seen = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._seen = max(self._seen, self._raw.tell())
+        self._report(self._seen)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True

@@ -7,11 +7,9 @@ import hashlib
 import io
 import json
 import os
-import pty
 import re
 import subprocess
 import tarfile
-import threading
 from pathlib import Path
 
 import zstandard
@@ -45,6 +43,7 @@ from lazy2dfs.registry_client import (
     parse_manifest,
     sha256_digest,
 )
+from tests.support.terminal import BAR, on_terminal
 
 WEIGHTS = hashlib.sha256(b"seed").digest() * 40000  # 1.25 MiB, several chunks
 TREES = [
@@ -248,42 +247,15 @@ def test_progress_on_a_terminal_is_bars_with_rate_and_eta_elsewhere_plain_lines(
     src = registry.push("conv/progress:v1", image)
     argv = [*lazy2dfs_argv(), "convert", "--plain-http", src, f"{registry.host}/conv/progress:e"]
 
-    primary, secondary = pty.openpty()
-    shown = bytearray()
-    reader = threading.Thread(target=_drain, args=(primary, shown))
-    reader.start()
-    try:
-        done = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=300
-        )
-    finally:
-        os.close(secondary)
-        reader.join(30)
-        os.close(primary)
-    assert done.returncode == 0
-    terminal = shown.decode(errors="replace")
-    # tqdm's bar: percentage, bar, done/total, [elapsed<remaining, rate].
-    bars = re.findall(
-        r"(\d+)%\|[^|]*\| *[\d.]+[kMG]?/[\d.]+[kMG]? \[[\d:]+<([\d:?]+), *([^\]]*)\]", terminal
-    )
+    code, terminal = on_terminal(argv)
+    assert code == 0
+    bars = list(BAR.finditer(terminal))
     assert bars, repr(terminal[-3000:])
-    assert any(re.fullmatch(r"[\d.]+[kMG]?B/s", rate) for _, _, rate in bars), bars
-    assert any(re.fullmatch(r"\d\d:\d\d", left) for _, left, _ in bars), bars
-    assert "\r" in terminal and "layer 1" in terminal
+    assert any(re.fullmatch(r"[\d.]+[kMG]?B/s", bar["rate"]) for bar in bars), bars
+    assert any(re.fullmatch(r"\d\d:\d\d", bar["left"]) for bar in bars), bars
+    assert "layer 1" in terminal
 
     logged = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert logged.returncode == 0
     assert "layer 1" in logged.stderr
     assert "\r" not in logged.stderr and "%|" not in logged.stderr and "\x1b" not in logged.stderr
-
-
-def _drain(fd: int, into: bytearray) -> None:
-    """Reads a pseudo-terminal until its other end is closed (EIO), so writes never block."""
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            return
-        if not data:
-            return
-        into += data

@@ -232,7 +232,11 @@ class _Build:
                 label = f"allotment {position + 1}/{total} row {spec.row} col {spec.col}"
                 self._say(f"{label}: {len(spec.files)} file(s), {human_bytes(size)}")
                 done = await trio.to_thread.run_sync(
-                    encode_allotment, spec, self._cache, self._request.encode
+                    encode_allotment,
+                    spec,
+                    self._cache,
+                    self._request.encode,
+                    lambda n, total: self._progress.update(n, total, f"{label}: encode"),
                 )
                 how = "cached" if done.cached else f"encoded in {time.monotonic() - started:.1f}s"
                 self._say(

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import struct
 import tarfile
 from pathlib import Path
@@ -10,11 +11,13 @@ import pytest
 import zstandard
 
 from devstack.images import build_image, push_image
+from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from lazy2dfs.cli import main
 from lazy2dfs.registry_client import host_platform
 from lazy2dfs.tdfs import fetch_partitioned_image
 from tests.support.registry import run
+from tests.support.terminal import BAR, on_terminal
 
 
 def _main(*argv: str) -> int:
@@ -69,3 +72,24 @@ def test_bad_platform_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["build", "--platform", "linux", "a", "b"])
     assert "platform" in capsys.readouterr().err
+
+
+def test_build_on_a_terminal_shows_encoding_and_upload_bars(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    (tmp_path / "weights.bin").write_bytes(os.urandom(16 << 20))
+    spec = {"allotments": [{"src": "weights.bin", "dst": "/model/w.bin", "row": 0, "col": 0}]}
+    (tmp_path / "2dfs.json").write_text(json.dumps(spec))
+    base = f"{registry.host}/cli/base:tty"
+    run(lambda c: push_image(c, base, build_image([{"etc/os": b"x"}], in_index=True)))
+    code, terminal = on_terminal(
+        [
+            *lazy2dfs_argv(),
+            *("build", "-f", str(tmp_path / "2dfs.json"), "--push"),
+            *("--cache-dir", str(tmp_path / "cache"), base, f"{registry.host}/cli/model:tty"),
+        ]
+    )
+    assert code == 0, terminal
+    labels = {bar["label"] for bar in BAR.finditer(terminal)}
+    assert "allotment 1/1 row 0 col 0: encode" in labels, repr(terminal[-3000:])
+    assert any(label.startswith("push ") for label in labels), labels
