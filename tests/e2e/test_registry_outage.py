@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree
-from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
 from tests.support.stack import Stack, private_stack
 
@@ -48,7 +47,7 @@ def test_a_read_waits_out_a_registry_restart_and_status_shows_the_failing_regist
     ref = stack.push("outage/model:v1", image)
     assert "2 lazy" in stack.containerd.lazy_pull(ref)
     host = stack.registry.host
-    assert stack.status()["health"] == "ok"
+    assert stack.status_json()["health"] == "ok"
 
     stack.registry.stop()
     read: dict[str, object] = {}
@@ -74,6 +73,8 @@ def test_a_read_waits_out_a_registry_restart_and_status_shows_the_failing_regist
         assert f"DEGRADED: registry {host} failing since" in human
         assert f"registry {host}: failing since" in human and "last error:" in human
         assert degraded["healthy"] is True  # the daemon itself is fine: probes must not kill it
+        status, body = _healthz(stack)
+        assert status == 200 and body.startswith(f"degraded: registry {host} failing since")
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - outage_started)))
         assert reader.is_alive(), read  # still waiting, not failed
     finally:
@@ -91,20 +92,22 @@ def test_a_read_waits_out_a_registry_restart_and_status_shows_the_failing_regist
 def _wait_for(stack: Stack, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     deadline = time.monotonic() + SEEN_TIMEOUT
     while True:
-        report = stack.status()
+        report = stack.status_json()
         if condition(report) or time.monotonic() > deadline:
             assert condition(report), report
             return report
         time.sleep(0.2)
 
 
+def _healthz(stack: Stack) -> tuple[int, str]:
+    """``/healthz`` on the daemon's control socket, as a probe on the node asks it."""
+    control = stack.snapshotter.address.with_suffix(".control.sock")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(control)), timeout=30) as client:
+        response = client.get("http://lazy2dfs/healthz")
+    return response.status_code, response.text
+
+
 def _status_text(stack: Stack) -> str:
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "status", "--config", str(stack.snapshotter.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=stack.containerd.pull_env(),
-    )
+    done = stack.status()
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -79,15 +79,19 @@ class Stack:
                 time.sleep(0.2)
         self.ctr("snapshots", "--snapshotter", "lazy2dfs", "rm", probe)
 
-    def status(self) -> dict[str, Any]:
-        """``lazy2dfs status --json``, as a user runs it on the node."""
-        done = subprocess.run(
-            [*lazy2dfs_argv(), "status", "--json", "--config", str(self.snapshotter.config_path)],
+    def status(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        """``lazy2dfs status``, as a user runs it on the node."""
+        return subprocess.run(
+            [*lazy2dfs_argv(), "status", "--config", str(self.snapshotter.config_path), *flags],
             capture_output=True,
             text=True,
             timeout=60,
             env=self.containerd.pull_env(),
         )
+
+    def status_json(self) -> dict[str, Any]:
+        """``lazy2dfs status --json``, parsed."""
+        done = self.status("--json")
         if done.returncode != 0:
             raise UnavailableError(f"lazy2dfs status failed:\n{done.stderr}")
         report: dict[str, Any] = json.loads(done.stdout)
