@@ -438,8 +438,16 @@ class Observability:
         )
 
     async def _fetch_manifest(self, reference: str) -> None:
-        with trio.fail_after(PROBE_TIMEOUT):
-            await self._parts.registry.get_manifest(reference)
+        """With a client of its own, set up as the daemon's, closed afterwards: a probe leaves
+        no keep-alive connection behind in the daemon's pool."""
+        settings = self._parts.config.registry
+        async with RegistryClient(
+            hosts_dir=settings.hosts_dir,
+            plain_http=settings.plain_http,
+            credentials=self._parts.registry.credentials,
+        ) as client:
+            with trio.fail_after(PROBE_TIMEOUT):
+                await client.get_manifest(reference)
 
     def _layers(self) -> list[LayerStatus]:
         """What each mounted layer has fetched and served, for /status and /metrics."""
