@@ -368,12 +368,11 @@ class LocalContainerd:
         address, and no configuration file of its names it."""
         return {**os.environ, "LAZY2DFS_ADDRESS": str(self.snapshotter_address)}
 
-    def lazy_pull(self, ref: str, *flags: str, hosts_dir: Path | None = None) -> str:
+    def lazy_pull(self, ref: str, hosts_dir: Path | None = None) -> str:
         """``lazy2dfs pull`` into this containerd (through the mirrors ``hosts_dir``
         configures); returns what it reported (on standard error: the layers pulled lazily,
         present and downloaded)."""
-        if hosts_dir is not None:
-            flags = (*flags, "--hosts-dir", str(hosts_dir))
+        flags = ["--hosts-dir", str(hosts_dir)] if hosts_dir is not None else []
         done = subprocess.run(
             self.pull_argv(ref, *flags),
             capture_output=True,
