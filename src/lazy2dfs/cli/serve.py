@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--config", type=Path, help=f"TOML configuration (default {config.DEFAULT_CONFIG_PATH})"
     )
     serve.add_argument("--metrics-address", help="HOST:PORT serving Prometheus /metrics")
+    serve.add_argument(
+        "--mirror-address",
+        metavar="HOST:PORT",
+        help="serve 2DFS partition tags to containerd (hosts.toml) here; loopback only",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS)
     serve.set_defaults(func=_serve)
 
@@ -34,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
             "root": args.root,
             "address": args.address,
             "metrics_address": args.metrics_address,
+            "mirror_address": args.mirror_address,
             "log_level": args.log_level,
         },
     )
