@@ -185,6 +185,9 @@ def local_config(
             )
             settings.update(stream_server_address="127.0.0.1", stream_server_port="0")
             settings.setdefault("registry", {})["config_path"] = hosts_dir
+            # As for 2.x below: pod sandboxes need CAP_SYS_RESOURCE for their oom_score_adj.
+            if not _has_capability(CAP_SYS_RESOURCE):
+                settings["restrict_oom_score_adj"] = True
         if sandbox_image is not None:
             plugins.setdefault(CRI_PLUGIN, {})["sandbox_image"] = sandbox_image
         return config

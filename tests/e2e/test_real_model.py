@@ -1,8 +1,9 @@
 """A real model (all-MiniLM-L6-v2, 91 MB of F32 safetensors, 104 tensors), partitioned by
 encoder layer with ``lazy2dfs field from-safetensors``, built with ``lazy2dfs build``, and one
-partition pulled through CRI and the partition mirror: in the container, the safetensors
-library loads every tensor of the partition, bit for bit the original's, finds each through
-the Hugging Face index, and the registry serves nothing of the other layers."""
+partition pulled through CRI (containerd 1.6, and 2.1's transfer service) and the partition
+mirror: in the container, the safetensors library loads every tensor of the partition, bit
+for bit the original's, finds each through the Hugging Face index, and the registry serves
+nothing of the other layers."""
 
 import json
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.containerd import CRI_NAMESPACE
+from devstack.containerd import CRI_NAMESPACE, RELEASES
 from devstack.images import build_image, build_layer
 from devstack.model import (
     LOAD_TENSORS,
@@ -21,16 +22,18 @@ from devstack.model import (
     runtime_tree,
 )
 from lazy2dfs.estargz import WriterOptions
-from tests.support.stack import Stack, cri_mirror_stack
+from tests.support.stack import Stack, cri_mirror_stack, release_id
 from tests.support.tdfs import allotment_digests, lazy2dfs, partitioned_image
 
 ROWS = 6  # one per encoder layer; the embeddings join row 0, the pooler row 5
 PARTITION = "2.0.3.0"  # encoder layers 2 and 3: a middle stage of a pipeline
 
 
-@pytest.fixture(scope="module")
-def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with cri_mirror_stack(tmp_path_factory.mktemp("model")) as stack:
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def mirrored(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with cri_mirror_stack(tmp_path_factory.mktemp("model"), request.param) as stack:
         yield stack
 
 
