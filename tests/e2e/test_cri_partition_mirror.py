@@ -17,7 +17,15 @@ import pytest
 
 from devstack.containerd import CONTAINERD_2_1, CRI_NAMESPACE, RELEASES
 from devstack.images import build_2dfs_image, build_image, build_layer, stock_2dfs_image
-from devstack.kubelet import Container, ImageVolume, Kubelet, Pod, VolumeMount, pause_image
+from devstack.kubelet import (
+    Container,
+    ImageVolume,
+    Kubelet,
+    Pod,
+    RunningPod,
+    VolumeMount,
+    pause_image,
+)
 from devstack.model import runtime_tree
 from devstack.mounts import detach_under, mounts_under
 from lazy2dfs.estargz import WriterOptions
@@ -115,6 +123,21 @@ def sees_exactly(
     check_listing(out, "/model", files)
 
 
+def run_pod(stack: Stack, pod: Pod, logs: Path) -> tuple[RunningPod, str]:
+    """Runs ``pod`` (one container) as kubelet would, until its container exited with 0;
+    removes it, and returns what ran and the container's output."""
+    [container] = pod.containers
+    with Kubelet(stack.containerd.address, logs / "pods") as kubelet:
+        running = kubelet.run_pod(pod)
+        try:
+            status = kubelet.wait_exited(running, container.name)
+            out = kubelet.logs(running, container.name)
+        finally:
+            kubelet.remove_pod(running)
+    assert status.exit_code == 0, out
+    return running, out
+
+
 def layer_digests(ref: str) -> list[str]:
     return [layer["digest"] for layer in json.loads(partitioned_image(ref).manifest)["layers"]]
 
@@ -174,14 +197,7 @@ def test_a_pod_naming_a_partition_runs_it(
     since = len(mirrored.registry.requests())
     command = ["/bin/sh", "-c", LIST_AND_SUM.format(dir="/model")]
     pod = Pod(name="stage-1", containers=[Container("model", ref, command)])
-    with Kubelet(mirrored.containerd.address, tmp_path / "pods") as kubelet:
-        running = kubelet.run_pod(pod)
-        try:
-            status = kubelet.wait_exited(running, "model")
-            out = kubelet.logs(running, "model")
-        finally:
-            kubelet.remove_pod(running)
-    assert status.exit_code == 0, out
+    _, out = run_pod(mirrored, pod, tmp_path)
     check_listing(out, "/model", {**lazy_model.rows[1], **lazy_model.rows[2]})
     blobs = lazy_model.allotments
     served = blobs_served(mirrored, since)
@@ -222,14 +238,7 @@ def test_an_image_volume_of_a_partition(mirrored: Stack, model: Pushed2dfs, tmp_
     command = ["/bin/sh", "-c", LIST_AND_SUM.format(dir="/models/model")]
     server = Container("server", app, command, [VolumeMount("weights", "/models")])
     pod = Pod(name="stages-2-3", containers=[server], volumes=[ImageVolume("weights", ref)])
-    with Kubelet(mirrored.containerd.address, tmp_path / "pods") as kubelet:
-        running = kubelet.run_pod(pod)
-        try:
-            status = kubelet.wait_exited(running, "server")
-            out = kubelet.logs(running, "server")
-        finally:
-            kubelet.remove_pod(running)
-    assert status.exit_code == 0, out
+    running, out = run_pod(mirrored, pod, tmp_path)
     check_listing(out, "/models/model", {**model.rows[2], **model.rows[3]})
     assert running.image_refs["weights"] == partitioned_image(ref).config_digest
     blobs = model.allotments
