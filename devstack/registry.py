@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from devstack.images import BuiltImage, push_image
+from devstack.images import BuiltImage, Stock2dfsImage, push_image, push_stock_2dfs_image
 from devstack.network import PrivateNetwork
 from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
@@ -176,14 +176,17 @@ class LocalRegistry:
             self.process.stop()
             self.process = None
 
-    def push(self, name: str, image: BuiltImage) -> str:
+    def push(self, name: str, image: BuiltImage | Stock2dfsImage) -> str:
         """Uploads ``image`` as ``name`` (``repository:tag``), without credentials; returns its
         reference here."""
         ref = f"{self.host}/{name}"
 
         async def upload() -> None:
             async with RegistryClient(plain_http=[self.host]) as client:
-                await push_image(client, ref, image)
+                if isinstance(image, Stock2dfsImage):
+                    await push_stock_2dfs_image(client, ref, image)
+                else:
+                    await push_image(client, ref, image)
 
         if self.network is not None:
             self.network.run(lambda: trio.run(upload))

@@ -10,13 +10,14 @@ name would otherwise leave its option silently at the default.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lazy2dfs.errors import InvalidArgumentError
 
@@ -142,6 +143,18 @@ class Config(BaseModel):
         " the endpoint (`lazy2dfs status` still works over the control socket).",
         examples=["127.0.0.1:9880"],
     )
+    mirror_address: str | None = Field(
+        default=None,
+        description="HOST:PORT of the partition mirror, a read-only registry that answers"
+        " 2DFS partition tags (model:v1--1.0.2.0) for containerd through hosts.toml; unset"
+        " disables it. Loopback only, unless mirror_beyond_loopback is set.",
+        examples=["127.0.0.1:5050"],
+    )
+    mirror_beyond_loopback: bool = Field(
+        default=False,
+        description="Let mirror_address be a non-loopback address. The mirror answers anyone"
+        " who reaches it with what the daemon's registry credentials can pull.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level printed."
     )
@@ -150,15 +163,25 @@ class Config(BaseModel):
     fuse: FuseConfig = FuseConfig()
     registry: RegistryConfig = RegistryConfig()
 
-    @field_validator("metrics_address")
+    @field_validator("metrics_address", "mirror_address")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not HOST:PORT")
+        if value is not None:
+            split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _mirror_on_loopback(self) -> Config:
+        """The mirror pulls with the daemon's credentials for whoever asks: by default only
+        this machine may ask."""
+        address = self.mirror_host_port
+        if address is not None and not self.mirror_beyond_loopback and not _loopback(address[0]):
+            raise ValueError(
+                f"mirror_address {self.mirror_address!r} is not a loopback address: the mirror"
+                " answers with the daemon's registry credentials; bind it to 127.0.0.1, or set"
+                " mirror_beyond_loopback = true if other machines may pull through it"
+            )
+        return self
 
     @property
     def control_address(self) -> Path:
@@ -168,10 +191,28 @@ class Config(BaseModel):
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        if self.metrics_address is None:
-            return None
-        host, _, port = self.metrics_address.rpartition(":")
-        return host.strip("[]"), int(port)
+        return None if self.metrics_address is None else split_host_port(self.metrics_address)
+
+    @property
+    def mirror_host_port(self) -> tuple[str, int] | None:
+        return None if self.mirror_address is None else split_host_port(self.mirror_address)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``("::1", 5000)`` from ``"[::1]:5000"``; ``ValueError`` when it is not HOST:PORT."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(exc: ValidationError, source: str) -> InvalidArgumentError:

@@ -38,6 +38,8 @@ from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.service import SnapshotsService
 from lazy2dfs.snapshotter.store import Store
+from lazy2dfs.tdfs.computed import ComputedImages
+from lazy2dfs.tdfs.mirror import PartitionMirror
 
 log = get_logger(__name__)
 
@@ -126,6 +128,7 @@ class Daemon:
             LayerFilesystem(), Keeper(root, self.config.fuse.restart_grace_seconds)
         )
         settings = self.config.registry
+        own_mirror = [self.config.mirror_address] if self.config.mirror_address else []
         registry = RegistryClient(
             hosts_dir=settings.hosts_dir,
             plain_http=settings.plain_http,
@@ -137,10 +140,13 @@ class Daemon:
                 max_delay=RANGE_RETRY_MAX_DELAY,
                 budget=self.config.fetch.deadline_seconds,
             ),
+            skip_hosts=own_mirror,
         )
+        computed = ComputedImages()
         server: grpc.Server | None = None
         cache: CacheStore | None = None
         observability: Observability | None = None
+        mirror: PartitionMirror | None = None
         try:
             session.start()
             cache = CacheStore(root / "cache", self.config.cache.max_bytes)
@@ -152,7 +158,7 @@ class Daemon:
                 root,
                 session,
                 context,
-                RegistryLocator(registry),
+                RegistryLocator(registry, computed),
                 self.config.fetch.background,
                 self.config.fetch.max_toc_entries,
                 ResolveLimits(
@@ -172,6 +178,8 @@ class Daemon:
             server.start()
             parts = DaemonParts(self.config, session, layers, cache, snapshotter, registry)
             observability = Observability(parts).start()
+            if self.config.mirror_address is not None:
+                mirror = PartitionMirror(self.config, computed).start()
             os.chmod(staging, 0o660)
             if os.geteuid() == 0:
                 os.chown(staging, 0, 0)
@@ -182,6 +190,7 @@ class Daemon:
                 root=root,
                 control=self.config.control_address,
                 metrics=self.config.metrics_address or "off",
+                mirror=self.config.mirror_address or "off",
                 pid=os.getpid(),
             )
             notify_systemd("READY=1")
@@ -197,6 +206,8 @@ class Daemon:
                 server.stop(SHUTDOWN_GRACE_SECONDS).wait()
             if observability is not None:
                 observability.stop()
+            if mirror is not None:
+                mirror.stop()
             if session.running:
                 session.call(registry.aclose)
             session.stop()

@@ -116,6 +116,14 @@ REGISTRY_RETRIES = Counter(
     ["cause"],
 )
 
+MIRROR_REQUESTS = Counter(
+    "lazy2dfs_mirror_requests",
+    "Requests the partition mirror answered, by what was asked (partition: a partition tag,"
+    " computed here; computed: a computed manifest or config by digest; manifest, blob: relayed"
+    " from the registry; other) and HTTP status.",
+    ["what", "code"],
+)
+
 FUSE_OPERATIONS = Counter(
     "lazy2dfs_fuse_operations",
     "FUSE requests served, by operation and result (ok, or the errno name returned).",

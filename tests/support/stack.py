@@ -9,7 +9,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +17,10 @@ from typing import Any
 
 from devstack.containerd import CONTAINERD_1_6, CRI_NAMESPACE, LocalContainerd, Release
 from devstack.faults import FaultProxy
-from devstack.images import BuiltImage
+from devstack.images import BuiltImage, Stock2dfsImage
+from devstack.kubelet import Kubelet
 from devstack.network import PrivateNetwork
+from devstack.node import local_node
 from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
@@ -37,8 +39,9 @@ class Stack:
     snapshotter: LocalSnapshotter
     containerd: LocalContainerd
     proxy: FaultProxy | None = None  # in front of the registry, if the test asked for one
+    mirror: str | None = None  # the daemon's partition mirror (host:port), if asked for
 
-    def push(self, name: str, image: BuiltImage) -> str:
+    def push(self, name: str, image: BuiltImage | Stock2dfsImage) -> str:
         return self.registry.push(name, image)
 
     def blob_gets(self, digest: str) -> list[int]:
@@ -52,10 +55,27 @@ class Stack:
     def ctr(self, *args: str) -> str:
         return self.containerd.ctr(*args)
 
-    def run(self, ref: str, name: str, script: str) -> str:
-        return self.ctr(
-            "run", "--rm", "--snapshotter", "lazy2dfs", ref, name, "/bin/sh", "-c", script
-        )
+    def run(self, ref: str, name: str, script: str, namespace: str = "default") -> str:
+        """A container of ``ref`` on lazy2dfs runs ``script``; its standard output (CRI pulls
+        images into ``k8s.io``)."""
+        return self.run_command(ref, name, ["/bin/sh", "-c", script], namespace)
+
+    def run_command(
+        self,
+        ref: str,
+        name: str,
+        command: Sequence[str],
+        namespace: str = "default",
+        options: Sequence[str] = (),
+    ) -> str:
+        """``ctr run`` with ``options`` (mounts, environment) of ``command``; its output."""
+        argv = ["run", "--rm", "--snapshotter", "lazy2dfs", *options, ref, name, *command]
+        return self.containerd.ctr(*argv, namespace=namespace)
+
+    def cri_pull(self, ref: str) -> str:
+        """PullImage as kubelet (and ``crictl pull``) calls it; the image ID CRI answers."""
+        with Kubelet(self.containerd.address, self.containerd.workdir / "pods") as kubelet:
+            return kubelet.pull_image(ref)
 
     def restart_snapshotter(self, crash: bool) -> None:
         """Restarts the daemon (``crash``: kill -9 first) and waits until containerd has
@@ -126,29 +146,47 @@ def private_stack(
     release: Release = CONTAINERD_1_6,
     sandbox: BuiltImage | None = None,
     network: PrivateNetwork | None = None,
+    mirror: bool = False,
 ) -> Iterator[Stack]:
     """A stack under ``work`` (keep it short: unix socket names are limited to 108 bytes),
     ``config`` for the daemon; with ``proxy``, a fault proxy in front of the registry (images
     pulled through ``proxy.host`` go through it); with ``cri``, containerd's CRI plugin on;
     ``release``: which containerd; ``sandbox``: CRI's pause image, pushed to the registry and
     named in containerd's config (nothing is pulled from outside); with ``network``, registry
-    and daemon in that namespace, the registry not on loopback."""
+    and daemon in that namespace, the registry not on loopback; with ``mirror``, the
+    daemon's partition mirror on, named in containerd's hosts.toml for the registry as
+    documented, and the daemon reading the same hosts.toml directory."""
     with ExitStack() as running:
         registry = running.enter_context(LocalRegistry(work / "r", network=network))
         front = running.enter_context(FaultProxy(registry.host)) if proxy else None
         pause = registry.push("k8s/pause:local", sandbox) if sandbox is not None else None
-        snapshotter = running.enter_context(
-            LocalSnapshotter(work / "s", config=config, log_level=log_level, network=network)
-        )
-        containerd = running.enter_context(
-            LocalContainerd(
-                work / "c",
-                snapshotter.address,
+        node = running.enter_context(
+            local_node(
+                work,
+                config,
+                log_level,
                 cri=cri,
                 release=release,
-                snapshotter_root=snapshotter.root,
                 sandbox_image=pause,
-                snapshotter_config=snapshotter.config_path,
+                mirror_for=[registry.host] if mirror else [],
+                network=network,
             )
         )
-        yield Stack(registry, snapshotter, containerd, front)
+        yield Stack(registry, node.daemon, node.containerd, front, node.mirror)
+
+
+@contextmanager
+def cri_mirror_stack(
+    work: Path, release: Release = CONTAINERD_1_6, sandbox: BuiltImage | None = None
+) -> Iterator[Stack]:
+    """CRI and the partition mirror on; background fetch off, so that every blob GET in the
+    registry's log is containerd downloading it or a read fetching a chunk. Containers a
+    failed test left are removed."""
+    config = "[fetch]\nbackground = false\n"
+    with private_stack(
+        work, config=config, cri=True, release=release, sandbox=sandbox, mirror=True
+    ) as stack:
+        try:
+            yield stack
+        finally:
+            stack.remove_containers()

@@ -75,3 +75,26 @@ def test_every_variable_the_loader_reads_is_accepted() -> None:
             assert ".".join(option) in str(err) and "unknown" not in str(err)
         else:
             assert loaded != config.Config()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:5050", "127.8.9.1:1", "localhost:5050", "[::1]:5"])
+def test_the_mirror_listens_on_loopback(address: str) -> None:
+    assert config.Config(mirror_address=address).mirror_host_port is not None
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:5050", "10.1.2.3:5050", "node-1:5050", "[::]:5"])
+def test_the_mirror_refuses_other_addresses_unless_told(address: str) -> None:
+    """The mirror pulls with the daemon's credentials for whoever asks."""
+    with pytest.raises(InvalidArgumentError, match="mirror_beyond_loopback = true"):
+        config.load(Path("/dev/null"), env={}, overrides={"mirror_address": address})
+    allowed = config.load(
+        Path("/dev/null"),
+        env={"LAZY2DFS_MIRROR_BEYOND_LOOPBACK": "true"},
+        overrides={"mirror_address": address},
+    )
+    assert allowed.mirror_address == address
+
+
+def test_the_mirror_is_off_by_default() -> None:
+    assert config.Config().mirror_address is None
+    assert config.Config().mirror_host_port is None

@@ -192,7 +192,8 @@ def markdown() -> str:
         " given with `--config`). Precedence, lowest first: the defaults below, the file,"
         f" environment variables (`{config.ENV_PREFIX}<OPTION>`, and"
         f" `{config.ENV_PREFIX}<SECTION>__<OPTION>` for an option of a section), the flags of"
-        " `lazy2dfs serve` (`--root`, `--address`, `--metrics-address`, `--log-level`).",
+        " `lazy2dfs serve` (`--root`, `--address`, `--metrics-address`, `--mirror-address`,"
+        " `--log-level`).",
         "",
         "- `lazy2dfs config default` prints the whole default configuration as TOML, every"
         " option with its description: a starting point for the file.",

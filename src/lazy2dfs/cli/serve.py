@@ -33,6 +33,11 @@ def register(subparsers: Subparsers) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics, /healthz and /status there (default: off)",
     )
+    serve.add_argument(
+        "--mirror-address",
+        metavar="HOST:PORT",
+        help="serve 2DFS partition tags to containerd (hosts.toml) here; loopback only",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="least severe level logged (info)")
     serve.set_defaults(func=_serve)
 
@@ -47,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
             "root": args.root,
             "address": args.address,
             "metrics_address": args.metrics_address,
+            "mirror_address": args.mirror_address,
             "log_level": args.log_level,
         },
     )

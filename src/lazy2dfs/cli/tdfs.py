@@ -142,7 +142,9 @@ def _register_field(subparsers: Subparsers) -> None:
         help="split model weights by layer into row groups and write a 2dfs.json",
         description="Groups the tensors of MODEL (several files are shards of one model) by "
         "layer index into N rows of consecutive layers; embeddings go to the first row, final "
-        "norm and head to the last. Writes one .safetensors file per row and a 2dfs.json.",
+        "norm and head to the last. Writes one .safetensors file per row, the "
+        "model.safetensors.index.json Hugging Face loaders read (in every row), and a "
+        "2dfs.json.",
     )
     split.add_argument("models", nargs="+", type=Path, metavar="MODEL.safetensors")
     split.add_argument("--rows", type=int, required=True, metavar="N", help="number of rows")
@@ -172,5 +174,5 @@ def _from_safetensors(args: argparse.Namespace) -> int:
             f"row {group.row}: {layers}, {group.tensors} tensors, "
             f"{human_bytes(group.size)} -> {group.path}"
         )
-    print(f"wrote {result.spec}")
+    print(f"wrote {result.index} and {result.spec}")
     return 0

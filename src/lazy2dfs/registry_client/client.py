@@ -11,8 +11,10 @@ context manager inside a trio run.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -102,12 +104,15 @@ class RegistryClient:
         range_retry: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         spill: SpillArea | None = None,
+        skip_hosts: Collection[str] = (),
     ) -> None:
         """``spill``: where whole blobs a registry sends for range requests are kept to serve
         later ranges (``registry_client.spill``); without it only the ranges asked are kept.
         ``range_retry``: how range reads are retried (default: as every request, ``retry``);
-        the daemon gives them its read deadline as their budget."""
-        self.hosts = RegistryHosts(hosts_dir, plain_http)
+        the daemon gives them its read deadline as their budget. ``skip_hosts``: ``host:port``
+        listeners of this process that hosts.toml may name as mirrors (the daemon's partition
+        mirror); requests never go to them."""
+        self.hosts = RegistryHosts(hosts_dir, plain_http, skip_hosts)
         self._range_retry = range_retry
         self.credentials = credentials or CredentialStore(docker_config=default_docker_config())
         self._transport = Transport(self.credentials, retry or RetryPolicy(), timeout)
@@ -281,6 +286,59 @@ class RegistryClient:
         return await self._first(
             self._endpoints(reference, Capability.PULL), f"blob {digest}", head
         )
+
+    @asynccontextmanager
+    async def open_blob(
+        self, ref: Reference | str, digest: str, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """A blob's response with its body unread, for relaying it (``headers``: e.g. a
+        ``Range``); its status is 200, 206 or 416. Nothing here verifies the bytes: the
+        reader must (a range cannot be checked against the blob's digest)."""
+        reference = _as_reference(ref)
+        validate_digest(digest)
+        failures: list[Exception] = []
+        for endpoint, url in self._blob_targets(reference, digest):
+            stack = AsyncExitStack()
+            try:
+                response = await self._transport.policy.run(
+                    f"blob {digest} from {endpoint.host}",
+                    functools.partial(
+                        self._open_blob, stack, endpoint, url, reference, digest, headers
+                    ),
+                )
+            except _NOT_FOUND as err:
+                await stack.aclose()
+                log.debug("endpoint failed", what=digest, host=endpoint.host, error=str(err))
+                failures.append(err)
+                continue
+            except BaseException:
+                await stack.aclose()
+                raise
+            async with stack:
+                yield response
+            return
+        unavailable = [f for f in failures if isinstance(f, RegistryUnavailableError)]
+        raise (unavailable or failures)[0]
+
+    async def _open_blob(
+        self,
+        stack: AsyncExitStack,
+        endpoint: Endpoint,
+        url: str,
+        ref: Reference,
+        digest: str,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        response = await stack.enter_async_context(
+            self._transport.open(
+                "GET", url, endpoint=endpoint, scopes=[pull_scope(ref.repository)], headers=headers
+            )
+        )
+        if response.status_code == 404:
+            raise BlobNotFoundError(f"blob {digest} not in {ref.name}")
+        if response.status_code not in (200, 206, 416):
+            raise RegistryProtocolError(f"GET blob {digest}: HTTP {response.status_code}")
+        return response
 
     async def get_blob(
         self, ref: Reference | str, digest: str, max_size: int = MAX_IN_MEMORY_BLOB

@@ -186,7 +186,10 @@ class Transport:
                 return httpx.Response(
                     response.status_code,
                     headers=response.headers,
-                    content=await read_at_most(response, max_body, what),
+                    # A HEAD answer announces the size of a body it does not send (a blob's).
+                    content=b""
+                    if method == "HEAD"
+                    else await read_at_most(response, max_body, what),
                     request=response.request,
                 )
 
