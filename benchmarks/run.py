@@ -8,7 +8,7 @@ from benchmarks import (
     build,
     codecs,
     fleet,
-    model_start,
+    model_ready,
     partition_matrix,
     reliability,
     restart_gap,
@@ -18,7 +18,7 @@ from benchmarks import (
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
-    "model_start": model_start,
+    "model_ready": model_ready,
     "partition_matrix": partition_matrix,
     "codecs": codecs,
     "build": build,
