@@ -22,7 +22,9 @@ cached) and two phases:
   with ``safetensors.safe_open`` (``benchmarks.model_load``). Then the run waits until the
   node holds the whole image (lazy2dfs: every layer verified, its local tree written;
   stargz: the registry idle for 2 s).
-* warm: page cache dropped again; N new containers load the model from what the node has.
+* warm: page cache dropped again; N new containers load the model from what the node has
+  (again, up to 3 times, while another process's page cache drop spoils the phase: the
+  machine is shared).
 
 Per phase: model ready (phase start to the last container's last tensor) and first tensor;
 daemon CPU seconds per GiB of model (utime + stime from /proc: the lazy2dfs daemon and its
@@ -92,6 +94,7 @@ FAILED = re.compile(
     r"(sha256:[0-9a-f]+)"
 )
 PULL_TIMEOUT = 3600.0
+WARM_ATTEMPTS = 3
 # Images kept with --registry-dir are reused while this matches; change it when the model or
 # the writer changes.
 IMAGE_VERSION = "f16-normal, 4 shards, 128 tensors, 4 MiB chunks, v2"
@@ -397,16 +400,20 @@ def _run(
             "fetched_ratio": served.bytes() / image["needed"],
             "layers_verified": verified,
         }
-        if WARM in plan.states:
+        # A warm phase is cheap to repeat: again while other work's cache drops spoil it.
+        for attempt in range(WARM_ATTEMPTS if WARM in plan.states else 0):
             warm = Phase(stack, fmt, Served(registry))
             try:
                 with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
                     loaded = load_model(
                         stack.containerd, ref, fmt.snapshotter, spec.containers, warm.start
                     )
-                result["warm"] = warm.measures(spec, loaded, 0.0, 0.0)
             except LoadFailed as exc:
                 result["warm"] = _failed(work, spec, WARM, exc)
+                break
+            result["warm"] = warm.measures(spec, loaded, 0.0, 0.0) | {"attempt": attempt + 1}
+            if not result["warm"]["foreign_drops"]:
+                break
     return result
 
 
