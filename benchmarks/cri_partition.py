@@ -99,7 +99,8 @@ def _trial(
     """The trial's figures, or ``{"error": …}``: a failed trial is counted and shown, not
     dropped, and does not end the run."""
     mirror = [host] if method != "lazy2dfs" else []
-    with cold_stack(work, cri=method == CRI, mirror_for=mirror) as (_, containerd):
+    with cold_stack(work, cri=method == CRI, mirror_for=mirror) as stack:
+        containerd = stack.containerd
         served = Served(registry)
         try:
             pulled = pull(containerd, ref, method)

@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks import report
 from benchmarks.coldstack import drop_page_cache
+from benchmarks.model_load import python_mounts
 from benchmarks.tdfs_images import push_2dfs, push_stock
 from devstack.fleet import Fleet, Node
 from devstack.images import build_image, build_layer
@@ -133,18 +134,6 @@ def _push(origin: LocalRegistry, work: Path) -> Pushed:
     return Pushed(versions["v1"], versions["v2"], len(base_lazy.blob.data), base_plain)
 
 
-def _loader_mounts() -> list[str]:
-    """``ctr run`` options that show the container this interpreter, its libraries and its
-    virtualenv (safetensors, numpy), read-only: the model image itself holds only busybox."""
-    sources = {"/usr", "/lib", "/lib64", sys.base_prefix, sys.prefix}
-    return [
-        option
-        for source in sorted(sources)
-        if Path(source).exists()
-        for option in ("--mount", f"type=bind,src={source},dst={source},options=rbind:ro")
-    ]
-
-
 def _pull_and_load(
     fleet: Fleet, node: Node, image: str, method: str, version: Version, rows: Sequence[int]
 ) -> float:
@@ -159,7 +148,7 @@ def _pull_and_load(
         )  # fmt: skip
     script = f'{sys.executable} -c "{LOADER}" && sha256sum /{MODEL_DIR}/*'
     out = node.containerd.ctr(
-        "run", "--rm", "--snapshotter", method, *_loader_mounts(), image,
+        "run", "--rm", "--snapshotter", method, *python_mounts(), image,
         f"{node.name}-{int(time.time() * 1000)}", "/bin/sh", "-c", script,
     )  # fmt: skip
     lines = out.split("\n")

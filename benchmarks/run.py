@@ -9,7 +9,7 @@ from benchmarks import (
     codecs,
     cri_partition,
     fleet,
-    model_start,
+    model_ready,
     partition_matrix,
     reliability,
     restart_gap,
@@ -19,7 +19,7 @@ from benchmarks import (
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
-    "model_start": model_start,
+    "model_ready": model_ready,
     "partition_matrix": partition_matrix,
     "cri_partition": cri_partition,
     "codecs": codecs,

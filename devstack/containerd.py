@@ -284,7 +284,10 @@ class LocalContainerd:
     It starts only if every plugin it loads loads: a shipped config that breaks one (as
     ``linux/arm64`` unpack entries broke 2.1's transfer service and CRI on amd64) fails here,
     with containerd's own line. ``snapshotter_config`` is the daemon's configuration file,
-    which ``lazy2dfs pull`` reads for its registry settings."""
+    which ``lazy2dfs pull`` reads for its registry settings.
+
+    ``other_snapshotters`` are more proxy snapshotters, by name and socket (the upstream
+    stargz snapshotter, for benchmarks that compare)."""
 
     def __init__(
         self,
@@ -296,6 +299,7 @@ class LocalContainerd:
         sandbox_image: str | None = None,
         config: Mapping[str, Any] | None = None,
         snapshotter_config: Path | None = None,
+        other_snapshotters: Mapping[str, Path] | None = None,
     ) -> None:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
@@ -308,6 +312,7 @@ class LocalContainerd:
         self.snapshotter_config = snapshotter_config
         self.cri = cri
         self.release = release
+        self.other_snapshotters = dict(other_snapshotters or {})
         self.log_path = workdir / "containerd.log"
         self._log_start = 0
         self.process: ChildProcess | None = None
@@ -329,6 +334,11 @@ class LocalContainerd:
             snapshotter_root=self.snapshotter_root,
             sandbox_image=self.sandbox_image,
         )
+        if self.other_snapshotters:
+            proxies = dict(config.get("proxy_plugins", {}))
+            for name, address in self.other_snapshotters.items():
+                proxies[name] = {"type": "snapshot", "address": str(address)}
+            config = {**config, "proxy_plugins": proxies}
         self.config_path.write_text(dump_toml(config))
         self.address.unlink(missing_ok=True)
         # The log is appended to across restarts: readiness looks only at this start's lines.

@@ -3,7 +3,7 @@ daemon's partition mirror in front of chosen registries (the shipped hosts.toml)
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +31,15 @@ def local_node(
     sandbox_image: str | None = None,
     mirror_for: Collection[str] = (),
     network: PrivateNetwork | None = None,
+    other_snapshotters: Mapping[str, Path] | None = None,
 ) -> Iterator[LocalNode]:
     """The daemon under ``work/s`` with ``config`` (TOML), and containerd ``release`` under
     ``work/c`` (``cri``: with its CRI plugin, ``sandbox_image`` its pause image). With
     ``mirror_for`` (registry hosts), the daemon serves
     its partition mirror on a free loopback port, reads containerd's hosts.toml directory,
     and each of those registries gets the shipped hosts.toml naming the mirror. With
-    ``network``, the daemon runs in that namespace."""
+    ``network``, the daemon runs in that namespace; ``other_snapshotters``: more proxy
+    snapshotters containerd knows, by name and socket."""
     hosts_dir = work / "c" / HOSTS_DIR
     mirror = f"127.0.0.1:{free_port()}" if mirror_for else None
     if mirror is not None:
@@ -52,6 +54,7 @@ def local_node(
             snapshotter_root=daemon.root,
             sandbox_image=sandbox_image,
             snapshotter_config=daemon.config_path,
+            other_snapshotters=other_snapshotters,
         )
         for registry in mirror_for:
             assert mirror is not None
