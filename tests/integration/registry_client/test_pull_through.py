@@ -3,7 +3,7 @@ hosts.toml, with the origin behind a slow link so that the mirror's first fetch 
 long enough for reads to pile up behind it, as they do on a node."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,24 +40,29 @@ def mirror(registry: LocalRegistry, tmp_path: Path) -> Iterator[LocalRegistry]:
         yield running
 
 
-async def node(hosts_dir: Path, spill: Path, ref: str) -> None:
-    """One node's daemon-wide client with every read of ``READS`` in flight at once."""
+async def node(
+    hosts_dir: Path, spill: Path, ref: str, until: Callable[[], bool] | None = None
+) -> None:
+    """One node's daemon-wide client with every read of ``READS`` in flight at once; with
+    ``until``, the client stays open (up to 30 s) until it holds, as a daemon's does: the
+    whole blob goes on streaming after the reads are answered."""
 
     async def one(client: RegistryClient, ranges: list[tuple[int, int]]) -> None:
         reader = client.blob_reader(ref, LAYER.digest, SIZE)
         assert await reader.read_ranges(ranges) == [LAYER.data[o : o + n] for o, n in ranges]
 
-    async with (
-        RegistryClient(
-            hosts_dir=hosts_dir,
-            credentials=CredentialStore(),
-            retry=FAST_RETRY,
-            spill=SpillArea(spill, 1 << 30, 600),
-        ) as client,
-        trio.open_nursery() as nursery,
-    ):
-        for ranges in READS:
-            nursery.start_soon(one, client, ranges)
+    async with RegistryClient(
+        hosts_dir=hosts_dir,
+        credentials=CredentialStore(),
+        retry=FAST_RETRY,
+        spill=SpillArea(spill, 1 << 30, 600),
+    ) as client:
+        async with trio.open_nursery() as nursery:
+            for ranges in READS:
+                nursery.start_soon(one, client, ranges)
+        with trio.move_on_after(30):
+            while until is not None and not until():
+                await trio.sleep(0.05)
 
 
 @pytest.mark.parametrize("nodes", [1, 2])
@@ -87,14 +92,21 @@ def test_a_mirror_stopped_mid_stream_fails_no_read(
     hosts_dir = write_hosts_dir(tmp_path / "certs.d", registry.host, mirror.host)
     origin = Served(registry)
 
+    def whole_blobs(outcome: str) -> float:
+        return metrics.WHOLE_BLOBS.labels(outcome)._value.get()
+
+    resumed, kept = whole_blobs("resumed"), whole_blobs("verified")
+
+    def kept_again() -> bool:
+        return whole_blobs("verified") > kept
+
     async def rollout() -> None:
         async with trio.open_nursery() as nursery:
             ref = f"{registry.host}/fleet/model:v1"
-            nursery.start_soon(node, hosts_dir, tmp_path / "spill", ref)
+            nursery.start_soon(node, hosts_dir, tmp_path / "spill", ref, kept_again)
             await trio.sleep(0.8)  # the mirror is streaming the blob
             await trio.to_thread.run_sync(mirror.stop)
 
-    resumed = metrics.WHOLE_BLOBS.labels("resumed")._value.get()
     trio.run(rollout)
     assert metrics.WHOLE_BLOBS.labels("resumed")._value.get() == resumed + 1
     # The mirror's fetch and its copy for us, then the rest of the blob from the origin once.
