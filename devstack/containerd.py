@@ -115,14 +115,23 @@ def dump_toml(table: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
 
 
 class LocalContainerd:
-    """containerd with everything under ``workdir``; ``ctr`` runs against it."""
+    """containerd with everything under ``workdir``; ``ctr`` runs against it.
+    ``other_snapshotters`` are more proxy snapshotters, by name and socket (the upstream
+    stargz snapshotter, for benchmarks that compare)."""
 
-    def __init__(self, workdir: Path, snapshotter_address: Path, cri: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        snapshotter_address: Path,
+        cri: bool = False,
+        other_snapshotters: Mapping[str, Path] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
         self.config_path = workdir / "config.toml"
         self.snapshotter_address = snapshotter_address
         self.cri = cri
+        self.other_snapshotters = dict(other_snapshotters or {})
         self.log_path = workdir / "containerd.log"
         self._log_start = 0
         self.process: ChildProcess | None = None
@@ -139,6 +148,8 @@ class LocalContainerd:
         config = local_config(
             shipped, self.workdir, self.address, self.snapshotter_address, cri=self.cri
         )
+        for name, address in self.other_snapshotters.items():
+            config["proxy_plugins"][name] = {"type": "snapshot", "address": str(address)}
         self.config_path.write_text(dump_toml(config))
         self.address.unlink(missing_ok=True)
         # The log is appended to across restarts: readiness looks only at this start's lines.
