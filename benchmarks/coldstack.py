@@ -32,6 +32,16 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def page_cache_drops() -> int:
+    """How often anyone dropped the page cache since boot: on a shared machine, other work's
+    drops fall inside a measurement too, and this tells which."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        name, value = line.split()
+        if name == "drop_pagecache":
+            return int(value)
+    return 0
+
+
 def daemon_usage(pid: int) -> tuple[float, float]:
     """CPU seconds and peak RSS (MiB) of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -64,6 +64,7 @@ from benchmarks.coldstack import (
     cold_stack,
     daemon_usage,
     drop_page_cache,
+    page_cache_drops,
     registry_host,
 )
 from benchmarks.coldstart import pull
@@ -299,6 +300,7 @@ class Phase:
         self.served = served
         self.pids = _daemon_pids(stack, fmt)
         drop_page_cache()
+        self.drops = page_cache_drops()
         self.cpu = _cpu(self.pids)
         self.start = time.time()
 
@@ -332,6 +334,9 @@ class Phase:
             "fetched_mib": self.served.bytes() / MIB,
             "lowers": len(loaded[0].lowers),
             "lowers_on_fuse": lowers_under(loaded, mount_root) if mount_root else 0,
+            # Page cache drops by other work on the machine during the phase: its page cache
+            # figure is then too low.
+            "foreign_drops": page_cache_drops() - self.drops,
         }
 
 

@@ -45,6 +45,7 @@ class Results:
         self.links = list(dict.fromkeys(r["link"] for r in raw["runs"]))
         self.states = [s for s in STATES if any(k[3] == s for k in self.cells)]
         self.counts = sorted({k[4] for k in self.cells})
+        self.n = self.counts[0] if self.counts else 1  # containers at once in the main tables
 
     def values(self, key: Key, metric: str) -> list[float]:
         return [float(run[metric]) for run in self.cells.get(key, [])]
@@ -62,6 +63,18 @@ class Results:
         if len(values) == 1:
             return middle
         return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+    def page_cache(self, key: Key) -> str:
+        """The page cache MiB, marked when another process dropped the page cache during a
+        run of the cell (the figure is then too low)."""
+        disturbed = any(run.get("foreign_drops") for run in self.cells.get(key, []))
+        return self.spread(key, "page_cache_mib", 0) + ("*" if disturbed else "")
+
+    @property
+    def disturbed(self) -> tuple[int, int]:
+        """Phases during which another process dropped the page cache, and all phases."""
+        runs = [run for cell in self.cells.values() for run in cell]
+        return sum(1 for run in runs if run.get("foreign_drops")), len(runs)
 
     def ratio(self, key: Key, metric: str, base: str = BASE) -> float | None:
         """This cell's median over ``base``'s in the same size, link, state and count."""
@@ -93,7 +106,7 @@ def _ready_table(res: Results) -> tuple[list[str], list[list[Any]]]:
     for size in res.sizes:
         for link in res.links:
             for state in res.states:
-                keys = {f: (size, link, f, state, 1) for f in res.formats}
+                keys = {f: (size, link, f, state, res.n) for f in res.formats}
                 if not any(res.cells.get(k) for k in keys.values()):
                     continue
                 row: list[Any] = [_size(size), link, state]
@@ -116,6 +129,7 @@ def _cost_table(res: Results) -> str:
         "model",
         "link",
         "format",
+        "cold: pull s / container up s",
         "daemon CPU s/GiB: cold",
         "cold, to the whole image",
         "warm",
@@ -130,7 +144,7 @@ def _cost_table(res: Results) -> str:
     for size in res.sizes:
         for link in res.links:
             for f in res.formats:
-                cold, warm = (size, link, f, COLD, 1), (size, link, f, WARM, 1)
+                cold, warm = (size, link, f, COLD, res.n), (size, link, f, WARM, res.n)
                 if not (res.cells.get(cold) or res.cells.get(warm)):
                     continue
                 any_key = cold if res.cells.get(cold) else warm
@@ -143,6 +157,7 @@ def _cost_table(res: Results) -> str:
                         _size(size),
                         link,
                         res.labels[f],
+                        _pair(res, cold, "pull_s", "started_s"),
                         res.spread(cold, "daemon_cpu_s_per_gib"),
                         res.spread(any_key, "daemon_cpu_s_per_gib_whole"),
                         res.spread(warm, "daemon_cpu_s_per_gib"),
@@ -150,11 +165,16 @@ def _cost_table(res: Results) -> str:
                         res.spread(cold, "daemon_peak_rss_mib", 0),
                         res.spread(any_key, "complete_s") + _unverified(res.cells[any_key]),
                         lowers,
-                        res.spread(cold, "page_cache_mib", 0),
-                        res.spread(warm, "page_cache_mib", 0),
+                        res.page_cache(cold),
+                        res.page_cache(warm),
                     ]
                 )
     return _markdown(columns, rows)
+
+
+def _pair(res: Results, key: Key, first: str, second: str) -> str:
+    a, b = res.median(key, first), res.median(key, second)
+    return "—" if a is None or b is None else f"{a:.2f} / {b:.2f}"
 
 
 def _unverified(runs: Sequence[dict[str, Any]]) -> str:
@@ -168,10 +188,9 @@ def _unverified(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def _sharing_table(res: Results) -> str:
-    shared = [c for c in res.counts if c > 1]
-    if not shared:
+    if len(res.counts) < 2:
         return ""
-    counts = [1, *shared]
+    counts = res.counts
     columns = ["model", "link", "format"]
     columns += [f"page cache MiB, {s}, N = {n}" for s in res.states for n in counts]
     columns += [f"ready s, {s}, N = {n}" for s in res.states for n in counts]
@@ -180,10 +199,10 @@ def _sharing_table(res: Results) -> str:
         for link in res.links:
             for f in res.formats:
                 keys = [(size, link, f, s, n) for s in res.states for n in counts]
-                if not any(res.cells.get(k) for k in keys if k[4] > 1):
+                if not any(res.cells.get(k) for k in keys if k[4] != res.n):
                     continue
                 row: list[Any] = [_size(size), link, res.labels[f]]
-                row += [res.spread(k, "page_cache_mib", 0) for k in keys]
+                row += [res.page_cache(k) for k in keys]
                 row += [res.spread(k, "ready_s") for k in keys]
                 rows.append(row)
     return _markdown(columns, rows)
@@ -257,7 +276,7 @@ def _goals(res: Results) -> list[str]:
 def _notes(res: Results) -> list[str]:
     plan = res.raw["plan"]
     trials = ", ".join(
-        f"{_size(s)}: {len(res.cells.get((s, res.links[0], BASE, res.states[0], 1), []))}"
+        f"{_size(s)}: {max(len(r) for k, r in res.cells.items() if k[0] == s and k[4] == res.n)}"
         for s in res.sizes
     )
     notes = [
@@ -267,19 +286,23 @@ def _notes(res: Results) -> list[str]:
         " the first. Cold: fresh containerd and daemons, nothing cached, page cache dropped;"
         " warm: the same node once it holds the whole image (lazy2dfs: every layer verified),"
         " page cache dropped, new containers. Medians of the trials, (min-max) when more than"
-        f" one (trials with one container, per size: {trials}); ratios are medians over"
-        " overlayfs's in the same run.",
-        "Daemon CPU: utime + stime of the lazy2dfs daemon and its FUSE keeper, the stargz"
-        " daemon, or for overlayfs containerd and the `ctr images pull` client (which fetch and"
-        " unpack), per GiB of model, from the phase's start to the last tensor (and, cold, to"
-        " the whole image on the node: lazy2dfs's verification and local tree included)."
-        " Peak RSS: the"
-        " daemon's VmHWM (containerd's for overlayfs). Fetched ÷ needed: bytes the registry's"
-        " access log served by the time the node held the whole image, over the image's"
-        " manifest, config and layer blobs. Page cache: pages of the files under the stack's"
-        " directories (content store, snapshots, chunk caches, FUSE mounts) after the load,"
-        " each inode once (`cachestat`). Warm lower dirs on FUSE: how many of the container's"
-        " overlay lower directories were the snapshotter's FUSE directories.",
+        f" one (trials with {res.n} container(s) at once, per size: {trials}); ratios are"
+        " medians over overlayfs's in the same run.",
+        "Pull s: the pull command alone; container up s: from the pull's start to the"
+        " loader's first line in the container (medians). Daemon CPU: utime + stime of the"
+        " lazy2dfs daemon and its FUSE keeper, the stargz daemon, or for overlayfs containerd"
+        " and the `ctr images pull` client (which fetch and unpack), per GiB of model, from"
+        " the phase's start to the last tensor (and, cold, to the whole image on the node:"
+        " lazy2dfs's verification and local tree included). Peak RSS: the daemon's VmHWM"
+        " (containerd's for overlayfs). Fetched ÷ needed: bytes the registry's access log"
+        " served by the time the node held the whole image, over the image's manifest, config"
+        " and layer blobs. Page cache: pages of the files under the stack's directories"
+        " (content store, snapshots, caches, FUSE mounts) after the load, each inode once"
+        " (`cachestat`). Warm lower dirs on FUSE: how many of the container's"
+        " overlay lower directories were the snapshotter's FUSE directories. * marks page"
+        " cache figures of cells where another process on the machine dropped the page cache"
+        f" during a run (/proc/vmstat drop_pagecache): {res.disturbed[0]} of"
+        f" {res.disturbed[1]} phases in this run.",
         "## Costs\n\n" + _cost_table(res),
     ]
     sharing = _sharing_table(res)
@@ -331,7 +354,7 @@ def _ready_figure(res: Results) -> Figure:
         for col, link in enumerate(res.links):
             ax = axes[row][col]
             for f in res.formats:
-                keys = [(s, link, f, state, 1) for s in res.sizes]
+                keys = [(s, link, f, state, res.n) for s in res.sizes]
                 present = [(s, k) for s, k in zip(res.sizes, keys, strict=True) if res.cells.get(k)]
                 if not present:
                     continue
@@ -381,7 +404,7 @@ def _cold_warm_figure(res: Results) -> Figure:
             ax = axes[row][col]
             for i, state in enumerate(res.states):
                 for j, f in enumerate(res.formats):
-                    key = (size, link, f, state, 1)
+                    key = (size, link, f, state, res.n)
                     value = res.median(key, "ready_s")
                     if value is None:
                         continue
@@ -426,7 +449,7 @@ def _bars_figure(res: Results, metric: str, ylabel: str) -> Figure:
         for i, (f, state) in enumerate(series):
             xs, ys = [], []
             for g, size in enumerate(res.sizes):
-                value = res.median((size, link, f, state, 1), metric)
+                value = res.median((size, link, f, state, res.n), metric)
                 if value is not None:
                     xs.append(g + i * width)
                     ys.append(value)
@@ -458,7 +481,8 @@ def _bytes_figure(res: Results) -> Figure:
         xs, ys = [], []
         for g, (size, link) in enumerate(groups):
             key = next(
-                (k for k in ((size, link, f, s, 1) for s in res.states) if res.cells.get(k)), None
+                (k for k in ((size, link, f, s, res.n) for s in res.states) if res.cells.get(k)),
+                None,
             )
             if key is not None:
                 xs.append(g + i * width)
@@ -483,7 +507,7 @@ def _memory_figure(res: Results) -> Figure:
     fig, (rss, cache) = plt.subplots(1, 2, figsize=(11, 4))
     link = res.links[0]
     for f in res.formats:
-        keys = [(s, link, f, COLD, 1) for s in res.sizes]
+        keys = [(s, link, f, COLD, res.n) for s in res.sizes]
         present = [
             (s, res.median(k, "daemon_peak_rss_mib")) for s, k in zip(res.sizes, keys, strict=True)
         ]
@@ -506,7 +530,7 @@ def _memory_figure(res: Results) -> Figure:
 
 def _page_cache_panel(res: Results, ax: Axes) -> None:
     """Page cache against N containers at the largest size where N > 1 ran."""
-    shared = [k for k in res.cells if k[4] > 1]
+    shared = [k for k in res.cells if k[4] != res.n]
     if not shared:
         ax.set_title("page cache by containers: no run with N > 1", fontsize=9)
         return
