@@ -390,6 +390,12 @@ def _ready_figure(res: Results) -> Figure:
     return fig
 
 
+def _bar_style(fmt: str, state: str) -> dict[str, Any]:
+    """A format's colour; warm bars hatched."""
+    hatch = "//" if state == WARM else None
+    return {"color": COLORS.get(fmt), "hatch": hatch, "edgecolor": "black", "linewidth": 0.5}
+
+
 def _cold_warm_figure(res: Results) -> Figure:
     """Cold and warm seconds side by side per format, with the ratio to overlayfs on top."""
     fig, axes = plt.subplots(
@@ -408,15 +414,7 @@ def _cold_warm_figure(res: Results) -> Figure:
                     value = res.median(key, "ready_s")
                     if value is None:
                         continue
-                    ax.bar(
-                        j + i * width,
-                        value,
-                        width,
-                        color=COLORS.get(f),
-                        hatch="//" if state == WARM else None,
-                        edgecolor="black",
-                        linewidth=0.5,
-                    )
+                    ax.bar(j + i * width, value, width, **_bar_style(f, state))
                     ratio = res.ratio(key, "ready_s")
                     if ratio is not None and f != BASE:
                         ax.annotate(
@@ -453,16 +451,7 @@ def _bars_figure(res: Results, metric: str, ylabel: str) -> Figure:
                 if value is not None:
                     xs.append(g + i * width)
                     ys.append(value)
-            ax.bar(
-                xs,
-                ys,
-                width,
-                color=COLORS.get(f),
-                hatch="//" if state == WARM else None,
-                edgecolor="black",
-                linewidth=0.5,
-                label=f"{_label(res, f)}, {state}",
-            )
+            ax.bar(xs, ys, width, label=f"{_label(res, f)}, {state}", **_bar_style(f, state))
         ax.set_xticks(
             [g + width * (len(series) - 1) / 2 for g in range(len(res.sizes))],
             [_size(s) for s in res.sizes],
