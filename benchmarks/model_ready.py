@@ -12,7 +12,8 @@ in a layer of its own:
   upstream's default settings) on the same gzip eStargz image, ``ctr-remote image rpull``.
 
 Models are F16 safetensors (``devstack.model``: normal weights, gzip keeps 92 %) of 256 MiB,
-1 GiB and 4 GiB; links are loopback and 1 Gbit/s with 20 ms round trips (``devstack.link``).
+1 GiB and 4 GiB in 128 tensors, data in name order as safetensors writes it; links are
+loopback and 1 Gbit/s with 20 ms round trips (``devstack.link``).
 
 A run is one fresh stack (``benchmarks.coldstack``: new containerd and daemons, nothing
 cached) and two phases:
@@ -93,7 +94,10 @@ FAILED = re.compile(
 PULL_TIMEOUT = 3600.0
 # Images kept with --registry-dir are reused while this matches; change it when the model or
 # the writer changes.
-IMAGE_VERSION = "f16-normal, 4 shards, 4 MiB chunks, v1"
+IMAGE_VERSION = "f16-normal, 4 shards, 128 tensors, 4 MiB chunks, v2"
+# Tensors in the model: 8 MiB each at 1 GiB (a 0.5B-parameter model has about 300, of 1 to 270
+# MiB), so the first tensor is not an eighth of the model.
+TENSORS = 128
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ def _push_images(
     missing = sorted(tag for tag in tags if f"{_repo(size_mib)}:{tag}" not in known)
     if missing:
         started = time.monotonic()
-        model = sample_model(size_mib, dtype="F16")
+        model = sample_model(size_mib, layers=TENSORS, dtype="F16")
         for tag in missing:
             image = _build(model, WRITERS[tag])
             registry.push(f"{_repo(size_mib)}:{tag}", image)

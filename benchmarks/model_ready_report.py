@@ -281,7 +281,7 @@ def _notes(res: Results) -> list[str]:
     )
     notes = [
         "Model ready: seconds from the phase's start (cold: the pull; warm: `ctr run`) to the"
-        " last tensor of the 4 F16 safetensors shards loaded in a new container by"
+        " last of the 128 tensors of 4 F16 safetensors shards loaded in a new container by"
         " `safetensors.safe_open` (memory-mapped, `get_tensor` for every key); first tensor: to"
         " the first. Cold: fresh containerd and daemons, nothing cached, page cache dropped;"
         " warm: the same node once it holds the whole image (lazy2dfs: every layer verified),"

@@ -74,8 +74,10 @@ def _safetensors(
 ) -> tuple[bytes, int]:
     header: dict[str, Any] = {"__metadata__": {"format": "pt", "made_by": "lazy2dfs"}}
     offset = 0
-    for n in layers:
-        header[f"model.layers.{n}.mlp.weight"] = {
+    # Data in name order, as safetensors writes it (so "layers.10" comes before "layers.2"):
+    # a loader asking for tensors in ``keys()`` order then reads the file front to back.
+    for name in sorted(f"model.layers.{n}.mlp.weight" for n in layers):
+        header[name] = {
             "dtype": dtype,
             "shape": [per_tensor // 2],
             "data_offsets": [offset, offset + per_tensor],

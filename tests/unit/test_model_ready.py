@@ -98,15 +98,21 @@ def test_ratios_are_medians_over_overlayfs_in_the_same_run(tmp_path: Path) -> No
         assert (tmp_path / f"model_ready{figure}.png").stat().st_size > 0
 
 
-def test_an_f16_sample_model_loads_with_the_safetensors_loader(tmp_path: Path) -> None:
-    model = sample_model(2, dtype="F16")
+def test_an_f16_sample_model_loads_front_to_back_with_the_safetensors_loader(
+    tmp_path: Path,
+) -> None:
+    model = sample_model(4, layers=48, dtype="F16")
     tensors = 0
     for path, data in model.files.items():
         (tmp_path / Path(path).name).write_bytes(data)
         with safe_open(str(tmp_path / Path(path).name), framework="numpy") as loaded:
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            ends = []
             for name in loaded.keys():  # noqa: SIM118 - a safe_open handle is not a dict
                 tensor = loaded.get_tensor(name)
                 assert tensor.dtype == numpy.float16
                 assert 0.015 < float(tensor.astype(numpy.float32).std()) < 0.025
+                ends.append(header[name]["data_offsets"][1])
                 tensors += 1
-    assert tensors == model.tensors == 8
+            assert ends == sorted(ends)  # keys() order reads the file front to back
+    assert tensors == model.tensors == 48
