@@ -54,6 +54,11 @@ print(json.dumps({"started": started, "first": first, "ready": ready, "tensors":
 """
 
 
+class LoadFailed(Exception):
+    """A container did not load the whole model (exit 135 is SIGBUS: a read of the mapped
+    file failed)."""
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One container's load, in seconds from the moment the caller gave as the start."""
@@ -120,10 +125,16 @@ def load_model(
                 run.wait()
                 containerd.ctr("task", "rm", "-f", name, check=False)
                 containerd.ctr("containers", "rm", name, check=False)
+    failed = [(code, err) for code, out, err in outputs if code != 0 or not out.strip()]
+    if failed:
+        code, err = failed[0]
+        raise LoadFailed(
+            f"{len(failed)} of {count} containers failed; the first exited with {code}"
+            + (f" (signal {code - 128})" if code > 128 else "")
+            + f": {err.strip()[-2000:]}"
+        )
     results = []
-    for code, out, err in outputs:
-        if code != 0 or not out.strip():
-            raise RuntimeError(f"model load in a {snapshotter} container failed ({code}):\n{err}")
+    for _, out, _ in outputs:
         seen = json.loads(out.strip().splitlines()[-1])
         results.append(
             Loaded(

@@ -46,6 +46,7 @@ import argparse
 import json
 import re
 import resource
+import shutil
 import subprocess
 import tempfile
 import time
@@ -69,7 +70,7 @@ from benchmarks.coldstack import (
     registry_host,
 )
 from benchmarks.coldstart import pull
-from benchmarks.model_load import Loaded, load_model, lowers_under, page_cache_bytes
+from benchmarks.model_load import Loaded, LoadFailed, load_model, lowers_under, page_cache_bytes
 from benchmarks.model_ready_report import COLD, WARM
 from devstack.images import FIXED_MTIME, BuiltImage, build_image, build_layer
 from devstack.model import SampleModel, runtime_tree, sample_model
@@ -379,10 +380,13 @@ def _run(
             pulled = _pull(stack, fmt, ref)
             pull_cpu = _children_cpu() - before
             if COLD in plan.states:
-                loaded = load_model(
-                    stack.containerd, ref, fmt.snapshotter, spec.containers, cold.start
-                )
-                result["cold"] = cold.measures(spec, loaded, pull_cpu, pulled)
+                try:
+                    loaded = load_model(
+                        stack.containerd, ref, fmt.snapshotter, spec.containers, cold.start
+                    )
+                    result["cold"] = cold.measures(spec, loaded, pull_cpu, pulled)
+                except LoadFailed as exc:
+                    result["cold"] = _failed(work, spec, COLD, exc)
         verified = _wait_complete(stack, fmt, served, image["layers"])
         whole = sum(_cpu(cold.pids).values()) - sum(cold.cpu.values())
         if fmt.snapshotter == "overlayfs":
@@ -396,12 +400,26 @@ def _run(
         }
         if WARM in plan.states:
             warm = Phase(stack, fmt, Served(registry))
-            with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
-                loaded = load_model(
-                    stack.containerd, ref, fmt.snapshotter, spec.containers, warm.start
-                )
-            result["warm"] = warm.measures(spec, loaded, 0.0, 0.0)
+            try:
+                with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
+                    loaded = load_model(
+                        stack.containerd, ref, fmt.snapshotter, spec.containers, warm.start
+                    )
+                result["warm"] = warm.measures(spec, loaded, 0.0, 0.0)
+            except LoadFailed as exc:
+                result["warm"] = _failed(work, spec, WARM, exc)
     return result
+
+
+def _failed(work: Path, spec: RunSpec, state: str, exc: LoadFailed) -> dict[str, Any]:
+    """A phase whose load failed: why, and the stack's logs kept where the run's directory
+    is not removed."""
+    kept = Path(tempfile.gettempdir()) / "model_ready-failures" / f"{spec.slug}-{state}"
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in (*work.glob("*/*.log"), *work.glob("*/root/*.log")):
+        shutil.copy2(log, kept / f"{log.parent.name}-{log.name}")
+    print(f"model_ready: {spec.slug} {state} failed: {exc} (logs in {kept})", flush=True)
+    return {"failed": str(exc), "logs": str(kept)}
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -409,7 +427,9 @@ def _summary(result: dict[str, Any]) -> str:
     parts.append(f"N={result['containers']} trial {result['trial'] + 1}:")
     for state in (COLD, WARM):
         phase = result[state]
-        if phase:
+        if phase and "failed" in phase:
+            parts.append(f"{state} FAILED;")
+        elif phase:
             parts.append(
                 f"{state} ready {phase['ready_s']:.2f}s first {phase['first_tensor_s']:.2f}s"
                 f" cpu {phase['daemon_cpu_s_per_gib']:.2f}s/GiB"
@@ -433,24 +453,28 @@ def run_plan(plan: Plan) -> Path:
             for size in plan.sizes:
                 images = _push_images(registry, size, tags, plan.registry_dir)
                 raw["images"][f"{size}"] = images
-                for link in plan.links:
-                    for containers, trial in plan.schedule(size, link):
-                        for key in plan.formats:
-                            spec = RunSpec(size, link, key, containers, trial)
-                            with registry_host(registry, link) as host:
-                                result = _run(
-                                    plan,
-                                    work / spec.slug,
-                                    registry,
-                                    host,
-                                    spec,
-                                    images[FORMATS[key].image],
-                                    stargz_binary,
-                                )
-                            raw["runs"].append(result)
-                            print(f"model_ready: {_summary(result)}", flush=True)
-                    # After each link, so that an interrupted run still leaves results.
-                    png = model_ready_report.write(raw, plan.out)
+                try:
+                    for link in plan.links:
+                        for containers, trial in plan.schedule(size, link):
+                            for key in plan.formats:
+                                spec = RunSpec(size, link, key, containers, trial)
+                                with registry_host(registry, link) as host:
+                                    result = _run(
+                                        plan,
+                                        work / spec.slug,
+                                        registry,
+                                        host,
+                                        spec,
+                                        images[FORMATS[key].image],
+                                        stargz_binary,
+                                    )
+                                raw["runs"].append(result)
+                                print(f"model_ready: {_summary(result)}", flush=True)
+                            # After each round, so that an interrupted run leaves results.
+                            png = model_ready_report.write(raw, plan.out)
+                finally:
+                    if raw["runs"]:
+                        png = model_ready_report.write(raw, plan.out)
     return png
 
 

@@ -36,11 +36,18 @@ class Results:
         self.labels: dict[str, str] = raw["plan"]["formats"]
         self.formats = [f for f in self.labels if any(r["format"] == f for r in raw["runs"])]
         self.cells: dict[Key, list[dict[str, Any]]] = {}
+        self.failures: list[str] = []  # loads that failed, with why: in no cell
         for run in raw["runs"]:
             for state in STATES:
-                if run[state]:
-                    key = (run["size_mib"], run["link"], run["format"], state, run["containers"])
-                    self.cells.setdefault(key, []).append({**run[state], **run["image"]})
+                phase = run[state]
+                key = (run["size_mib"], run["link"], run["format"], state, run["containers"])
+                if phase and "failed" in phase:
+                    where = f"{_size(key[0])}, {key[1]}, {self.labels[key[2]]}, N = {key[4]}"
+                    self.failures.append(
+                        f"{where}, trial {run['trial'] + 1}, {state}: {phase['failed']}"
+                    )
+                elif phase:
+                    self.cells.setdefault(key, []).append({**phase, **run["image"]})
         self.sizes = sorted({k[0] for k in self.cells})
         self.links = list(dict.fromkeys(r["link"] for r in raw["runs"]))
         self.states = [s for s in STATES if any(k[3] == s for k in self.cells)]
@@ -64,11 +71,27 @@ class Results:
             return middle
         return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
+    def _undisturbed(self, key: Key) -> tuple[list[float], bool]:
+        """The cell's page cache figures from runs during which no other process dropped the
+        page cache (a drop makes the figure too low), and whether any run was left out."""
+        runs = self.cells.get(key, [])
+        clean = [float(run["page_cache_mib"]) for run in runs if not run.get("foreign_drops")]
+        return clean, len(clean) < len(runs)
+
     def page_cache(self, key: Key) -> str:
-        """The page cache MiB, marked when another process dropped the page cache during a
-        run of the cell (the figure is then too low)."""
-        disturbed = any(run.get("foreign_drops") for run in self.cells.get(key, []))
-        return self.spread(key, "page_cache_mib", 0) + ("*" if disturbed else "")
+        """Median (min-max) MiB of the undisturbed runs; * when runs were left out, a dash
+        when none is left."""
+        clean, left_out = self._undisturbed(key)
+        mark = "*" if left_out else ""
+        if not clean:
+            return "—" + mark
+        if len(clean) == 1:
+            return f"{clean[0]:.0f}{mark}"
+        return f"{statistics.median(clean):.0f} ({min(clean):.0f}-{max(clean):.0f}){mark}"
+
+    def page_cache_median(self, key: Key) -> float | None:
+        clean, _ = self._undisturbed(key)
+        return statistics.median(clean) if clean else None
 
     @property
     def disturbed(self) -> tuple[int, int]:
@@ -299,10 +322,10 @@ def _notes(res: Results) -> list[str]:
         " and layer blobs. Page cache: pages of the files under the stack's directories"
         " (content store, snapshots, caches, FUSE mounts) after the load, each inode once"
         " (`cachestat`). Warm lower dirs on FUSE: how many of the container's"
-        " overlay lower directories were the snapshotter's FUSE directories. * marks page"
-        " cache figures of cells where another process on the machine dropped the page cache"
-        f" during a run (/proc/vmstat drop_pagecache): {res.disturbed[0]} of"
-        f" {res.disturbed[1]} phases in this run.",
+        " overlay lower directories were the snapshotter's FUSE directories. Page cache"
+        " figures leave out runs during which another process on the machine dropped the page"
+        " cache (/proc/vmstat drop_pagecache), marked *; a dash when none was left:"
+        f" {res.disturbed[0]} of {res.disturbed[1]} phases in this run.",
         "## Costs\n\n" + _cost_table(res),
     ]
     sharing = _sharing_table(res)
@@ -312,6 +335,11 @@ def _notes(res: Results) -> list[str]:
             "The page cache the node's files of the image take, and the last container's"
             " model ready, for N containers started together; one copy shared means the page"
             " cache does not grow with N.\n\n" + sharing
+        )
+    if res.failures:
+        notes.append(
+            "## Failed loads\n\nLeft out of every table and figure above:\n\n"
+            + "\n".join(f"- {failure}" for failure in res.failures)
         )
     notes += _goals(res)
     if plan.get("profile"):
@@ -526,9 +554,7 @@ def _page_cache_panel(res: Results, ax: Axes) -> None:
     size, link = max((k[0], k[1]) for k in shared)
     for f in res.formats:
         for state in res.states:
-            points = [
-                (n, res.median((size, link, f, state, n), "page_cache_mib")) for n in res.counts
-            ]
+            points = [(n, res.page_cache_median((size, link, f, state, n))) for n in res.counts]
             present = [(n, v) for n, v in points if v is not None]
             if present:
                 ax.plot(
@@ -536,6 +562,7 @@ def _page_cache_panel(res: Results, ax: Axes) -> None:
                     marker="o",
                     color=COLORS.get(f),
                     linestyle="--" if state == WARM else "-",
+                    markerfacecolor="white" if state == WARM else None,
                     label=f"{res.labels[f]}, {state}",
                 )
     ax.axhline(size, color="black", linestyle=":", linewidth=1, label="model size")
