@@ -47,7 +47,8 @@ class Results:
                         f"{where}, trial {run['trial'] + 1}, {state}: {phase['failed']}"
                     )
                 elif phase:
-                    self.cells.setdefault(key, []).append({**phase, **run["image"]})
+                    measured = {**phase, **run["image"], "trial": run["trial"]}
+                    self.cells.setdefault(key, []).append(measured)
         self.sizes = sorted({k[0] for k in self.cells})
         self.links = list(dict.fromkeys(r["link"] for r in raw["runs"]))
         self.states = [s for s in STATES if any(k[3] == s for k in self.cells)]
@@ -100,15 +101,28 @@ class Results:
         return sum(1 for run in runs if run.get("foreign_drops")), len(runs)
 
     def ratio(self, key: Key, metric: str, base: str = BASE) -> float | None:
-        """This cell's median over ``base``'s in the same size, link, state and count."""
+        """This cell over ``base``'s (same size, link, state and count): the median of the
+        ratios trial by trial, as each trial ran every format within minutes of each other
+        while the machine's load drifts; medians over medians for trials that do not pair."""
         size, link, _, state, count = key
-        ours, theirs = (
+        theirs = {
+            run["trial"]: float(run[metric])
+            for run in self.cells.get((size, link, base, state, count), [])
+        }
+        paired = [
+            float(run[metric]) / theirs[run["trial"]]
+            for run in self.cells.get(key, [])
+            if theirs.get(run["trial"])
+        ]
+        if paired:
+            return statistics.median(paired)
+        ours, base_median = (
             self.median(key, metric),
             self.median((size, link, base, state, count), metric),
         )
-        if ours is None or not theirs:
+        if ours is None or not base_median:
             return None
-        return ours / theirs
+        return ours / base_median
 
 
 def _x(value: float | None, digits: int = 2) -> str:
@@ -310,7 +324,8 @@ def _notes(res: Results) -> list[str]:
         " warm: the same node once it holds the whole image (lazy2dfs: every layer verified),"
         " page cache dropped, new containers. Medians of the trials, (min-max) when more than"
         f" one (trials with {res.n} container(s) at once, per size: {trials}); ratios are"
-        " medians over overlayfs's in the same run.",
+        " against overlayfs in the same run: the median of the trials' ratios (trial k of every"
+        " format runs within minutes, so drifting load on the machine falls on all alike).",
         "Pull s: the pull command alone; container up s: from the pull's start to the"
         " loader's first line in the container (medians). Daemon CPU: utime + stime of the"
         " lazy2dfs daemon and its FUSE keeper, the stargz daemon, or for overlayfs containerd"
