@@ -1,9 +1,10 @@
 """What every cold-start benchmark trial needs, so that their figures mean the same thing.
 
 A trial runs on a fresh lazy2dfs daemon and containerd (empty content store, snapshots and
-chunk cache) after the page cache is dropped, and reaches the registry either on loopback or
-through ``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
-registry's access log says it served.
+chunk cache) — and, for benchmarks that compare, a fresh upstream stargz snapshotter — after
+the page cache is dropped, and reaches the registry either on loopback or through
+``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the registry's access
+log says it served.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.containerd import LocalContainerd
 from devstack.link import LinkEmulator
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
+from devstack.stargz import LocalStargz
 
 LINK_MBIT, LINK_RTT_MS = 1000, 20
 LOOPBACK, EMULATED = "loopback", "1 Gbit/s 20 ms"
@@ -27,6 +30,16 @@ LINK_BYTES_PER_SECOND = LINK_MBIT * 1e6 / 8
 def drop_page_cache() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def page_cache_drops() -> int:
+    """How often anyone dropped the page cache since boot: on a shared machine, other work's
+    drops fall inside a measurement too, and this tells which."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        name, value = line.split()
+        if name == "drop_pagecache":
+            return int(value)
+    return 0
 
 
 def daemon_usage(pid: int) -> tuple[float, float]:
@@ -40,17 +53,33 @@ def daemon_usage(pid: int) -> tuple[float, float]:
     return cpu, peak_kib / 1024
 
 
+@dataclass(frozen=True)
+class ColdStack:
+    daemon: LocalSnapshotter
+    containerd: LocalContainerd
+    stargz: LocalStargz | None  # upstream's snapshotter, "stargz" to containerd
+
+
 @contextmanager
-def cold_stack(work: Path) -> Iterator[tuple[LocalSnapshotter, LocalContainerd]]:
-    """A fresh daemon and containerd under ``work``, after the page cache is dropped; ``work``
-    is removed afterwards, so no trial inherits another's content or chunks."""
+def cold_stack(
+    work: Path, log_level: str = "warning", stargz_binary: Path | None = None
+) -> Iterator[ColdStack]:
+    """A fresh daemon and containerd under ``work`` (and the upstream stargz snapshotter, if
+    its binary is given), after the page cache is dropped; ``work`` is removed afterwards, so
+    no trial inherits another's content or chunks."""
     drop_page_cache()
     try:
-        with (
-            LocalSnapshotter(work / "s", log_level="warning") as daemon,
-            LocalContainerd(work / "c", daemon.address) as containerd,
-        ):
-            yield daemon, containerd
+        with ExitStack() as running:
+            daemon = running.enter_context(LocalSnapshotter(work / "s", log_level=log_level))
+            stargz = None
+            others = {}
+            if stargz_binary is not None:
+                stargz = running.enter_context(LocalStargz(stargz_binary, work / "sg"))
+                others["stargz"] = stargz.address
+            containerd = running.enter_context(
+                LocalContainerd(work / "c", daemon.address, other_snapshotters=others)
+            )
+            yield ColdStack(daemon, containerd, stargz)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -188,7 +188,8 @@ def _whole_trial(
 ) -> dict[int, dict[str, float]]:
     """One cold pull of the whole image, then per partition a container reading its files."""
     ref = f"{host}/{REPO}:whole"
-    with cold_stack(work) as (_, containerd):
+    with cold_stack(work) as stack:
+        containerd = stack.containerd
         served = Served(registry)
         pulled = pull(containerd, ref, "overlayfs")
         results = {}
@@ -206,9 +207,11 @@ def _whole_trial(
 def _partition_trial(
     work: Path, registry: LocalRegistry, ref: str, method: str, digests: set[str], first: str
 ) -> dict[str, float]:
-    with cold_stack(work) as (_, containerd):
+    with cold_stack(work) as stack:
         served = Served(registry)
-        return _measures(cold_start(containerd, ref, method, first, FIRST_BYTES), served, digests)
+        return _measures(
+            cold_start(stack.containerd, ref, method, first, FIRST_BYTES), served, digests
+        )
 
 
 def run() -> Path:
@@ -323,19 +326,19 @@ def _report(raw: dict[str, Any]) -> Path:
         " *lazy2dfs*: `lazy2dfs pull REF--0.0.x2.0` of the eStargz 2DFS image. MiB fetched is"
         " everything the registry served (manifests, config, field, base layer and allotments);"
         " *allotments* counts only the partition's allotment blobs.",
-        _goal(
+        report.goal(
             f"Goal: lazy2dfs full partition load ≤ {GOAL_LOAD}x partition bytes / 1 Gbit/s",
             load_ratios,
             GOAL_LOAD,
         ),
-        _goal(
+        report.goal(
             f"Goal: lazy2dfs bytes fetched ≤ {GOAL_BYTES}x the partition's compressed bytes,"
             " counting everything",
             [(a, w) for a, _, w in byte_ratios],
             GOAL_BYTES,
         )
         + " "
-        + _goal(
+        + report.goal(
             "Counting only the allotments",
             [(a, w) for _, a, w in byte_ratios],
             GOAL_BYTES,
@@ -351,16 +354,6 @@ def _report(raw: dict[str, Any]) -> Path:
     )
     return report.save_figure(
         "partition_matrix", _figure(medians, sizes, "full_load", "seconds to full load", raw)
-    )
-
-
-def _goal(what: str, ratios: Sequence[tuple[float, str]], limit: float) -> str:
-    met = sum(ratio <= limit for ratio, _ in ratios)
-    worst, where = max(ratios)
-    verdict = "met" if met == len(ratios) else "missed"
-    return (
-        f"{what}: {verdict}, within it in {met} of {len(ratios)} cells"
-        f" (worst {worst:.3f}x, {where})."
     )
 
 

@@ -68,11 +68,12 @@ def write_tables(
     rows: Sequence[Sequence[Any]],
     raw: dict[str, Any],
     notes: Sequence[str] = (),
+    directory: Path = RESULTS_DIR,
 ) -> None:
-    """``<name>.json`` and ``<name>.md``, for benchmarks that draw their own figures;
-    ``notes`` are paragraphs under the table."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(
+    """``<name>.json`` and ``<name>.md`` in ``directory``, for benchmarks that draw their own
+    figures; ``notes`` are paragraphs under the table."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(
         json.dumps({"machine": machine(), "columns": columns, "rows": rows, "raw": raw}, indent=1)
     )
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |"]
@@ -81,16 +82,29 @@ def write_tables(
     for note in notes:
         lines += ["", note]
     lines += ["", f"Measured {machine()['when']} on {machine()['cpus']} CPUs, `make bench`."]
-    (RESULTS_DIR / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (directory / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
-def save_figure(name: str, fig: Figure, suffix: str = "") -> Path:
-    """Saves ``fig`` as ``<name><suffix>.png`` and closes it."""
+def save_figure(name: str, fig: Figure, suffix: str = "", directory: Path = RESULTS_DIR) -> Path:
+    """Saves ``fig`` as ``<name><suffix>.png`` in ``directory`` and closes it."""
     fig.tight_layout()
-    png = RESULTS_DIR / f"{name}{suffix}.png"
+    png = directory / f"{name}{suffix}.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def goal(what: str, ratios: Sequence[tuple[float, str]], limit: float, unit: str = "x") -> str:
+    """A sentence saying whether every ``(value, where)`` is within ``limit``, and the worst."""
+    if not ratios:
+        return f"{what}: not measured in this run."
+    met = sum(ratio <= limit for ratio, _ in ratios)
+    worst, where = max(ratios)
+    verdict = "met" if met == len(ratios) else "missed"
+    return (
+        f"{what}: {verdict}, within it in {met} of {len(ratios)} cells"
+        f" (worst {worst:.3f}{unit}, {where})."
+    )
 
 
 def _cell(value: Any) -> str:

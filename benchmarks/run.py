@@ -7,7 +7,7 @@ import sys
 from benchmarks import (
     build,
     codecs,
-    model_start,
+    model_ready,
     partition_matrix,
     reliability,
     restart_gap,
@@ -17,7 +17,7 @@ from benchmarks import (
 
 BENCHMARKS = {
     "snapshot_api": snapshot_api,
-    "model_start": model_start,
+    "model_ready": model_ready,
     "partition_matrix": partition_matrix,
     "codecs": codecs,
     "build": build,

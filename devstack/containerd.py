@@ -256,7 +256,9 @@ def dump_toml(table: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
 class LocalContainerd:
     """containerd ``release`` with everything under ``workdir``; ``ctr`` (the release's own)
     runs against it. ``snapshotter_root`` and ``sandbox_image``: see ``local_config``;
-    ``config``, if given, is run instead (tests that compare configurations).
+    ``config``, if given, is run instead (tests that compare configurations);
+    ``other_snapshotters`` are more proxy snapshotters, by name and socket (the upstream
+    stargz snapshotter, for benchmarks that compare).
 
     It starts only if every plugin it loads loads: a shipped config that breaks one (as
     ``linux/arm64`` unpack entries broke 2.1's transfer service and CRI on amd64) fails here,
@@ -271,6 +273,7 @@ class LocalContainerd:
         snapshotter_root: Path | None = None,
         sandbox_image: str | None = None,
         config: Mapping[str, Any] | None = None,
+        other_snapshotters: Mapping[str, Path] | None = None,
     ) -> None:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
@@ -281,6 +284,7 @@ class LocalContainerd:
         self.config = config
         self.cri = cri
         self.release = release
+        self.other_snapshotters = dict(other_snapshotters or {})
         self.log_path = workdir / "containerd.log"
         self._log_start = 0
         self.process: ChildProcess | None = None
@@ -301,6 +305,8 @@ class LocalContainerd:
             snapshotter_root=self.snapshotter_root,
             sandbox_image=self.sandbox_image,
         )
+        for name, address in self.other_snapshotters.items():
+            config["proxy_plugins"][name] = {"type": "snapshot", "address": str(address)}
         self.config_path.write_text(dump_toml(config))
         self.address.unlink(missing_ok=True)
         # The log is appended to across restarts: readiness looks only at this start's lines.

@@ -22,11 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from lazy2dfs.errors import InvalidArgumentError
-from lazy2dfs.estargz import WriterOptions, write_blob_from_tar
+from lazy2dfs.estargz import Compression, WriterOptions, write_blob_from_tar
 from lazy2dfs.registry_client import (
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     Descriptor,
     DescriptorPlatform,
@@ -141,7 +142,8 @@ def build_layer(
     estargz: WriterOptions | None = None,
 ) -> Layer:
     """A tar.gz layer of ``tree``; missing parent directories are added (0755). With
-    ``estargz`` options the layer is eStargz, annotated with its TOC digest."""
+    ``estargz`` options the layer is eStargz (or zstd:chunked, as their compression says),
+    annotated with its TOC digest."""
     entries = dict(tree_from_directory(tree) if isinstance(tree, Path) else tree)
     normalized: dict[str, Entry] = {}
     for name, entry in entries.items():
@@ -161,7 +163,9 @@ def build_layer(
         out = io.BytesIO()
         result = write_blob_from_tar(io.BytesIO(tar_bytes), out, estargz)
         merged = {**result.annotations, **(annotations or {})}
-        return Layer(Blob(OCI_LAYER_GZIP, out.getvalue(), merged), result.diff_id)
+        zstd = estargz.compression is Compression.ZSTD
+        media_type = OCI_LAYER_ZSTD if zstd else OCI_LAYER_GZIP
+        return Layer(Blob(media_type, out.getvalue(), merged), result.diff_id)
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as stream:
         stream.write(tar_bytes)

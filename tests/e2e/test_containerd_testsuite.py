@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.go import GOCODE, go_env
 from devstack.mounts import detach_under, mounts_under
-from tests.support.go import GOCODE, go_env
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE_DIR = REPO / "tests" / "conformance"

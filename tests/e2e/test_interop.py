@@ -2,11 +2,8 @@
 
 * eStargz and zstd:chunked written by stargz-snapshotter's ``ctr-remote image convert``
   (0.12) are read by our reader, byte for byte, and pulled lazily by ``lazy2dfs pull``.
-* What ``lazy2dfs convert`` writes is mounted lazily by the upstream stargz snapshotter.
-  Debian's stargz-snapshotter package ships ``ctr-remote`` only, not ``containerd-stargz-grpc``;
-  its library is in golang-github-containerd-stargz-snapshotter-dev, so the test compiles a
-  small daemon (upstream's filesystem and snapshotter packages behind containerd's snapshot
-  service, as upstream's own main does) offline in GOPATH mode, as the conformance test does.
+* What ``lazy2dfs convert`` writes is mounted lazily by the upstream stargz snapshotter
+  (``devstack.stargz`` builds it offline from Debian's sources).
 * zstd:chunked written by skopeo (containers/image) is read by our reader.
 
 A private containerd runs both snapshotters as proxy plugins; everything started is stopped
@@ -27,13 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from devstack.containerd import CONTAINERD_1_6, dump_toml, load_shipped, local_config
+from devstack.containerd import LocalContainerd
 from devstack.images import build_image
 from devstack.model import runtime_tree
 from devstack.mounts import detach_under, mounts_under
 from devstack.process import ChildProcess, lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
+from devstack.stargz import build_stargz_daemon
 from lazy2dfs.convert import ConfigMismatchError, ConvertOptions, convert
 from lazy2dfs.estargz import (
     TOC_DIGEST_ANNOTATION,
@@ -47,9 +45,7 @@ from lazy2dfs.estargz.zstdchunked import MANIFEST_CHECKSUM_ANNOTATION
 from lazy2dfs.mountinfo import MountEntry
 from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import SyncRegistryClient, sha256_digest
-from tests.support.go import GOCODE, go_env
 
-STARGZ_SRC = GOCODE / "src/github.com/containerd/stargz-snapshotter"
 DEPS_HINT = "run `make deps`"
 TIMEOUT = 300.0
 WEIGHTS = os.urandom(3 << 20) + b"tail"
@@ -59,94 +55,6 @@ FILES = {
     "model/empty": b"",
 }
 
-# containerd-stargz-grpc in miniature: upstream's stargz filesystem and snapshotter, served
-# with containerd's snapshot service on a unix socket. Registries are reached over plain HTTP
-# without credentials (the test's registry is on 127.0.0.1). SIGTERM closes the snapshotter,
-# which unmounts its layers.
-STARGZ_MAIN = """\
-package main
-
-import (
-	"context"
-	"flag"
-	"log"
-	"net"
-	"net/http"
-	"os"
-	"os/signal"
-	"path/filepath"
-	"syscall"
-	"time"
-
-	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
-	"github.com/containerd/containerd/contrib/snapshotservice"
-	"github.com/containerd/containerd/reference"
-	"github.com/containerd/containerd/remotes/docker"
-	stargzfs "github.com/containerd/stargz-snapshotter/fs"
-	"github.com/containerd/stargz-snapshotter/fs/config"
-	"github.com/containerd/stargz-snapshotter/fs/layer"
-	"github.com/containerd/stargz-snapshotter/fs/source"
-	snbase "github.com/containerd/stargz-snapshotter/snapshot"
-	"github.com/pelletier/go-toml"
-	"google.golang.org/grpc"
-)
-
-func hosts(ref reference.Spec) ([]docker.RegistryHost, error) {
-	// Upstream's fetcher calls Client.Transport directly: it must not be nil.
-	client := &http.Client{Transport: http.DefaultTransport, Timeout: 30 * time.Second}
-	return []docker.RegistryHost{{
-		Client:       client,
-		Host:         ref.Hostname(),
-		Scheme:       "http",
-		Path:         "/v2",
-		Capabilities: docker.HostCapabilityPull | docker.HostCapabilityResolve,
-		Authorizer:   docker.NewDockerAuthorizer(docker.WithAuthClient(client)),
-	}}, nil
-}
-
-func main() {
-	root := flag.String("root", "", "state directory")
-	address := flag.String("address", "", "gRPC unix socket")
-	configPath := flag.String("config", "", "TOML (upstream fs/config.Config)")
-	flag.Parse()
-	var cfg config.Config
-	tree, err := toml.LoadFile(*configPath)
-	if err != nil {
-		log.Fatalf("config: %v", err)
-	}
-	if err := tree.Unmarshal(&cfg); err != nil {
-		log.Fatalf("config: %v", err)
-	}
-	ctx := context.Background()
-	fs, err := stargzfs.NewFilesystem(filepath.Join(*root, "stargz"), cfg,
-		stargzfs.WithGetSources(source.FromDefaultLabels(hosts)),
-		stargzfs.WithOverlayOpaqueType(layer.OverlayOpaqueTrusted))
-	if err != nil {
-		log.Fatalf("filesystem: %v", err)
-	}
-	sn, err := snbase.NewSnapshotter(ctx, filepath.Join(*root, "snapshotter"), fs,
-		snbase.AsynchronousRemove)
-	if err != nil {
-		log.Fatalf("snapshotter: %v", err)
-	}
-	rpc := grpc.NewServer()
-	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
-	listener, err := net.Listen("unix", *address)
-	if err != nil {
-		log.Fatalf("listen: %v", err)
-	}
-	go rpc.Serve(listener)
-	log.Printf("serving on %s", *address)
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	<-signals
-	rpc.Stop()
-	if err := sn.Close(); err != nil {
-		log.Printf("close: %v", err)
-	}
-	log.Printf("stopped")
-}
-"""
 # Upstream's defaults, except: no prefetch and no background fetch, so that what is mounted
 # stays lazy and what a read fetches is the read's own doing.
 STARGZ_CONFIG = """\
@@ -160,30 +68,6 @@ def require(tool: str, package: str) -> str:
     if path is None:
         pytest.fail(f"{tool} is missing ({package}): {DEPS_HINT}")
     return path
-
-
-def build_stargz_daemon(out: Path) -> Path:
-    """Compiles the daemon above against Debian's stargz-snapshotter sources, offline."""
-    require("go", "golang-go")
-    if not (STARGZ_SRC / "snapshot").is_dir():
-        pytest.fail(
-            f"{STARGZ_SRC} is missing (golang-github-containerd-stargz-snapshotter-dev): "
-            + DEPS_HINT
-        )
-    package = out / "gopath/src/lazy2dfs-stargz"
-    package.mkdir(parents=True)
-    (package / "main.go").write_text(STARGZ_MAIN)
-    binary = out / "stargz-grpc"
-    done = subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        cwd=package,
-        env=go_env(out / "gopath"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"building the stargz daemon failed:\n{done.stderr}"
-    return binary
 
 
 def fuse_mounts_under(root: Path) -> list[MountEntry]:
@@ -264,26 +148,10 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
         stack.callback(stargz.stop)
         stargz.wait_until(stargz_socket.exists, 30, "serving")
 
-        cdir = work / "c"
-        cdir.mkdir()
-        address = cdir / "containerd.sock"
-        config = local_config(load_shipped(CONTAINERD_1_6), cdir, address, lazy.address)
-        config["proxy_plugins"]["stargz"] = {"type": "snapshot", "address": str(stargz_socket)}
-        (cdir / "config.toml").write_text(dump_toml(config))
-        containerd = ChildProcess(
-            "containerd",
-            ["containerd", "--config", str(cdir / "config.toml"), "--log-level", "info"],
-            cdir / "containerd.log",
+        containerd = stack.enter_context(
+            LocalContainerd(work / "c", lazy.address, other_snapshotters={"stargz": stargz_socket})
         )
-        stack.callback(containerd.stop)
-
-        def answers() -> bool:
-            probe = subprocess.run(
-                ["ctr", "--address", str(address), "version"], capture_output=True, timeout=10
-            )
-            return address.exists() and probe.returncode == 0
-
-        containerd.wait_until(answers, 30, "serving")
+        address = containerd.address
         yield Interop(work, registry, lazy, stargz_root, work / "stargz.log", address)
         # Containers are gone (--rm); remove images so both snapshotters release their layers.
         subprocess.run(
