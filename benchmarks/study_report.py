@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from benchmarks import report
-from benchmarks.model_ready_report import COLD, STATES, WARM
+from benchmarks.model_ready_report import COLD, STATES, WARM, paired_ratio, spread
 
 NAME = "study"
 BASE = "overlayfs"
@@ -91,31 +91,13 @@ class Results:
         return statistics.median(values) if values else None
 
     def spread(self, key: Key, metric: str, digits: int = 2) -> str:
-        values = self.values(key, metric)
-        if not values:
-            return "—"
-        middle = f"{statistics.median(values):.{digits}f}"
-        if len(values) == 1:
-            return middle
-        return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+        return spread(self.values(key, metric), digits)
 
     def ratio(self, key: Key, metric: str, base: str = BASE) -> float | None:
-        """Over ``base`` in the same model, link, partition and state: the median of trial by
-        trial ratios (trial k of every snapshotter ran within minutes), else of medians."""
+        """Over ``base`` in the same model, link, partition and state (``paired_ratio``)."""
         model, link, percent, _, state = key
-        other = (model, link, percent, base, state)
-        theirs = {r["trial"]: float(r[metric]) for r in self.cells.get(other, [])}
-        paired = [
-            float(r[metric]) / theirs[r["trial"]]
-            for r in self.cells.get(key, [])
-            if theirs.get(r["trial"])
-        ]
-        if paired:
-            return statistics.median(paired)
-        ours, base_median = self.median(key, metric), self.median(other, metric)
-        if ours is None or not base_median:
-            return None
-        return ours / base_median
+        theirs = self.cells.get((model, link, percent, base, state), [])
+        return paired_ratio(self.cells.get(key, []), theirs, metric)
 
     def trials(self) -> str:
         counts: dict[str, set[int]] = {}
@@ -168,6 +150,7 @@ def cost_table(res: Results) -> str:
         "link",
         "partition",
         "snapshotter",
+        "cold: pull s / container up s",
         "MiB needed",
         "MiB fetched",
         "fetched ÷ needed",
@@ -193,6 +176,7 @@ def cost_table(res: Results) -> str:
                             link,
                             f"{percent} %",
                             res.labels[s],
+                            _pair(res, cold, "pull_s", "started_s"),
                             res.spread(cold, "needed_mib", 1),
                             res.spread(cold, "fetched_total_mib", 1),
                             res.spread(cold, "fetched_ratio", 3),
@@ -205,6 +189,11 @@ def cost_table(res: Results) -> str:
                         ]
                     )
     return _markdown(columns, rows)
+
+
+def _pair(res: Results, key: Key, first: str, second: str) -> str:
+    a, b = res.median(key, first), res.median(key, second)
+    return "—" if a is None or b is None else f"{a:.2f} / {b:.2f}"
 
 
 def lazy_table(res: Results) -> str:
@@ -230,7 +219,9 @@ def notes(res: Results) -> list[str]:
         " daemon; overlayfs: containerd and the `ctr` pull, which fetch and unpack). Peak RSS:"
         " the daemon's VmHWM (containerd's for overlayfs). Disk: `du -x` of the node's"
         " directories after the warm load (FUSE mounts left out). Page cache: pages of the"
-        " node's files after the cold load.\n\n" + cost_table(res),
+        " node's files after the cold load. Pull s: the pull command (`ctr images pull`,"
+        " `lazy2dfs pull`, or CRI's PullImage) alone; container up s: from the pull's start to"
+        " the loader's first line in the container.\n\n" + cost_table(res),
         "## Every peer checked lazy\n\nAfter each pull, containerd's content store was listed"
         " (`ctr content ls`): a run with any of the image's layer blobs there fell back to a"
         " download and is in no table or figure.\n\n" + lazy_table(res),
@@ -314,8 +305,8 @@ def size_figure(res: Results) -> Figure:
             ax.set_ylabel("seconds to every tensor loaded (log)")
             ax.legend(fontsize=7)
     fig.suptitle(
-        "Model ready by model size: pull (cold) or container start (warm) to every tensor"
-        " loaded, lower is better",
+        "Model ready by model size (whole model): from the pull (cold) or the container's"
+        " start (warm)\nto every tensor loaded in a new container; lower is better",
         fontsize=10,
     )
     return fig
@@ -355,8 +346,8 @@ def partitions_figure(res: Results) -> Figure:
             ax.set_title(f"{res.model_labels[model]}, {link}", fontsize=9)
             ax.legend(fontsize=6)
     fig.suptitle(
-        "Cold model ready by partition: lazy2dfs pulls REF--0.0.r.0, peers an image of the"
-        " partition; lower is better",
+        "Cold model ready by 2DFS partition: lazy2dfs pulls REF--0.0.r.0, each peer an image"
+        " of the partition;\nlower is better",
         fontsize=10,
     )
     return fig
@@ -400,7 +391,7 @@ def _any(res: Results, model: str, percent: int) -> bool:
 
 def cpu_figure(res: Results) -> Figure:
     """Snapshotter CPU seconds per GiB loaded, cold and to what the node holds, whole model."""
-    fig, axes = plt.subplots(1, len(res.links), figsize=(6 * len(res.links), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(res.links), figsize=(6.5 * len(res.links), 5), squeeze=False)
     series = [(s, metric) for s in res.snapshotters for metric in ("cold", "whole")]
     width = 0.8 / max(1, len(series))
     for col, link in enumerate(res.links):
@@ -436,7 +427,7 @@ def cpu_figure(res: Results) -> Figure:
             f" (hatched), {link}",
             fontsize=8,
         )
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     return fig
 
 
