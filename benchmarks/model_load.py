@@ -71,7 +71,7 @@ class Loaded:
     lowers: tuple[str, ...]  # the container's root overlay lower directories
 
 
-def _python_mounts() -> list[str]:
+def python_mounts() -> list[str]:
     """``ctr run`` options binding this interpreter, its virtualenv and the system libraries
     into a container read-only, at the same paths."""
     sources = {Path(p) for p in (sys.base_prefix, sys.prefix, "/usr", "/lib", "/lib64")}
@@ -104,7 +104,7 @@ def load_model(
                 "--rm",
                 "--snapshotter",
                 snapshotter,
-                *_python_mounts(),
+                *python_mounts(),
                 ref,
                 name,
                 sys.executable,

@@ -22,7 +22,9 @@ cached) and two phases:
   with ``safetensors.safe_open`` (``benchmarks.model_load``). Then the run waits until the
   node holds the whole image (lazy2dfs: every layer verified, its local tree written;
   stargz: the registry idle for 2 s).
-* warm: page cache dropped again; N new containers load the model from what the node has.
+* warm: page cache dropped again; N new containers load the model from what the node has
+  (again, up to 3 times, while another process's page cache drop spoils the phase: the
+  machine is shared).
 
 Per phase: model ready (phase start to the last container's last tensor) and first tensor;
 daemon CPU seconds per GiB of model (utime + stime from /proc: the lazy2dfs daemon and its
@@ -62,7 +64,6 @@ from benchmarks.coldstack import (
     EMULATED,
     LOOPBACK,
     ColdStack,
-    Served,
     cold_stack,
     daemon_usage,
     drop_page_cache,
@@ -73,8 +74,8 @@ from benchmarks.coldstart import pull
 from benchmarks.model_load import Loaded, LoadFailed, load_model, lowers_under, page_cache_bytes
 from benchmarks.model_ready_report import COLD, WARM
 from devstack.images import FIXED_MTIME, BuiltImage, build_image, build_layer
-from devstack.model import SampleModel, runtime_tree, sample_model
-from devstack.registry import LocalRegistry
+from devstack.model import SampleModel, f16_like, runtime_tree, sample_model
+from devstack.registry import LocalRegistry, Served
 from devstack.snapshotter import keeper_pids
 from devstack.stargz import build_stargz_daemon
 from lazy2dfs.estargz import Compression, WriterOptions
@@ -97,6 +98,7 @@ FAILED = re.compile(
     r"(sha256:[0-9a-f]+)"
 )
 PULL_TIMEOUT = 3600.0
+WARM_ATTEMPTS = 3
 # Images kept with --registry-dir are reused while this matches; change it when the model or
 # the writer changes.
 IMAGE_VERSION = "f16-normal, 4 shards, 128 tensors, 4 MiB chunks, v2"
@@ -195,7 +197,7 @@ def _push_images(
     missing = sorted(tag for tag in tags if f"{_repo(size_mib)}:{tag}" not in known)
     if missing:
         started = time.monotonic()
-        model = sample_model(size_mib, layers=TENSORS, dtype="F16")
+        model = sample_model(size_mib, layers=TENSORS, dtype="F16", weights=f16_like)
         for tag in missing:
             image = _build(model, WRITERS[tag])
             registry.push(f"{_repo(size_mib)}:{tag}", image)
@@ -409,16 +411,22 @@ def _run(
             "fetched_ratio": served.bytes() / image["needed"],
             "layers_verified": verified,
         }
-        if WARM in plan.states:
+        # A warm phase is cheap to repeat: again while other work's cache drops spoil it.
+        for attempt in range(WARM_ATTEMPTS if WARM in plan.states else 0):
             warm = Phase(stack, fmt, Served(registry))
             try:
                 with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
                     loaded = load_model(
                         stack.containerd, ref, fmt.snapshotter, spec.containers, warm.start
                     )
-                result["warm"] = warm.measures(spec.size_mib, loaded, 0.0, 0.0)
             except LoadFailed as exc:
                 result["warm"] = failed_load(work, spec.slug, WARM, exc)
+                break
+            result["warm"] = warm.measures(spec.size_mib, loaded, 0.0, 0.0) | {
+                "attempt": attempt + 1
+            }
+            if not result["warm"]["foreign_drops"]:
+                break
     return result
 
 

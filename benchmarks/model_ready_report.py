@@ -342,7 +342,8 @@ def _notes(res: Results) -> list[str]:
         " (`cachestat`). Warm lower dirs on FUSE: how many of the container's"
         " overlay lower directories were the snapshotter's FUSE directories. Page cache"
         " figures leave out runs during which another process on the machine dropped the page"
-        " cache (/proc/vmstat drop_pagecache), marked *; a dash when none was left:"
+        " cache (/proc/vmstat drop_pagecache), marked *, a dash when none was left (a warm"
+        " phase so spoiled is run again, up to 3 times):"
         f" {res.disturbed[0]} of {res.disturbed[1]} phases in this run.",
         "## Costs\n\n" + _cost_table(res),
     ]

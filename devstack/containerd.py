@@ -16,8 +16,9 @@ image labels on), so that ``runtime.v1`` calls on containerd's socket pull and r
 does. Its root and state are ``<root>/io.containerd.grpc.v1.cri`` and
 ``<state>/io.containerd.grpc.v1.cri``; what it would otherwise keep on the host (CNI and CDI
 directories, 2.1's NRI socket and network namespaces) is moved under the work directory; its
-streaming server stays on 127.0.0.1 at a free port. A registry on 127.0.0.1 needs no setting:
-with no ``registry.config_path``, CRI reaches loopback hosts over plain HTTP.
+streaming server stays on 127.0.0.1 at a free port. The hosts.toml directory CRI and 2.x's
+transfer service read (``config_path``) is ``<workdir>/certs.d``, ``hosts_dir`` here; a
+registry on 127.0.0.1 needs no file there: containerd reaches loopback hosts over plain HTTP.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ PULL_TIMEOUT = 300.0
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "containerd"
 DEBIAN_UNSTABLE = REPO / ".cache" / "debian-unstable"  # where `make containerd-2.1` unpacks
+SHIPPED_MIRROR_HOSTS = DEPLOY / "certs.d" / "registry.example.com" / "hosts.toml"
 SNAPSHOTTER = "lazy2dfs"
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 CRI_NAMESPACE = "k8s.io"  # where CRI keeps its images and containers
@@ -74,6 +76,7 @@ DISABLED_PLUGINS = {
     ],
 }
 CAP_SYS_RESOURCE = 24  # linux/capability.h
+HOSTS_DIR = "certs.d"  # under the work directory: hosts.toml per registry, for CRI and ctr
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _VERSION = re.compile(r" v?(\d+\.\d+\.\d+)\S*(?:\s|$)")
 
@@ -151,15 +154,20 @@ def local_config(
     cri: bool = False,
     snapshotter_root: Path | None = None,
     sandbox_image: str | None = None,
+    cri_snapshotter: str | None = None,
 ) -> dict[str, Any]:
     """``shipped`` (format version 2 for 1.6, 3 for 2.x) with a private instance's paths,
     sockets and disabled plugins; ``cri`` keeps the CRI plugin, with what it keeps on the host
     under ``workdir``; ``snapshotter_root`` is what CRI 2.x reports as the image filesystem;
-    ``sandbox_image``: CRI's pause image, as a node without access to registry.k8s.io sets it."""
+    ``sandbox_image``: CRI's pause image, as a node without access to registry.k8s.io sets it;
+    ``cri_snapshotter``: the snapshotter CRI pulls into instead of lazy2dfs (another lazy
+    snapshotter a benchmark compares; format version 2 only, as the benchmarks run 1.6)."""
     config = copy.deepcopy(dict(shipped))
     version = config.get("version")
     if version not in DISABLED_PLUGINS:
         raise UnavailableError(f"containerd config format version {version!r} is not known here")
+    if cri_snapshotter is not None and version != 2:
+        raise UnavailableError("CRI pulls into another snapshotter only with containerd 1.6")
     proxy = config.get("proxy_plugins", {}).get(SNAPSHOTTER)
     if not isinstance(proxy, dict) or proxy.get("type") != "snapshot":
         raise UnavailableError(f"the shipped config has no snapshot proxy plugin {SNAPSHOTTER!r}")
@@ -173,6 +181,7 @@ def local_config(
     config.setdefault("ttrpc", {})["address"] = f"{address}.ttrpc"
     plugins = config.setdefault("plugins", {})
     plugins.setdefault("io.containerd.internal.v1.opt", {})["path"] = str(root / "opt")
+    hosts_dir = str(workdir / HOSTS_DIR)
     if version == 2:
         if cri:
             settings = plugins.setdefault(CRI_PLUGIN, {})
@@ -180,6 +189,12 @@ def local_config(
                 conf_dir=str(workdir / "cni" / "net.d"), bin_dir=str(workdir / "cni" / "bin")
             )
             settings.update(stream_server_address="127.0.0.1", stream_server_port="0")
+            settings.setdefault("registry", {})["config_path"] = hosts_dir
+            if cri_snapshotter is not None:
+                settings.setdefault("containerd", {})["snapshotter"] = cri_snapshotter
+            # As for 2.x below: pod sandboxes need CAP_SYS_RESOURCE for their oom_score_adj.
+            if not _has_capability(CAP_SYS_RESOURCE):
+                settings["restrict_oom_score_adj"] = True
         if sandbox_image is not None:
             plugins.setdefault(CRI_PLUGIN, {})["sandbox_image"] = sandbox_image
         return config
@@ -204,8 +219,11 @@ def local_config(
     plugins.setdefault(CRI_PLUGIN, {}).update(
         stream_server_address="127.0.0.1", stream_server_port="0"
     )
+    images = plugins.setdefault("io.containerd.cri.v1.images", {})
+    if cri:
+        images.setdefault("registry", {})["config_path"] = hosts_dir
+        plugins.setdefault("io.containerd.transfer.v1.local", {})["config_path"] = hosts_dir
     if sandbox_image is not None:
-        images = plugins.setdefault("io.containerd.cri.v1.images", {})
         images.setdefault("pinned_images", {})["sandbox"] = sandbox_image
     return config
 
@@ -253,16 +271,31 @@ def dump_toml(table: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
     return text
 
 
+def write_mirror_hosts(hosts_dir: Path, registry: str, mirror: str) -> None:
+    """Installs the shipped hosts.toml for ``registry`` (``host:port``, plain HTTP as every
+    devstack registry) under ``hosts_dir``, naming lazy2dfs's partition mirror at ``mirror``
+    (``host:port``), as a user installs it."""
+    text = SHIPPED_MIRROR_HOSTS.read_text()
+    text = text.replace("https://registry.example.com", f"http://{registry}")
+    text = text.replace("http://127.0.0.1:5050", f"http://{mirror}")
+    directory = hosts_dir / registry
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts.toml").write_text(text)
+
+
 class LocalContainerd:
     """containerd ``release`` with everything under ``workdir``; ``ctr`` (the release's own)
     runs against it. ``snapshotter_root`` and ``sandbox_image``: see ``local_config``;
-    ``config``, if given, is run instead (tests that compare configurations);
-    ``other_snapshotters`` are more proxy snapshotters, by name and socket (the upstream
-    stargz snapshotter, for benchmarks that compare).
+    ``config``, if given, is run instead (tests that compare configurations).
 
     It starts only if every plugin it loads loads: a shipped config that breaks one (as
     ``linux/arm64`` unpack entries broke 2.1's transfer service and CRI on amd64) fails here,
-    with containerd's own line."""
+    with containerd's own line. ``snapshotter_config`` is the daemon's configuration file,
+    which ``lazy2dfs pull`` reads for its registry settings.
+
+    ``other_snapshotters`` are more proxy snapshotters, by name and socket (upstream's stargz
+    and SOCI snapshotters, for benchmarks that compare), ``cri_snapshotter`` the one of them
+    CRI pulls into (see ``local_config``)."""
 
     def __init__(
         self,
@@ -273,18 +306,23 @@ class LocalContainerd:
         snapshotter_root: Path | None = None,
         sandbox_image: str | None = None,
         config: Mapping[str, Any] | None = None,
+        snapshotter_config: Path | None = None,
         other_snapshotters: Mapping[str, Path] | None = None,
+        cri_snapshotter: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
         self.config_path = workdir / "config.toml"
+        self.hosts_dir = workdir / HOSTS_DIR
         self.snapshotter_address = snapshotter_address
         self.snapshotter_root = snapshotter_root
         self.sandbox_image = sandbox_image
         self.config = config
+        self.snapshotter_config = snapshotter_config
         self.cri = cri
         self.release = release
         self.other_snapshotters = dict(other_snapshotters or {})
+        self.cri_snapshotter = cri_snapshotter
         self.log_path = workdir / "containerd.log"
         self._log_start = 0
         self.process: ChildProcess | None = None
@@ -296,6 +334,7 @@ class LocalContainerd:
     def start(self) -> LocalContainerd:
         binary = self.release.binary("containerd")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.hosts_dir.mkdir(exist_ok=True)
         config = self.config or local_config(
             load_shipped(self.release),
             self.workdir,
@@ -304,9 +343,13 @@ class LocalContainerd:
             cri=self.cri,
             snapshotter_root=self.snapshotter_root,
             sandbox_image=self.sandbox_image,
+            cri_snapshotter=self.cri_snapshotter,
         )
-        for name, address in self.other_snapshotters.items():
-            config["proxy_plugins"][name] = {"type": "snapshot", "address": str(address)}
+        if self.other_snapshotters:
+            proxies = dict(config.get("proxy_plugins", {}))
+            for name, address in self.other_snapshotters.items():
+                proxies[name] = {"type": "snapshot", "address": str(address)}
+            config = {**config, "proxy_plugins": proxies}
         self.config_path.write_text(dump_toml(config))
         self.address.unlink(missing_ok=True)
         # The log is appended to across restarts: readiness looks only at this start's lines.
@@ -360,11 +403,33 @@ class LocalContainerd:
             )
         return done.stdout
 
-    def lazy_pull(self, ref: str) -> str:
-        """``lazy2dfs pull`` into this containerd; returns what it reported (on standard
-        error: the layers pulled lazily, present and downloaded)."""
-        argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(self.address), ref]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PULL_TIMEOUT)
+    def pull_argv(self, ref: str, *flags: str) -> list[str]:
+        """``lazy2dfs pull`` of ``ref`` into this containerd, with the private daemon's
+        configuration (run it with ``pull_env``, which names the daemon's socket)."""
+        config = ["--config", str(self.snapshotter_config)] if self.snapshotter_config else []
+        return [*lazy2dfs_argv(), "pull", "-a", str(self.address), *config, *flags, ref]
+
+    def pull_env(self) -> dict[str, str]:
+        """The environment for ``pull_argv``: the private daemon is not at the default
+        address, and no configuration file of its names it."""
+        return {**os.environ, "LAZY2DFS_ADDRESS": str(self.snapshotter_address)}
+
+    def route_through_mirror(self, registry: str, mirror: str) -> None:
+        """The shipped hosts.toml for ``registry``, naming the partition mirror ``mirror``."""
+        write_mirror_hosts(self.hosts_dir, registry, mirror)
+
+    def lazy_pull(self, ref: str, hosts_dir: Path | None = None) -> str:
+        """``lazy2dfs pull`` into this containerd (through the mirrors ``hosts_dir``
+        configures); returns what it reported (on standard error: the layers pulled lazily,
+        present and downloaded)."""
+        flags = ["--hosts-dir", str(hosts_dir)] if hosts_dir is not None else []
+        done = subprocess.run(
+            self.pull_argv(ref, *flags),
+            capture_output=True,
+            text=True,
+            timeout=PULL_TIMEOUT,
+            env=self.pull_env(),
+        )
         if done.returncode != 0:
             raise UnavailableError(f"lazy2dfs pull {ref} failed:\n{done.stderr}")
         return done.stderr

@@ -13,7 +13,7 @@ def go_env(gopath: Path) -> dict[str, str]:
     env.update(
         GO111MODULE="off",
         GOPATH=f"{gopath}:{GOCODE}",
-        GOCACHE=os.environ.get("LAZY2DFS_GOCACHE", "/tmp/lazy2dfs-conformance-gocache"),
+        GOCACHE=os.environ.get("CONFORMANCE_GOCACHE", "/tmp/lazy2dfs-conformance-gocache"),
         GOFLAGS="",
         GOPROXY="off",
         CGO_ENABLED="0",

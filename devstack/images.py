@@ -23,12 +23,14 @@ from typing import Any, Final
 
 from lazy2dfs.errors import InvalidArgumentError
 from lazy2dfs.estargz import Compression, WriterOptions, write_blob_from_tar
+from lazy2dfs.progress import Progress
 from lazy2dfs.registry_client import (
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
     OCI_MANIFEST,
+    CredentialStore,
     Descriptor,
     DescriptorPlatform,
     ImageIndex,
@@ -39,6 +41,15 @@ from lazy2dfs.registry_client import (
     host_platform,
     parse_reference,
     sha256_digest,
+)
+from lazy2dfs.tdfs import (
+    FIELD_MEDIA_TYPE,
+    Allotment,
+    BuildRequest,
+    BuildResult,
+    EncodeOptions,
+    Field,
+    build,
 )
 
 FIXED_MTIME: Final = 946684800  # 2000-01-01T00:00:00Z
@@ -252,3 +263,58 @@ async def push_image(client: RegistryClient, ref: Reference | str, image: BuiltI
     by_digest = Reference(reference.registry, reference.repository, None, image.manifest.digest)
     await client.push_manifest(by_digest, image.manifest.data, OCI_MANIFEST)
     return await client.push_manifest(reference, image.index.data, OCI_INDEX)
+
+
+@dataclass(frozen=True)
+class Stock2dfsImage:
+    """A 2DFS image as the stock (Go) builder lays it out: plain tar.gz allotments, one per
+    row in column 0, and a field without sizes or TOC digests."""
+
+    image: BuiltImage  # the base layers and the field descriptor, in an index
+    allotments: tuple[Layer, ...]  # row by row
+
+
+def stock_2dfs_image(base: Sequence[Tree | Layer], rows: Sequence[Tree]) -> Stock2dfsImage:
+    allotments = tuple(build_layer(tree) for tree in rows)
+    grid = Field.from_allotments(
+        Allotment(row, 0, layer.blob.digest[7:], layer.diff_id[7:])
+        for row, layer in enumerate(allotments)
+    )
+    image = build_image(base, extra=[Blob(FIELD_MEDIA_TYPE, grid.to_json())], in_index=True)
+    return Stock2dfsImage(image, allotments)
+
+
+async def push_stock_2dfs_image(
+    client: RegistryClient, ref: Reference | str, stock: Stock2dfsImage
+) -> Descriptor:
+    """The allotment blobs (referenced only from the field), then the image."""
+    for layer in stock.allotments:
+        await client.push_blob(ref, layer.blob.digest, layer.blob.data)
+    return await push_image(client, ref, stock.image)
+
+
+def build_2dfs_image(
+    work: Path, base: str, target: str, rows: Sequence[Mapping[str, bytes]], chunk_size: int
+) -> BuildResult:
+    """``lazy2dfs build --push`` (zstd:chunked allotments) of ``base`` plus one allotment per row
+    in column 0, holding that row's files (path in the image → bytes); sources go to
+    ``work``."""
+    allotments = []
+    for row, files in enumerate(rows):
+        sources = []
+        for number, data in enumerate(files.values()):
+            (work / f"row{row}-{number}").write_bytes(data)
+            sources.append(f"row{row}-{number}")
+        destinations = [f"/{path}" for path in files]
+        allotments.append({"src": sources, "dst": destinations, "row": row, "col": 0})
+    (work / "2dfs.json").write_text(json.dumps({"allotments": allotments}))
+    request = BuildRequest(
+        spec=work / "2dfs.json",
+        base=base,
+        target=target,
+        push=True,
+        plain_http=True,
+        cache_root=work / "cache",
+        encode=EncodeOptions(chunk_size=chunk_size),
+    )
+    return build(request, progress=Progress(quiet=True), credentials=CredentialStore())

@@ -23,6 +23,7 @@ class ChildProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: the child's environment (default: this process's)."""
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path

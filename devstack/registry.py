@@ -8,6 +8,12 @@ only some chunks of a blob.
 ``auth=`` (optional) makes it ask for credentials: :class:`~devstack.auth.HtpasswdAuth`
 for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
 ``tls=`` (optional, :class:`~devstack.auth.TlsFiles`) makes it serve HTTPS.
+
+``proxy_remote=URL`` runs it as a pull-through cache of the registry at ``URL`` (``proxy:
+remoteurl``), as fleets deploy it per zone: read-only, it fetches what it does not hold from
+there — a range request for a blob it does not hold yet gets 200 and the whole blob.
+``network=`` (optional) runs it in a :class:`~devstack.network.PrivateNetwork`, on an address
+that is not loopback, as a registry elsewhere on the network would be.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +32,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from devstack.images import BuiltImage, push_image
+from devstack.images import BuiltImage, Stock2dfsImage, push_image, push_stock_2dfs_image
+from devstack.network import PrivateNetwork
 from devstack.process import ChildProcess
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.registry_client import RegistryClient
@@ -87,10 +95,14 @@ class LocalRegistry:
         *,
         auth: RegistryAuth | None = None,
         tls: TlsFiles | None = None,
+        proxy_remote: str | None = None,
+        network: PrivateNetwork | None = None,
     ) -> None:
         self.workdir = workdir
         self.auth = auth
         self.tls = tls
+        self.proxy_remote = proxy_remote
+        self.network = network
         self.storage = storage or workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.access_log_path = workdir / "registry.log"
@@ -108,26 +120,42 @@ class LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
         failure: UnavailableError | None = None
         for _ in range(_START_ATTEMPTS):
-            self.host = f"127.0.0.1:{free_port()}"
-            self.config_path.write_text(self._config())
-            self.process = ChildProcess(
-                "docker-registry",
-                [REGISTRY_BINARY, "serve", str(self.config_path)],
-                self.access_log_path,
-            )
+            address = self.network.address if self.network else "127.0.0.1"
             try:
-                self.process.wait_until(self._answers, START_TIMEOUT, "serving /v2/")
-                return self
+                return self._start_on(f"{address}:{free_port()}")
             except UnavailableError as err:
                 failure = err
-                self.stop()
         assert failure is not None
         raise failure
+
+    def restart(self) -> None:
+        """Stops the registry and starts it again on the same address, as a registry that
+        restarts does (connections refused meanwhile)."""
+        self.stop()
+        self._start_on(self.host)
+
+    def _start_on(self, host: str) -> LocalRegistry:
+        self.host = host
+        self.config_path.write_text(self._config())
+        argv = [REGISTRY_BINARY, "serve", str(self.config_path)]
+        self.process = ChildProcess(
+            "docker-registry",
+            self.network.argv(*argv) if self.network else argv,
+            self.access_log_path,
+        )
+        try:
+            self.process.wait_until(self._answers, START_TIMEOUT, "serving /v2/")
+        except UnavailableError:
+            self.stop()
+            raise
+        return self
 
     def _config(self) -> str:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
         if self.tls is not None:
             config += f"  tls:\n    certificate: {self.tls.certificate}\n    key: {self.tls.key}\n"
+        if self.proxy_remote is not None:
+            config += f"proxy:\n  remoteurl: {self.proxy_remote}\n"
         if self.auth is None:
             return config
         from devstack.auth import write_registry_auth
@@ -135,6 +163,11 @@ class LocalRegistry:
         return config + write_registry_auth(self.auth, self.workdir)
 
     def _answers(self) -> bool:
+        if self.network is not None:
+            return self.network.run(self._answers_here)
+        return self._answers_here()
+
+    def _answers_here(self) -> bool:
         context = None
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls.certificate))
@@ -152,16 +185,22 @@ class LocalRegistry:
             self.process.stop()
             self.process = None
 
-    def push(self, name: str, image: BuiltImage) -> str:
+    def push(self, name: str, image: BuiltImage | Stock2dfsImage) -> str:
         """Uploads ``image`` as ``name`` (``repository:tag``), without credentials; returns its
         reference here."""
         ref = f"{self.host}/{name}"
 
         async def upload() -> None:
-            async with RegistryClient(plain_http=True) as client:
-                await push_image(client, ref, image)
+            async with RegistryClient(plain_http=[self.host]) as client:
+                if isinstance(image, Stock2dfsImage):
+                    await push_stock_2dfs_image(client, ref, image)
+                else:
+                    await push_image(client, ref, image)
 
-        trio.run(upload)
+        if self.network is not None:
+            self.network.run(lambda: trio.run(upload))
+        else:
+            trio.run(upload)
         return ref
 
     def blob_path(self, digest: str) -> Path:
@@ -199,3 +238,28 @@ class LocalRegistry:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class Served:
+    """Bytes ``registry`` (and ``more`` registries, such as a second server on the same
+    storage) serve from now on (GET response bodies, from their access logs)."""
+
+    def __init__(self, registry: LocalRegistry, *more: LocalRegistry) -> None:
+        self.registries = (registry, *more)
+        self.starts = [len(r.requests()) for r in self.registries]
+
+    def requests(self) -> list[LoggedRequest]:
+        """Requests since this was made, registry by registry."""
+        return [
+            request
+            for registry, start in zip(self.registries, self.starts, strict=True)
+            for request in registry.requests()[start:]
+        ]
+
+    def bytes(self, digests: Collection[str] | None = None) -> int:
+        """All bytes served, or only those of blobs named in ``digests``."""
+        return sum(
+            r.size
+            for r in self.requests()
+            if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
+        )

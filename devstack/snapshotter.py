@@ -6,11 +6,13 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 import grpc
 
+from devstack.network import PrivateNetwork
 from devstack.process import ChildProcess, lazy2dfs_argv
 from lazy2dfs.api import snapshots_pb2_grpc
 from lazy2dfs.fuse.session import detach_stale_mount
@@ -53,7 +55,19 @@ class LocalSnapshotter:
 
     ``restart`` and ``kill`` let tests see what containerd sees across daemon restarts."""
 
-    def __init__(self, workdir: Path, config: str = "", log_level: str = "info") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str = "",
+        log_level: str = "info",
+        network: PrivateNetwork | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``network``: run the daemon in that namespace (its registries are not on
+        loopback); its sockets and mounts are everyone's as usual. ``env``: its environment
+        (default: this process's), e.g. ``DOCKER_CONFIG`` for its registry credentials."""
+        self.network = network
+        self.env = env
         self.workdir = workdir
         self.root = workdir / "root"
         self.address = workdir / "lazy2dfs.sock"
@@ -79,7 +93,9 @@ class LocalSnapshotter:
             "--log-level",
             self.log_level,
         ]
-        self.process = ChildProcess("lazy2dfs serve", argv, self.workdir / "lazy2dfs.log")
+        if self.network is not None:
+            argv = self.network.argv(*argv)
+        self.process = ChildProcess("lazy2dfs serve", argv, self.workdir / "lazy2dfs.log", self.env)
         self.process.wait_until(self.address.exists, START_TIMEOUT, "serving")
         return self
 

@@ -3,17 +3,21 @@
 Precedence, lowest first: the defaults below, the TOML file (``/etc/lazy2dfs/config.toml``),
 environment variables (``LAZY2DFS_<FIELD>``, e.g. ``LAZY2DFS_ROOT``; a section's field as
 ``LAZY2DFS_<SECTION>__<FIELD>``, e.g. ``LAZY2DFS_CACHE__MAX_BYTES``), command-line flags.
+Any other ``LAZY2DFS_*`` variable is an error, as an unknown key in the file is: a misspelt
+name would otherwise leave its option silently at the default.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lazy2dfs.errors import InvalidArgumentError
 
@@ -104,6 +108,18 @@ class RegistryConfig(BaseModel):
         default_factory=list,
         description="Registries (host:port) reached over plain HTTP; loopback always is.",
     )
+    spill_max_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=0,
+        description="Whole blobs a registry or pull-through mirror sends for a range request are"
+        " kept under <root>/spill, up to this many bytes, to serve later ranges without"
+        " downloading them again; 0 keeps none.",
+    )
+    spill_idle_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A kept whole blob that no read used for this long is dropped.",
+    )
 
 
 class Config(BaseModel):
@@ -117,11 +133,27 @@ class Config(BaseModel):
     )
     address: Path = Field(
         default=Path("/run/lazy2dfs/lazy2dfs.sock"),
-        description="Unix socket containerd's proxy plugin dials (config.toml `address`).",
+        description="Unix socket containerd's proxy plugin dials (config.toml `address`). The"
+        " control socket `lazy2dfs status` and `lazy2dfs pull` ask is beside it, its `.sock`"
+        " replaced by `.control.sock`.",
     )
     metrics_address: str | None = Field(
         default=None,
-        description="HOST:PORT for Prometheus /metrics; unset disables the endpoint.",
+        description="HOST:PORT for Prometheus /metrics, /healthz and /status; unset disables"
+        " the endpoint (`lazy2dfs status` still works over the control socket).",
+        examples=["127.0.0.1:9880"],
+    )
+    mirror_address: str | None = Field(
+        default=None,
+        description="HOST:PORT of the partition mirror, a read-only registry that answers"
+        " 2DFS partition tags (model:v1--1.0.2.0) for containerd through hosts.toml; unset"
+        " disables it. Loopback only, unless mirror_beyond_loopback is set.",
+        examples=["127.0.0.1:5050"],
+    )
+    mirror_beyond_loopback: bool = Field(
+        default=False,
+        description="Let mirror_address be a non-loopback address. The mirror answers anyone"
+        " who reaches it with what the daemon's registry credentials can pull.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level printed."
@@ -131,22 +163,56 @@ class Config(BaseModel):
     fuse: FuseConfig = FuseConfig()
     registry: RegistryConfig = RegistryConfig()
 
-    @field_validator("metrics_address")
+    @field_validator("metrics_address", "mirror_address")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not HOST:PORT")
+        if value is not None:
+            split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _mirror_on_loopback(self) -> Config:
+        """The mirror pulls with the daemon's credentials for whoever asks: by default only
+        this machine may ask."""
+        address = self.mirror_host_port
+        if address is not None and not self.mirror_beyond_loopback and not _loopback(address[0]):
+            raise ValueError(
+                f"mirror_address {self.mirror_address!r} is not a loopback address: the mirror"
+                " answers with the daemon's registry credentials; bind it to 127.0.0.1, or set"
+                " mirror_beyond_loopback = true if other machines may pull through it"
+            )
+        return self
+
+    @property
+    def control_address(self) -> Path:
+        """The daemon's control socket, beside ``address``: ``lazy2dfs status`` and
+        ``lazy2dfs pull`` ask the daemon there (root only, always on while it serves)."""
+        return self.address.with_suffix(".control.sock")
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        if self.metrics_address is None:
-            return None
-        host, _, port = self.metrics_address.rpartition(":")
-        return host.strip("[]"), int(port)
+        return None if self.metrics_address is None else split_host_port(self.metrics_address)
+
+    @property
+    def mirror_host_port(self) -> tuple[str, int] | None:
+        return None if self.mirror_address is None else split_host_port(self.mirror_address)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``("::1", 5000)`` from ``"[::1]:5000"``; ``ValueError`` when it is not HOST:PORT."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(exc: ValidationError, source: str) -> InvalidArgumentError:
@@ -154,6 +220,36 @@ def _describe(exc: ValidationError, source: str) -> InvalidArgumentError:
         f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
     )
     return InvalidArgumentError(f"invalid configuration in {source}: {problems}")
+
+
+def environment_variables() -> dict[str, tuple[str, ...]]:
+    """Every ``LAZY2DFS_*`` variable the loader reads, with the option it sets (a path into
+    the model: ``("root",)``, ``("cache", "max_bytes")``)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for name, info in Config.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for field in section.model_fields:
+                names[f"{ENV_PREFIX}{name.upper()}__{field.upper()}"] = (name, field)
+        else:
+            names[ENV_PREFIX + name.upper()] = (name,)
+    return names
+
+
+def _unknown_variables(environ: Mapping[str, str], known: Mapping[str, object]) -> None:
+    """A misspelt variable would silently leave its option at the default: refuse it."""
+    unknown = sorted(v for v in environ if v.startswith(ENV_PREFIX) and v not in known)
+    if not unknown:
+        return
+    problems = []
+    for variable in unknown:
+        close = difflib.get_close_matches(variable, list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{variable}{hint}")
+    raise InvalidArgumentError(
+        f"unknown environment variable {'; '.join(problems)}: lazy2dfs reads only the"
+        " variables `lazy2dfs config default` names; rename or unset it"
+    )
 
 
 def load(
@@ -173,15 +269,15 @@ def load(
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgumentError(f"configuration file {file} is not TOML: {exc}") from exc
     environ = os.environ if env is None else env
-    for name, info in Config.model_fields.items():
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
-            for field in section.model_fields:
-                variable = f"{ENV_PREFIX}{name.upper()}__{field.upper()}"
-                if (value := environ.get(variable)) is not None:
-                    values.setdefault(name, {})[field] = value
-        elif (value := environ.get(ENV_PREFIX + name.upper())) is not None:
-            values[name] = value
+    known = environment_variables()
+    _unknown_variables(environ, known)
+    for variable, option in known.items():
+        if (value := environ.get(variable)) is None:
+            continue
+        if len(option) == 2:
+            values.setdefault(option[0], {})[option[1]] = value
+        else:
+            values[option[0]] = value
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return Config.model_validate(values)

@@ -32,12 +32,14 @@ from lazy2dfs.layers.locator import RegistryLocator
 from lazy2dfs.layers.mounted import EstargzLayers, ResolveLimits
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.observability import DaemonParts, Observability
-from lazy2dfs.registry_client import RegistryClient
+from lazy2dfs.registry_client import RegistryClient, RetryPolicy, SpillArea
 from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.mounts import OverlayFeatures
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.service import SnapshotsService
 from lazy2dfs.snapshotter.store import Store
+from lazy2dfs.tdfs.computed import ComputedImages
+from lazy2dfs.tdfs.mirror import PartitionMirror
 
 log = get_logger(__name__)
 
@@ -48,6 +50,9 @@ SIGNAL_POLL_SECONDS = 0.2
 # Python hands the GIL over every 5 ms by default; a short call (Mounts, Stat) waiting behind
 # busy threads then waits whole intervals. 0.5 ms cut Mounts' p99 under 20 pulls (make bench).
 GIL_SWITCH_INTERVAL = 0.0005
+# The longest pause between two tries of a range read: a registry back from a restart is
+# noticed within this long.
+RANGE_RETRY_MAX_DELAY = 2.0
 
 
 class RootLock:
@@ -122,12 +127,26 @@ class Daemon:
         session = FuseSession(
             LayerFilesystem(), Keeper(root, self.config.fuse.restart_grace_seconds)
         )
+        settings = self.config.registry
+        own_mirror = [self.config.mirror_address] if self.config.mirror_address else []
         registry = RegistryClient(
-            hosts_dir=self.config.registry.hosts_dir, plain_http=self.config.registry.plain_http
+            hosts_dir=settings.hosts_dir,
+            plain_http=settings.plain_http,
+            spill=SpillArea(root / "spill", settings.spill_max_bytes, settings.spill_idle_seconds),
+            # A read retries (with backoff) for as long as it may wait, so that a registry
+            # restarting costs readers time, not EIO.
+            range_retry=RetryPolicy(
+                attempts=None,
+                max_delay=RANGE_RETRY_MAX_DELAY,
+                budget=self.config.fetch.deadline_seconds,
+            ),
+            skip_hosts=own_mirror,
         )
+        computed = ComputedImages()
         server: grpc.Server | None = None
         cache: CacheStore | None = None
         observability: Observability | None = None
+        mirror: PartitionMirror | None = None
         try:
             session.start()
             cache = CacheStore(root / "cache", self.config.cache.max_bytes)
@@ -139,7 +158,7 @@ class Daemon:
                 root,
                 session,
                 context,
-                RegistryLocator(registry),
+                RegistryLocator(registry, computed),
                 self.config.fetch.background,
                 self.config.fetch.max_toc_entries,
                 ResolveLimits(
@@ -157,9 +176,10 @@ class Daemon:
             )
             staging = self._bind(server)
             server.start()
-            if self.config.metrics_address is not None:
-                parts = DaemonParts(self.config, session, layers, cache, snapshotter)
-                observability = Observability(parts).start()
+            parts = DaemonParts(self.config, session, layers, cache, snapshotter, registry)
+            observability = Observability(parts).start()
+            if self.config.mirror_address is not None:
+                mirror = PartitionMirror(self.config, computed).start()
             os.chmod(staging, 0o660)
             if os.geteuid() == 0:
                 os.chown(staging, 0, 0)
@@ -168,7 +188,9 @@ class Daemon:
                 "serving",
                 address=self.config.address,
                 root=root,
+                control=self.config.control_address,
                 metrics=self.config.metrics_address or "off",
+                mirror=self.config.mirror_address or "off",
                 pid=os.getpid(),
             )
             notify_systemd("READY=1")
@@ -184,6 +206,8 @@ class Daemon:
                 server.stop(SHUTDOWN_GRACE_SECONDS).wait()
             if observability is not None:
                 observability.stop()
+            if mirror is not None:
+                mirror.stop()
             if session.running:
                 session.call(registry.aclose)
             session.stop()

@@ -6,6 +6,8 @@ Subsystems subclass these rather than inventing parallel hierarchies, so that th
 stays complete.
 """
 
+from collections.abc import Iterator
+
 
 class Lazy2dfsError(Exception):
     """Base of every error lazy2dfs raises on purpose."""
@@ -35,3 +37,32 @@ class IntegrityError(Lazy2dfsError):
     """Bytes did not match their digest, or a format's structure is corrupt.
 
     Never retried silently, never served."""
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what lies under it: its causes and contexts, and the members of exception
+    groups, outermost first. Libraries wrap the error that explains a failure (httpx wraps
+    httpcore, which wraps an ``ssl.SSLError`` or an ``OSError`` in a group), and the wrapper's
+    own message is often empty."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        below = current.__cause__ or current.__context__
+        if below is not None:
+            pending.append(below)
+
+
+def describe(exc: BaseException) -> str:
+    """The first message found in ``exc`` and what lies under it, for a person: never an
+    exception's class name with an empty message."""
+    for cause in causes(exc):
+        if str(cause):
+            return str(cause)
+    return f"{type(exc).__name__} (no detail given)"

@@ -55,7 +55,14 @@ LAZY_LAYERS = Counter(
 )
 FALLBACKS = Counter(
     "lazy2dfs_fallbacks",
-    "Layers that containerd had to download because they could not be served lazily, by reason.",
+    "Layers meant to be served lazily that containerd had to download instead, by reason"
+    " (unreachable, toc-mismatch, ...): each is a failure worth an alert.",
+    ["reason"],
+)
+PLAIN_LAYERS = Counter(
+    "lazy2dfs_plain_layers",
+    "Layers containerd downloaded because they are not in a lazy format (not-lazy-format: plain"
+    " tar.gz, e.g. the base of a 2DFS image), as their image was built: not a failure.",
     ["reason"],
 )
 
@@ -88,11 +95,33 @@ REGISTRY_LATENCY = Histogram(
     ["host", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WHOLE_BLOBS = Counter(
+    "lazy2dfs_registry_whole_blobs",
+    "Whole blobs a registry sent for a range request (a pull-through mirror that does not hold"
+    " the blob yet), by what became of them: spilled (kept on disk to serve later ranges),"
+    " verified, resumed (the stream broke and went on from another endpoint), failed, not_kept"
+    " (no room: only the asked ranges were kept).",
+    ["outcome"],
+)
+REGISTRY_FAILURES = Counter(
+    "lazy2dfs_registry_failures",
+    "Registry requests that failed (network error, timeout, 429 or 5xx; each retry counts),"
+    " by the host that failed.",
+    ["host"],
+)
 REGISTRY_RETRIES = Counter(
     "lazy2dfs_registry_retries",
     "Registry requests tried again, by cause: status (429 or 5xx) or network (connection"
     " error, timeout).",
     ["cause"],
+)
+
+MIRROR_REQUESTS = Counter(
+    "lazy2dfs_mirror_requests",
+    "Requests the partition mirror answered, by what was asked (partition: a partition tag,"
+    " computed here; computed: a computed manifest or config by digest; manifest, blob: relayed"
+    " from the registry; other) and HTTP status.",
+    ["what", "code"],
 )
 
 FUSE_OPERATIONS = Counter(
@@ -129,14 +158,17 @@ FUSE_LATENCY = Histogram(
 
 @dataclass(frozen=True)
 class Fallback:
-    """One layer containerd had to download, as ``lazy2dfs status`` lists it."""
+    """One layer containerd had to download, as ``lazy2dfs status`` and ``lazy2dfs pull``
+    show it."""
 
     time: float  # seconds since the epoch
     layer: str
     image: str
     reason: str
+    detail: str  # what went wrong, or why the layer is not lazy, and what to do
+    by_design: bool  # the layer is not in a lazy format: downloading it is no failure
 
-    def to_json(self) -> dict[str, str | float]:
+    def to_json(self) -> dict[str, str | float | bool]:
         return asdict(self)
 
 
@@ -148,9 +180,9 @@ class RecentFallbacks:
         self._items: deque[Fallback] = deque(maxlen=size)
         self._lock = threading.Lock()
 
-    def record(self, layer: str, image: str, reason: str) -> None:
+    def record(self, layer: str, image: str, reason: str, detail: str, by_design: bool) -> None:
         with self._lock:
-            self._items.append(Fallback(time.time(), layer, image, reason))
+            self._items.append(Fallback(time.time(), layer, image, reason, detail, by_design))
 
     def items(self) -> list[Fallback]:
         """Oldest first."""
@@ -159,3 +191,49 @@ class RecentFallbacks:
 
 
 RECENT_FALLBACKS = RecentFallbacks()
+
+
+@dataclass
+class RegistryHealth:
+    """What the daemon saw of one registry host."""
+
+    host: str
+    failures: int = 0  # failed attempts since the daemon started
+    failing_since: float = 0.0  # seconds since the epoch; 0 once an attempt succeeds
+    last_failure: float = 0.0
+    last_error: str = ""
+
+
+class RegistryFailures:
+    """Registry hosts that failed to answer, for ``/healthz`` and ``lazy2dfs status``: a read
+    waiting through retries should show as a failing registry while it waits, not only once it
+    gives up with EIO. A host is failing from its first failed attempt until one succeeds."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, RegistryHealth] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, host: str, error: str) -> None:
+        now = time.time()
+        REGISTRY_FAILURES.labels(host).inc()
+        with self._lock:
+            health = self._hosts.setdefault(host, RegistryHealth(host))
+            health.failures += 1
+            health.failing_since = health.failing_since or now
+            health.last_failure = now
+            health.last_error = error
+
+    def answered(self, host: str) -> None:
+        health = self._hosts.get(host)
+        if health is not None and health.failing_since:
+            with self._lock:
+                health.failing_since = 0.0
+
+    def items(self) -> list[RegistryHealth]:
+        """Hosts that ever failed, the one failing longest first."""
+        with self._lock:
+            hosts = [RegistryHealth(**asdict(h)) for h in self._hosts.values()]
+        return sorted(hosts, key=lambda h: (h.failing_since or float("inf"), h.host))
+
+
+REGISTRY_HEALTH = RegistryFailures()

@@ -1,12 +1,17 @@
-"""The daemon's HTTP face on ``metrics_address``: ``/metrics`` (Prometheus text format),
-``/healthz`` (for probes) and ``/status`` (JSON, read by ``lazy2dfs status``).
+"""The daemon's HTTP face: ``/metrics`` (Prometheus text format), ``/healthz`` (for probes)
+and ``/status`` (JSON, read by ``lazy2dfs status``), on ``metrics_address`` when one is set, and
+always on the control socket (``Config.control_address``, root only), which also answers
+``/registry`` for ``lazy2dfs pull``: how the daemon reaches a registry, and whether it can
+fetch a given manifest there.
 
 The metrics every part counts are declared in ``lazy2dfs.metrics``; what is read at scrape
-time (snapshots by kind, each mounted layer's bytes, the cache's size) is collected here.
+time (snapshots by kind, each mounted layer's bytes, the cache's size) is collected here, and
+this is the one place that builds the status document.
 
-One thread serves the three, one request at a time. Scrapes are cheap, and the snapshot store
-gives each thread its own sqlite connection for the daemon's lifetime, so a thread per request
-would leak a connection per scrape. A stalled client is cut off after ``CLIENT_TIMEOUT``.
+Each listener has one thread serving one request at a time. Scrapes are cheap, and the
+snapshot store gives each thread its own sqlite connection for the daemon's lifetime, so a
+thread per request would leak a connection per scrape. A stalled client is cut off after
+``CLIENT_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -22,30 +27,47 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import REGISTRY, disable_created_metrics, make_wsgi_app
+import trio
+from prometheus_client import REGISTRY, Counter, disable_created_metrics, make_wsgi_app
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lazy2dfs import __version__, metrics
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.config import Config
-from lazy2dfs.errors import UnavailableError
+from lazy2dfs.errors import InvalidArgumentError, Lazy2dfsError, UnavailableError
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.mountinfo import is_mounted
+from lazy2dfs.registry_client import (
+    Capability,
+    RegistryClient,
+    UnauthorizedError,
+    parse_reference,
+)
 from lazy2dfs.snapshotter.overlay import OverlaySnapshotter
 from lazy2dfs.snapshotter.snapshot import Kind
-from lazy2dfs.status import CacheStatus, FallbackStatus, LayerStatus, StatusReport
+from lazy2dfs.status import (
+    CacheStatus,
+    FallbackStatus,
+    LayerStatus,
+    RegistryAnswer,
+    RegistryFailure,
+    StatusReport,
+)
 
 log = get_logger(__name__)
 
 # A FUSE loop that does not run a no-op within this long is not serving reads either.
 LOOP_TIMEOUT = 2.0
 CLIENT_TIMEOUT = 10.0
+# The manifest fetch /registry makes, as a lazy layer's resolve would (retries included).
+PROBE_TIMEOUT = 30.0
 
 
 def config_digest(config: Config) -> str:
@@ -62,6 +84,7 @@ class DaemonParts:
     layers: EstargzLayers
     cache: CacheStore
     snapshotter: OverlaySnapshotter
+    registry: RegistryClient
 
 
 class _LoopProbe:
@@ -102,6 +125,26 @@ class _Server(WSGIServer):
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
         self.setup_environ()
+
+
+class _ControlServer(WSGIServer):
+    """wsgiref's server on a unix socket: no host name or port to look up, and a fixed peer
+    address (the kernel gives none for unix sockets, and wsgiref wants one)."""
+
+    address_family = socket.AF_UNIX
+
+    def __init__(self, path: str, handler: type[WSGIRequestHandler]) -> None:
+        super().__init__(path, handler)  # type: ignore[arg-type]  # typeshed knows only TCP
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "localhost"
+        self.server_port = 0
+        self.setup_environ()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, _ = self.socket.accept()
+        return connection, ("local", 0)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -209,12 +252,10 @@ class DaemonCollector(Collector):
 
 
 class Observability:
-    """Serves the endpoints from ``start`` to ``stop``, bound to ``config.metrics_address``."""
+    """Serves the endpoints from ``start`` to ``stop``: on the control socket always, on
+    ``config.metrics_address`` when set."""
 
     def __init__(self, parts: DaemonParts) -> None:
-        address = parts.config.metrics_host_port
-        assert address is not None
-        self._address = address
         self._parts = parts
         self._started = time.monotonic()
         self._digest = config_digest(parts.config)
@@ -223,41 +264,77 @@ class Observability:
             self._layers, parts.cache, parts.snapshotter.count_by_kind
         )
         self._metrics_app = make_wsgi_app()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[tuple[WSGIServer, threading.Thread]] = []
+        self._registered = False
 
     def start(self) -> Observability:
-        host, port = self._address
+        # ``*_created`` series double what Prometheus stores and nobody graphs them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+        metrics.DAEMON.info({"version": __version__, "config_digest": self._digest})
+        REGISTRY.register(self._collector)
+        self._registered = True
         try:
-            server = make_server(host, port, self._app, _Server, _QuietHandler)
+            self._serve(self._bind_control(), "control", self._control_app)
+            address = self._parts.config.metrics_host_port
+            if address is not None:
+                self._serve(self._bind_metrics(*address), "observability", self._app)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _bind_control(self) -> WSGIServer:
+        """Bound under a temporary name and renamed into place once it is root's alone, so
+        that nobody else ever connects to it."""
+        path = self._parts.config.control_address
+        staging = path.with_name(f".{path.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
+        try:
+            server = _ControlServer(str(staging), _QuietHandler)
+        except OSError as exc:
+            raise UnavailableError(
+                f"cannot serve the control socket {path}: {exc.strerror}"
+                " (check the directory of --address)"
+            ) from exc
+        os.chmod(staging, 0o600)
+        os.replace(staging, path)
+        return server
+
+    def _bind_metrics(self, host: str, port: int) -> WSGIServer:
+        try:
+            return make_server(host, port, self._app, _Server, _QuietHandler)
         except OSError as exc:
             raise UnavailableError(
                 f"cannot serve metrics on {self._parts.config.metrics_address}: {exc.strerror}"
                 " (change metrics_address or --metrics-address)"
             ) from exc
-        assert isinstance(server, _Server)
-        self._server = server
-        # ``*_created`` series double what Prometheus stores and nobody graphs them.
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
-        metrics.DAEMON.info({"version": __version__, "config_digest": self._digest})
-        REGISTRY.register(self._collector)
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="observability", daemon=True
-        )
-        self._thread.start()
-        return self
+
+    def _serve(
+        self,
+        server: WSGIServer,
+        name: str,
+        app: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]],
+    ) -> None:
+        server.set_app(app)
+        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        thread.start()
+        self._servers.append((server, thread))
 
     def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
-        REGISTRY.unregister(self._collector)
-        self._server = None
+        self._parts.config.control_address.unlink(missing_ok=True)
+        for server, thread in self._servers:
+            server.shutdown()
+            thread.join()
+            server.server_close()
+        self._servers.clear()
+        if self._registered:
+            REGISTRY.unregister(self._collector)
+            self._registered = False
 
     def health(self) -> tuple[bool, str]:
-        """``(True, "ok")``, or False and the first problem a probe should report."""
+        """``(True, "ok")``; ``(True, "degraded: …")`` while a registry fails (restarting the
+        daemon would not help, so probes should not); or False and the first problem of the
+        daemon itself."""
         parts = self._parts
         if not parts.config.address.is_socket():
             return False, f"gRPC socket {parts.config.address} is missing"
@@ -271,6 +348,15 @@ class Observability:
             parts.snapshotter.count_by_kind()
         except sqlite3.Error as exc:
             return False, f"snapshot store does not answer: {exc}"
+        failing = [r for r in metrics.REGISTRY_HEALTH.items() if r.failing_since]
+        if failing:
+            first = failing[0]
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first.failing_since))
+            others = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+            return True, (
+                f"degraded: registry {first.host} failing since {since}{others},"
+                f" {first.failures} failed attempts; last: {first.last_error}"
+            )
         return True, "ok"
 
     def status(self) -> StatusReport:
@@ -298,16 +384,78 @@ class Observability:
             ),
             layers=self._layers(),
             fallbacks=FallbackStatus(
-                by_reason=_fallbacks_by_reason(),
+                by_reason=_by_reason(metrics.FALLBACKS),
+                plain=_by_reason(metrics.PLAIN_LAYERS),
                 recent=[f.to_json() for f in metrics.RECENT_FALLBACKS.items()],
             ),
+            registries=[
+                RegistryFailure(
+                    host=r.host,
+                    failures=r.failures,
+                    failing_since=r.failing_since,
+                    last_failure=r.last_failure,
+                    last_error=r.last_error,
+                )
+                for r in metrics.REGISTRY_HEALTH.items()
+            ],
         )
+
+    def registry(self, registry: str, reference: str) -> RegistryAnswer:
+        """How this daemon reaches ``registry``, and, given a ``reference`` there, whether it
+        can fetch its manifest, as resolving one of its layers would."""
+        client = self._parts.registry
+        endpoints = [
+            e.base_url
+            for e in client.hosts.endpoints(registry)
+            if Capability.PULL in e.capabilities
+        ]
+        source = client.hosts.source(registry)
+        hosts_file = source / "hosts.toml" if source is not None else None
+        docker_config = client.credentials.docker_config
+        fetched, error, unauthorized = False, "", False
+        if reference:
+            ref = parse_reference(reference)
+            if ref.registry != registry:
+                raise InvalidArgumentError(f"{reference} is not in registry {registry}")
+            try:
+                self._parts.session.call(self._fetch_manifest, reference)
+                fetched = True
+            except Lazy2dfsError as exc:
+                error, unauthorized = str(exc), isinstance(exc, UnauthorizedError)
+            except trio.TooSlowError:
+                error = f"{registry} did not serve the manifest within {PROBE_TIMEOUT:g}s"
+        return RegistryAnswer(
+            registry=registry,
+            endpoints=endpoints,
+            hosts_dir=str(client.hosts.hosts_dir or ""),
+            hosts_source=str(hosts_file if hosts_file and hosts_file.is_file() else source or ""),
+            plain_http=list(self._parts.config.registry.plain_http),
+            credentials=client.credentials.lookup(registry) is not None,
+            docker_config=str(docker_config or ""),
+            fetched=fetched,
+            error=error,
+            unauthorized=unauthorized,
+        )
+
+    async def _fetch_manifest(self, reference: str) -> None:
+        """With a client of its own, set up as the daemon's, closed afterwards: a probe leaves
+        no keep-alive connection behind in the daemon's pool."""
+        settings = self._parts.config.registry
+        async with RegistryClient(
+            hosts_dir=settings.hosts_dir,
+            plain_http=settings.plain_http,
+            credentials=self._parts.registry.credentials,
+        ) as client:
+            with trio.fail_after(PROBE_TIMEOUT):
+                await client.get_manifest(reference)
 
     def _layers(self) -> list[LayerStatus]:
         """What each mounted layer has fetched and served, for /status and /metrics."""
         layers: list[LayerStatus] = []
-        for snapshot_id, reader in sorted(tuple(self._parts.layers.readers.items())):
+        mounted = self._parts.layers
+        for snapshot_id, reader in sorted(tuple(mounted.readers.items())):
             stats = reader.stats
+            state, cached = mounted.state(snapshot_id)
             layers.append(
                 LayerStatus(
                     id=snapshot_id,
@@ -317,6 +465,8 @@ class Observability:
                     fetched=stats.fetched,
                     served=stats.served,
                     prefetched=stats.prefetched,
+                    cached_percent=100.0 * cached,
+                    state=state,
                     fetched_percent=min(100.0, 100.0 * stats.fetched / stats.size)
                     if stats.size
                     else 100.0,
@@ -341,16 +491,33 @@ class Observability:
             start_response, "404 Not Found", "text/plain", b"try /metrics, /healthz or /status\n"
         )
 
+    def _control_app(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") != "/registry":
+            return self._app(environ, start_response)
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        registry = query.get("registry", [""])[0]
+        try:
+            if not registry:
+                raise InvalidArgumentError("/registry needs ?registry=HOST[&reference=REF]")
+            answer = self.registry(registry, query.get("reference", [""])[0])
+        except InvalidArgumentError as exc:
+            return _reply(start_response, "400 Bad Request", "text/plain", f"{exc}\n".encode())
+        return _reply(
+            start_response, "200 OK", "application/json", json.dumps(answer, indent=1).encode()
+        )
+
 
 def _reply(start_response: StartResponse, status: str, kind: str, body: bytes) -> list[bytes]:
     start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
     return [body]
 
 
-def _fallbacks_by_reason() -> dict[str, int]:
+def _by_reason(counter: Counter) -> dict[str, int]:
     return {
         sample.labels["reason"]: int(sample.value)
-        for family in metrics.FALLBACKS.collect()
+        for family in counter.collect()
         for sample in family.samples
         if sample.name.endswith("_total")
     }

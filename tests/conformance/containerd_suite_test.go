@@ -7,12 +7,15 @@
 //
 // Environment:
 //
-//	LAZY2DFS_BIN                    path of the lazy2dfs executable (required)
-//	LAZY2DFS_CONFORMANCE_LOGDIR     where each daemon's stdout+stderr is kept (default: the test's
-//	                                temp dir, deleted with it)
-//	LAZY2DFS_START_TIMEOUT          how long to wait for the socket (Go duration, default 60s)
-//	LAZY2DFS_STOP_TIMEOUT           how long SIGTERM may take before SIGKILL (default 15s)
-//	LAZY2DFS_SERVE_EXTRA_ARGS       extra arguments for `lazy2dfs serve`, split on white space
+//	CONFORMANCE_LAZY2DFS_BIN      path of the lazy2dfs executable (required)
+//	CONFORMANCE_LOGDIR            where each daemon's stdout+stderr is kept (default: the test's
+//	                              temp dir, deleted with it)
+//	CONFORMANCE_START_TIMEOUT     how long to wait for the socket (Go duration, default 60s)
+//	CONFORMANCE_STOP_TIMEOUT      how long SIGTERM may take before SIGKILL (default 15s)
+//	CONFORMANCE_SERVE_EXTRA_ARGS  extra arguments for `lazy2dfs serve`, split on white space
+//
+// Not LAZY2DFS_*: the daemons inherit this environment, and lazy2dfs refuses LAZY2DFS_*
+// variables that are not its options.
 package conformance
 
 import (
@@ -50,12 +53,12 @@ const maxSocketPath = 107
 var daemonSeq int64
 
 func TestLazy2dfsConformance(t *testing.T) {
-	bin := os.Getenv("LAZY2DFS_BIN")
+	bin := os.Getenv("CONFORMANCE_LAZY2DFS_BIN")
 	if bin == "" {
-		t.Fatal("LAZY2DFS_BIN is not set: it must name the lazy2dfs executable (e.g. .venv/bin/lazy2dfs)")
+		t.Fatal("CONFORMANCE_LAZY2DFS_BIN is not set: it must name the lazy2dfs executable (e.g. .venv/bin/lazy2dfs)")
 	}
 	if _, err := exec.LookPath(bin); err != nil {
-		t.Fatalf("LAZY2DFS_BIN=%q is not executable: %v", bin, err)
+		t.Fatalf("CONFORMANCE_LAZY2DFS_BIN=%q is not executable: %v", bin, err)
 	}
 	if os.Geteuid() != 0 {
 		t.Fatal("the snapshotter conformance suite mounts file systems and chowns files: run it as root")
@@ -90,7 +93,7 @@ func startDaemon(ctx context.Context, bin, root string) (snapshots.Snapshotter, 
 		return nil, nil, fmt.Errorf("socket path %q is %d bytes, over the %d a unix socket allows: use a shorter TMPDIR", sock, len(sock), maxSocketPath)
 	}
 
-	logDir := os.Getenv("LAZY2DFS_CONFORMANCE_LOGDIR")
+	logDir := os.Getenv("CONFORMANCE_LOGDIR")
 	if logDir == "" {
 		logDir = filepath.Dir(root)
 	}
@@ -103,7 +106,7 @@ func startDaemon(ctx context.Context, bin, root string) (snapshots.Snapshotter, 
 	defer logFile.Close() // the child keeps its own descriptor
 
 	args := []string{"serve", "--root", state, "--address", sock}
-	args = append(args, strings.Fields(os.Getenv("LAZY2DFS_SERVE_EXTRA_ARGS"))...)
+	args = append(args, strings.Fields(os.Getenv("CONFORMANCE_SERVE_EXTRA_ARGS"))...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
@@ -120,7 +123,7 @@ func startDaemon(ctx context.Context, bin, root string) (snapshots.Snapshotter, 
 	// The marker pytest looks for to show the right log with a failing test.
 	log.G(ctx).Infof("lazy2dfs daemon pid=%d log=%s", cmd.Process.Pid, logPath)
 
-	if err := d.waitForSocket(envDuration("LAZY2DFS_START_TIMEOUT", 60*time.Second)); err != nil {
+	if err := d.waitForSocket(envDuration("CONFORMANCE_START_TIMEOUT", 60*time.Second)); err != nil {
 		_ = d.stop()
 		return nil, nil, err
 	}
@@ -193,7 +196,7 @@ func (d *daemon) stop() error {
 		return d.exitError("before it was asked to stop")
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
-	timeout := envDuration("LAZY2DFS_STOP_TIMEOUT", 15*time.Second)
+	timeout := envDuration("CONFORMANCE_STOP_TIMEOUT", 15*time.Second)
 	select {
 	case <-d.done:
 		// Anything the daemon left in its group goes too.

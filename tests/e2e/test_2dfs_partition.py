@@ -5,47 +5,17 @@ serves a blob of the others."""
 import hashlib
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
-import trio
-
-from devstack.images import Blob, build_image, build_layer, push_image
+from devstack.images import build_image, build_layer, stock_2dfs_image
 from devstack.model import runtime_tree
-from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.registry_client import ImageManifest, RegistryClient
-from lazy2dfs.tdfs import (
-    FIELD_MEDIA_TYPE,
-    Allotment,
-    Field,
-    field_descriptor,
-    parse_field,
-)
 from tests.support.stack import Stack
+from tests.support.tdfs import allotment_digests, lazy2dfs
 
 ROWS = {row: os.urandom(300_000 + row) for row in range(4)}
 CHUNK = 64 * 1024
-
-
-def lazy2dfs(*args: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(
-        [*lazy2dfs_argv(), *args], capture_output=True, text=True, timeout=600, cwd=cwd
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
-def allotment_digests(ref: str) -> dict[int, str]:
-    async def fetch() -> dict[int, str]:
-        async with RegistryClient(plain_http=True) as client:
-            image = await client.get_image(ref)
-            assert isinstance(image.manifest, ImageManifest)
-            blob = await client.get_blob(image.reference, field_descriptor(image.manifest).digest)
-            return {a.row: a.blob_digest for a in parse_field(blob).allotments()}
-
-    return trio.run(fetch)
 
 
 def test_partition_pull_runs_exactly_the_selected_rows(stack: Stack, tmp_path: Path) -> None:
@@ -152,23 +122,11 @@ def test_v2_with_one_changed_allotment_fetches_only_new_chunks(
 def test_stock_builder_layout_falls_back_and_runs_the_selected_rows(stack: Stack) -> None:
     """A field as the Go 2DFS builder writes it: plain tar.gz allotments, no sizes, no TOC
     digests. The partition is still computed on the client; its allotments download."""
-    allotments = [build_layer({f"model/row{row}.bin": ROWS[row]}) for row in range(4)]
-    field = Field.from_allotments(
-        Allotment(row, 0, layer.blob.digest[7:], layer.diff_id[7:])
-        for row, layer in enumerate(allotments)
+    stock = stock_2dfs_image(
+        [runtime_tree()], [{f"model/row{row}.bin": ROWS[row]} for row in range(4)]
     )
-    stock = build_image(
-        [runtime_tree()], extra=[Blob(FIELD_MEDIA_TYPE, field.to_json())], in_index=True
-    )
-    ref = f"{stack.registry.host}/tdfs/stock:v1"
-
-    async def push() -> None:
-        async with RegistryClient(plain_http=True) as client:
-            for layer in allotments:
-                await client.push_blob(ref, layer.blob.digest, layer.blob.data)
-            await push_image(client, ref, stock)
-
-    trio.run(push)
+    allotments = stock.allotments
+    ref = stack.push("tdfs/stock:v1", stock)
     seen_before = len(stack.registry.requests())
     out = stack.containerd.lazy_pull(f"{ref}--1.0.2.0")
     assert "0 lazy, 0 present, 3 downloaded" in out  # base and two allotments

@@ -112,7 +112,7 @@ def go_suite(tmp_path_factory: pytest.TempPathFactory) -> GoSuite:
 
 
 def _lazy2dfs_bin() -> Path:
-    configured = os.environ.get("LAZY2DFS_BIN")
+    configured = os.environ.get("CONFORMANCE_LAZY2DFS_BIN")
     if configured:
         return Path(configured)
     beside = Path(sys.executable).parent / "lazy2dfs"
@@ -120,7 +120,9 @@ def _lazy2dfs_bin() -> Path:
         return beside
     found = shutil.which("lazy2dfs")
     if found is None:
-        pytest.fail(f"no lazy2dfs executable (set LAZY2DFS_BIN or {DEPS_HINT})", pytrace=False)
+        pytest.fail(
+            f"no lazy2dfs executable (set CONFORMANCE_LAZY2DFS_BIN or {DEPS_HINT})", pytrace=False
+        )
     return Path(found)
 
 
@@ -264,8 +266,8 @@ def _run_suite(go_suite: GoSuite, bin_path: Path, root: Path) -> list[str]:
     env = dict(go_suite.env)
     env.update(
         TMPDIR=str(tmp),  # the suite's per-test dirs, hence the daemons' roots and sockets
-        LAZY2DFS_BIN=str(bin_path),
-        LAZY2DFS_CONFORMANCE_LOGDIR=str(logs),
+        CONFORMANCE_LAZY2DFS_BIN=str(bin_path),
+        CONFORMANCE_LOGDIR=str(logs),
     )
     cmd = [
         go_suite.go,

@@ -14,7 +14,6 @@ import pytest
 
 from devstack.containerd import CONTAINERD_1_6, CRI_NAMESPACE, CRI_READY, RELEASES, Release
 from devstack.images import BuiltImage, build_image, build_layer
-from devstack.kubelet import Kubelet
 from devstack.model import runtime_tree
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.snapshotter.labels import CRI_IMAGE_REF, CRI_LAYER_DIGEST, CRI_MANIFEST_DIGEST
@@ -44,11 +43,6 @@ def cri_stack(
             yield stack
         finally:
             stack.remove_containers()
-
-
-def cri_pull(stack: Stack, ref: str) -> str:
-    with Kubelet(stack.containerd.address, stack.containerd.workdir / "pods") as kubelet:
-        return kubelet.pull_image(ref)
 
 
 def k8s_ctr(stack: Stack, *args: str) -> str:
@@ -96,7 +90,7 @@ def test_cri_runs_as_shipped_with_its_state_in_the_work_directory(cri_stack: Sta
             f"StateDir:{containerd.workdir}/state/io.containerd.grpc.v1.cri}}",
             f"NetworkPluginConfDir:{containerd.workdir}/cni/net.d ",
             "StreamServerAddress:127.0.0.1 ",
-            "Registry:{ConfigPath: ",  # so 127.0.0.1 is reached over plain HTTP
+            f"Registry:{{ConfigPath:{containerd.hosts_dir} ",  # the private hosts.toml directory
         ):
             assert setting in started[0]
     else:
@@ -120,7 +114,7 @@ def test_cri_pull_of_an_estargz_image_mounts_every_layer_lazily(cri_stack: Stack
     image = model_image()
     ref = cri_stack.push("cri/model:v1", image)
 
-    assert cri_pull(cri_stack, ref) == image.config.digest
+    assert cri_stack.cri_pull(ref) == image.config.digest
 
     # Only the manifest and config reached containerd's content store.
     content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()
@@ -169,13 +163,13 @@ def test_cri_pull_of_a_plain_gzip_image_falls_back_and_runs(cri_stack: Stack) ->
     image = build_image([runtime_tree(), files])
     ref = cri_stack.push("cri/plain:v1", image)
 
-    assert cri_pull(cri_stack, ref) == image.config.digest
+    assert cri_stack.cri_pull(ref) == image.config.digest
 
-    fallbacks = cri_stack.daemon_events("layer fallback")
+    downloads = cri_stack.daemon_events("layer downloaded: not in a lazy format")
     for layer in image.layers:
-        lines = [line for line in fallbacks if f"layer={layer.blob.digest}" in line]
-        assert len(lines) == 1, fallbacks
-        assert f"image={ref}" in lines[0] and "reason=no-toc-digest" in lines[0]
+        lines = [line for line in downloads if f"layer={layer.blob.digest}" in line]
+        assert len(lines) == 1, downloads
+        assert f"image={ref}" in lines[0] and "reason=not-lazy-format" in lines[0]
         # containerd downloaded the layer itself, and keeps it.
         assert 200 in cri_stack.blob_gets(layer.blob.digest)
     content = k8s_ctr(cri_stack, "content", "ls", "--quiet").split()

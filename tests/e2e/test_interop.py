@@ -96,17 +96,11 @@ class Interop:
 
     def lazy_pull(self, ref: str) -> str:
         done = subprocess.run(
-            [
-                *lazy2dfs_argv(),
-                "pull",
-                "--plain-http",
-                "--containerd-address",
-                str(self.address),
-                ref,
-            ],
+            [*lazy2dfs_argv(), "pull", "--plain-http", "-a", str(self.address), ref],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
+            env={**os.environ, "LAZY2DFS_ADDRESS": str(self.lazy2dfs.address)},
         )
         assert done.returncode == 0, done.stderr
         return done.stderr

@@ -20,7 +20,6 @@ import pytest
 
 from devstack.images import BuiltImage, build_image, build_layer
 from devstack.model import runtime_tree
-from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
 from tests.support.stack import Stack, private_stack
 
@@ -49,9 +48,12 @@ def images() -> tuple[BuiltImage, BuiltImage]:
 
 
 def pull(stack: Stack, namespace: str, ref: str) -> str:
-    argv = [*lazy2dfs_argv(), "pull", "--containerd-address", str(stack.containerd.address)]
     done = subprocess.run(
-        [*argv, "--namespace", namespace, ref], capture_output=True, text=True, timeout=300
+        stack.containerd.pull_argv(ref, "--namespace", namespace),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=stack.containerd.pull_env(),
     )
     assert done.returncode == 0, done.stderr
     return done.stderr

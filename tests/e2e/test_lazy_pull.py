@@ -3,7 +3,9 @@ containers; and ``ctr images pull --snapshotter lazy2dfs``, lazy on 2.1 only (it
 service passes the image labels; 1.6's ctr downloads every layer)."""
 
 import hashlib
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from devstack.containerd import CONTAINERD_2_1, RELEASES, Release
 from devstack.images import BuiltImage, build_image, build_layer
 from devstack.model import runtime_tree
+from devstack.process import lazy2dfs_argv
 from lazy2dfs.estargz import WriterOptions
 from tests.support.stack import Stack, private_stack, release_id
 
@@ -60,15 +63,47 @@ def test_lazy_pull_stores_no_layer_and_reads_fetch_only_what_they_need(
     assert whole.split()[0] == hashlib.sha256(WEIGHTS).hexdigest()
 
 
-def test_plain_gzip_layers_fall_back_to_a_download(lazy_stack: Stack) -> None:
+def test_plain_layers_are_downloaded_quietly_and_the_pull_says_why_and_what_to_do(
+    lazy_stack: Stack,
+) -> None:
+    """A layer not in a lazy format (the plain base of a `lazy2dfs build` image) is downloaded
+    as its image asks: the pull says so per layer with the fix, the daemon logs it at info and
+    counts no fallback, so an alert on fallbacks stays quiet."""
     image = build_image([runtime_tree(), {"plain/file": b"not seekable"}])
     ref = lazy_stack.push("lazy/plain:v1", image)
     out = lazy_stack.containerd.lazy_pull(ref)
-    assert "0 lazy" in out and "downloaded" in out
+    assert "0 lazy, 0 present, 2 downloaded" in out, out
+    for layer in image.layers:
+        short = layer.blob.digest[7:19]
+        (line,) = [ln for ln in out.splitlines() if f"{short} " in ln and "layer" in ln]
+        assert "downloaded: not-lazy-format:" in line and "toc.digest" in line
+    assert "lazy2dfs convert SRC DST" in out
     assert lazy_stack.run(ref, "plain", "cat /plain/file") == "not seekable"
-    assert any(
-        "reason=no-toc-digest" in line for line in lazy_stack.daemon_events("layer fallback")
+    log = lazy_stack.snapshotter.workdir.joinpath("lazy2dfs.log").read_text()
+    quiet = [line for line in log.splitlines() if "not in a lazy format" in line]
+    assert len(quiet) == 2 and all("level=info" in line for line in quiet)
+    assert "level=warning" not in log
+
+
+def test_pull_json_reports_every_layer(lazy_stack: Stack) -> None:
+    image = build_image(
+        [build_layer(runtime_tree(), estargz=ESTARGZ), build_layer({"j/x": b"x"}, estargz=ESTARGZ)]
     )
+    ref = lazy_stack.push("lazy/json:v1", image)
+    done = subprocess.run(
+        lazy_stack.containerd.pull_argv(ref, "--json"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=lazy_stack.containerd.pull_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    # The runtime layer may be present already, from another test's image.
+    assert report["downloaded"] == 0 and report["lazy"] + report["present"] == 2
+    layers = report["layers"]
+    assert [layer["digest"] for layer in layers] == [layer.blob.digest for layer in image.layers]
+    assert layers[1]["how"] == "lazy" and layers[0]["how"] in ("lazy", "present")
 
 
 def test_removing_a_lazy_image_unmounts_its_layers(lazy_stack: Stack) -> None:
@@ -105,3 +140,17 @@ def test_ctr_pull_is_lazy_through_the_transfer_service_of_2_1(lazy_stack: Stack)
             assert 200 in lazy_stack.blob_gets(layer.blob.digest)
     out = lazy_stack.run(ref, "ctr-pulled", "sha256sum /model/weights.bin /model/config.json")
     assert out.split()[0::2] == [hashlib.sha256(d).hexdigest() for d in files.values()]
+
+
+def test_pull_takes_containerd_address_and_namespace_as_ctr_does(lazy_stack: Stack) -> None:
+    containerd = lazy_stack.containerd
+    image = build_image([build_layer({"ns/x": b"x"}, estargz=ESTARGZ)])
+    ref = lazy_stack.push("lazy/ns:v1", image)
+    env = containerd.pull_env()
+    env.update(CONTAINERD_ADDRESS=str(containerd.address), CONTAINERD_NAMESPACE="team-a")
+    argv = [*lazy2dfs_argv(), "pull", "--config", str(lazy_stack.snapshotter.config_path), ref]
+    for extra, namespace in (([], "team-a"), (["-n", "team-b"], "team-b")):
+        done = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        assert ref in containerd.ctr("images", "ls", "--quiet", namespace=namespace).split()
+    assert ref not in containerd.ctr("images", "ls", "--quiet").split()

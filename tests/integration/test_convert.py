@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -41,6 +43,7 @@ from lazy2dfs.registry_client import (
     parse_manifest,
     sha256_digest,
 )
+from tests.support.terminal import BAR, on_terminal
 
 WEIGHTS = hashlib.sha256(b"seed").digest() * 40000  # 1.25 MiB, several chunks
 TREES = [
@@ -233,3 +236,31 @@ def test_destination_without_tag_is_refused(registry: LocalRegistry) -> None:
         timeout=60,
     )
     assert done.returncode == 1 and "needs a tag" in done.stderr
+
+
+def test_progress_on_a_terminal_is_bars_with_rate_and_eta_elsewhere_plain_lines(
+    registry: LocalRegistry,
+) -> None:
+    """The same convert, its stderr a terminal, then a pipe (a CI log)."""
+    big = os.urandom(24 << 20)
+    image = build_image([{"model/big.bin": big}])
+    src = registry.push("conv/progress:v1", image)
+    argv = [*lazy2dfs_argv(), "convert", "--plain-http", src, f"{registry.host}/conv/progress:e"]
+
+    code, terminal = on_terminal(argv)
+    assert code == 0
+    bars = list(BAR.finditer(terminal))
+    assert bars, repr(terminal[-3000:])
+    # Each bar shows its rate and time left ("?" until a second drawing: a stage on loopback
+    # may end before one).
+    assert all(re.fullmatch(r"(\?|[\d.]+[kMG]?)B/s", bar["rate"]) for bar in bars), bars
+    assert all(re.fullmatch(r"\?|\d\d:\d\d", bar["left"]) for bar in bars), bars
+    assert {"download", "decompress", "convert", "push"} <= {
+        word for bar in bars for word in bar["label"].split()
+    }
+    assert "layer 1" in terminal
+
+    logged = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0
+    assert "layer 1" in logged.stderr
+    assert "\r" not in logged.stderr and "%|" not in logged.stderr and "\x1b" not in logged.stderr

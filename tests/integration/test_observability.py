@@ -170,55 +170,116 @@ def test_a_taken_metrics_port_stops_the_daemon_with_a_clear_message(tmp_path: Pa
     assert not mounts_under(tmp_path / "root" / "fuse")
 
 
-def test_status_without_an_address_says_how_to_set_one(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text("")
-    done = subprocess.run(
-        [*lazy2dfs_argv(), "status", "--config", str(tmp_path / "config.toml")],
+def _status(*args: str, address: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAZY2DFS_")}
+    env["LAZY2DFS_ADDRESS"] = str(address)
+    return subprocess.run(
+        [*lazy2dfs_argv(), "status", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("LAZY2DFS_")},
+        env=env,
     )
-    assert done.returncode == 1 and "metrics_address" in done.stderr
 
 
-def test_status_table_names_layers_cache_and_recent_fallbacks() -> None:
+def test_status_works_against_a_daemon_with_metrics_off(daemon: LocalSnapshotter) -> None:
+    done = _status("--config", str(daemon.config_path), address=daemon.address)
+    assert done.returncode == 0, done.stderr
+    assert "healthy" in done.stdout and "no remote layers mounted" in done.stdout
+    control = daemon.address.with_suffix(".control.sock")
+    assert control.is_socket() and control.stat().st_mode & 0o777 == 0o600
+
+
+def test_status_without_a_daemon_says_how_to_start_it(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("")
+    done = _status("--config", str(tmp_path / "config.toml"), address=tmp_path / "none.sock")
+    assert done.returncode == 1
+    assert "daemon is not running" in done.stderr and str(tmp_path / "none") in done.stderr
+    assert "lazy2dfs serve" in done.stderr and "--config" in done.stderr
+
+
+def _fallback(
+    image: str, reason: str, detail: str, by_design: bool = False
+) -> dict[str, str | float | bool]:
+    item: dict[str, str | float | bool] = {"time": 0.0, "layer": LAYER, "image": image}
+    item.update(reason=reason, detail=detail, by_design=by_design)
+    return item
+
+
+def test_status_table_is_narrow_and_names_layers_cache_registries_and_fallbacks() -> None:
+    pinned = f"{IMAGE}@sha256:{'e' * 64}"
     report: StatusReport = {
         "version": "0.1.0",
         "pid": 7,
         "uptime_seconds": 75.0,
         "config_digest": "0123456789ab",
-        "healthy": False,
-        "health": "FUSE mount /x is gone",
+        "healthy": True,
+        "health": "degraded: registry 127.0.0.1:5000 failing since …",
         "snapshots": {"active": 1, "committed": 2, "view": 0},
         "cache": {"bytes": 3 * 2**20, "limit_bytes": 12 * 2**20, "layers": 3},
         "layers": [
             {
                 "id": 4,
-                "image": IMAGE,
+                "image": pinned,
                 "layer": LAYER,
                 "size": 8 * 2**20,
                 "fetched": 2 * 2**20,
                 "served": 1000,
                 "prefetched": 0,
+                "cached_percent": 25.0,
+                "state": "fetching",
                 "fetched_percent": 25.0,
                 "fetch_rate": 2**20,
-            }
+            },
+            {
+                "id": 5,
+                "image": pinned,
+                "layer": "sha256:" + "d" * 64,
+                "size": 2**20,
+                "fetched": 0,
+                "served": 0,
+                "prefetched": 0,
+                "cached_percent": 100.0,
+                "state": "verified",
+                "fetched_percent": 0.0,
+                "fetch_rate": 0.0,
+            },
         ],
         "fallbacks": {
-            "by_reason": {"no-toc-digest": 2},
-            "recent": [{"time": 0.0, "layer": LAYER, "image": IMAGE, "reason": "no-toc-digest"}],
+            "by_reason": {"unreachable": 1},
+            "plain": {"not-lazy-format": 2},
+            "recent": [
+                _fallback(pinned, "not-lazy-format", "plain tar.gz", by_design=True),
+                _fallback(pinned, "unreachable", "nothing listens at 127.0.0.1:5000"),
+            ],
         },
+        "registries": [
+            {
+                "host": "127.0.0.1:5000",
+                "failures": 17,
+                "failing_since": 1.0,
+                "last_failure": 2.0,
+                "last_error": "nothing listens at 127.0.0.1:5000 (connection refused)",
+            }
+        ],
     }
     out = io.StringIO()
     render(report, out)
     text = out.getvalue()
-    assert "UNHEALTHY: FUSE mount /x is gone" in text and "up 1m15s" in text
+    assert "DEGRADED: registry 127.0.0.1:5000" in text and "up 1m15s" in text
     assert "3.0 MiB of 12.0 MiB (25%), 3 layers" in text
     assert "1 active, 2 committed, 0 view" in text
-    (row,) = [line for line in text.splitlines() if line.startswith(IMAGE)]
-    assert LAYER[:19] in row and "2.0 MiB (25%)" in row and "1.0 MiB/s" in row
-    assert "2 no-toc-digest" in text
+    rows = [line for line in text.splitlines() if line.startswith("obs/m:v1 ")]
+    assert len(rows) == 2 and max(len(row) for row in rows) <= 100
+    fetching, verified = rows
+    assert "c" * 12 in fetching and "sha256" not in fetching and "fetching" in fetching
+    assert "25%" in fetching and "2.0 MiB" in fetching and "1.0 MiB/s" in fetching
+    assert "verified" in verified and "100%" in verified
+    assert "registry 127.0.0.1:5000: failing since" in text and "17 failed attempts" in text
+    assert "fallbacks since start: 1 unreachable" in text
+    assert "downloaded by design since start: 2 not-lazy-format" in text
+    assert "unreachable: nothing listens at 127.0.0.1:5000" in text
+    assert "not-lazy-format: plain tar.gz" not in text
 
 
 # The read path in one process: a blob in memory behind a real FUSE mount.

@@ -23,6 +23,7 @@ class MemoryBlob:
     requests: list[tuple[int, int]] = field(default_factory=list)
     corrupt_at: int | None = None
     stalled: bool = False
+    released: bool = False  # the read path said it needs no more of the blob
 
     async def read_range(self, offset: int, length: int) -> bytes:
         if self.stalled:
@@ -36,6 +37,9 @@ class MemoryBlob:
 
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return [await self.read_range(offset, length) for offset, length in ranges]
+
+    def release(self) -> None:
+        self.released = True
 
 
 @dataclass

@@ -1,9 +1,13 @@
-"""Registry client calls from synchronous tests, and a small image to push and pull."""
+"""Registry client calls from synchronous tests, a small image to push and pull, and an HTTP
+server that plays a registry's part."""
 
 from __future__ import annotations
 
+import http.server
 import os
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import trio
@@ -39,3 +43,16 @@ def run(call: Callable[[RegistryClient], Awaitable[T]], retry: RetryPolicy = FAS
             return await call(client)
 
     return trio.run(main)
+
+
+@contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on loopback, in threads; yields its ``host:port``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,15 +5,23 @@ A module fixture with ``params=devstack.containerd.RELEASES, ids=release_id`` ru
 once per containerd release, each against its own stack."""
 
 import functools
+import json
+import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devstack.containerd import CONTAINERD_1_6, CRI_NAMESPACE, LocalContainerd, Release
 from devstack.faults import FaultProxy
-from devstack.images import BuiltImage
+from devstack.images import BuiltImage, Stock2dfsImage
+from devstack.kubelet import Kubelet
+from devstack.network import PrivateNetwork
+from devstack.node import local_node
+from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
 from lazy2dfs.errors import UnavailableError
@@ -31,8 +39,9 @@ class Stack:
     snapshotter: LocalSnapshotter
     containerd: LocalContainerd
     proxy: FaultProxy | None = None  # in front of the registry, if the test asked for one
+    mirror: str | None = None  # the daemon's partition mirror (host:port), if asked for
 
-    def push(self, name: str, image: BuiltImage) -> str:
+    def push(self, name: str, image: BuiltImage | Stock2dfsImage) -> str:
         return self.registry.push(name, image)
 
     def blob_gets(self, digest: str) -> list[int]:
@@ -46,28 +55,67 @@ class Stack:
     def ctr(self, *args: str) -> str:
         return self.containerd.ctr(*args)
 
-    def run(self, ref: str, name: str, script: str) -> str:
-        return self.ctr(
-            "run", "--rm", "--snapshotter", "lazy2dfs", ref, name, "/bin/sh", "-c", script
-        )
+    def run(self, ref: str, name: str, script: str, namespace: str = "default") -> str:
+        """A container of ``ref`` on lazy2dfs runs ``script``; its standard output (CRI pulls
+        images into ``k8s.io``)."""
+        return self.run_command(ref, name, ["/bin/sh", "-c", script], namespace)
+
+    def run_command(
+        self,
+        ref: str,
+        name: str,
+        command: Sequence[str],
+        namespace: str = "default",
+        options: Sequence[str] = (),
+    ) -> str:
+        """``ctr run`` with ``options`` (mounts, environment) of ``command``; its output."""
+        argv = ["run", "--rm", "--snapshotter", "lazy2dfs", *options, ref, name, *command]
+        return self.containerd.ctr(*argv, namespace=namespace)
+
+    def cri_pull(self, ref: str) -> str:
+        """PullImage as kubelet (and ``crictl pull``) calls it; the image ID CRI answers."""
+        with Kubelet(self.containerd.address, self.containerd.workdir / "pods") as kubelet:
+            return kubelet.pull_image(ref)
 
     def restart_snapshotter(self, crash: bool) -> None:
         """Restarts the daemon (``crash``: kill -9 first) and waits until containerd has
-        reconnected: its gRPC channel retries with a backoff of about a second."""
+        reconnected: its gRPC channel retries with a backoff of about a second. The probe is a
+        snapshot prepared and removed: containerd answers a listing from its own database,
+        without the daemon, so a listing that succeeds proves nothing."""
         if crash:
             self.snapshotter.kill()
             self.snapshotter.start()
         else:
             self.snapshotter.restart()
         deadline = time.monotonic() + RECONNECT_TIMEOUT
+        probe = f"reconnect-probe-{uuid.uuid4().hex[:12]}"
         while True:
             try:
-                self.ctr("snapshots", "--snapshotter", "lazy2dfs", "ls")
-                return
+                self.ctr("snapshots", "--snapshotter", "lazy2dfs", "prepare", probe, "")
+                break
             except UnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        self.ctr("snapshots", "--snapshotter", "lazy2dfs", "rm", probe)
+
+    def status(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        """``lazy2dfs status``, as a user runs it on the node."""
+        return subprocess.run(
+            [*lazy2dfs_argv(), "status", "--config", str(self.snapshotter.config_path), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.containerd.pull_env(),
+        )
+
+    def status_json(self) -> dict[str, Any]:
+        """``lazy2dfs status --json``, parsed."""
+        done = self.status("--json")
+        if done.returncode != 0:
+            raise UnavailableError(f"lazy2dfs status failed:\n{done.stderr}")
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
 
     def remove_containers(self) -> None:
         """Kills what a failed ``ctr run --rm`` or pod may have left: shims outlive containerd,
@@ -97,27 +145,48 @@ def private_stack(
     cri: bool = False,
     release: Release = CONTAINERD_1_6,
     sandbox: BuiltImage | None = None,
+    network: PrivateNetwork | None = None,
+    mirror: bool = False,
 ) -> Iterator[Stack]:
     """A stack under ``work`` (keep it short: unix socket names are limited to 108 bytes),
     ``config`` for the daemon; with ``proxy``, a fault proxy in front of the registry (images
     pulled through ``proxy.host`` go through it); with ``cri``, containerd's CRI plugin on;
     ``release``: which containerd; ``sandbox``: CRI's pause image, pushed to the registry and
-    named in containerd's config (nothing is pulled from outside)."""
+    named in containerd's config (nothing is pulled from outside); with ``network``, registry
+    and daemon in that namespace, the registry not on loopback; with ``mirror``, the
+    daemon's partition mirror on, named in containerd's hosts.toml for the registry as
+    documented, and the daemon reading the same hosts.toml directory."""
     with ExitStack() as running:
-        registry = running.enter_context(LocalRegistry(work / "r"))
+        registry = running.enter_context(LocalRegistry(work / "r", network=network))
         front = running.enter_context(FaultProxy(registry.host)) if proxy else None
         pause = registry.push("k8s/pause:local", sandbox) if sandbox is not None else None
-        snapshotter = running.enter_context(
-            LocalSnapshotter(work / "s", config=config, log_level=log_level)
-        )
-        containerd = running.enter_context(
-            LocalContainerd(
-                work / "c",
-                snapshotter.address,
+        node = running.enter_context(
+            local_node(
+                work,
+                config,
+                log_level,
                 cri=cri,
                 release=release,
-                snapshotter_root=snapshotter.root,
                 sandbox_image=pause,
+                mirror_for=[registry.host] if mirror else [],
+                network=network,
             )
         )
-        yield Stack(registry, snapshotter, containerd, front)
+        yield Stack(registry, node.daemon, node.containerd, front, node.mirror)
+
+
+@contextmanager
+def cri_mirror_stack(
+    work: Path, release: Release = CONTAINERD_1_6, sandbox: BuiltImage | None = None
+) -> Iterator[Stack]:
+    """CRI and the partition mirror on; background fetch off, so that every blob GET in the
+    registry's log is containerd downloading it or a read fetching a chunk. Containers a
+    failed test left are removed."""
+    config = "[fetch]\nbackground = false\n"
+    with private_stack(
+        work, config=config, cri=True, release=release, sandbox=sandbox, mirror=True
+    ) as stack:
+        try:
+            yield stack
+        finally:
+            stack.remove_containers()

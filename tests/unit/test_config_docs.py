@@ -35,8 +35,9 @@ def test_default_output_shows_every_option_with_its_description() -> None:
             assert f"# {option.description}\n" in text
             table = values.get(section.name, {}) if section.name else values
             if option.default is None:
-                assert f"# {option.name} = (unset)\n" in text
                 assert option.name not in table
+                example = f"# {option.name} = {config_docs.toml_value(option.example)}\n"
+                assert example in text
             else:
                 assert table[option.name] == _as_toml(option.default)
     dumped = config.Config().model_dump()
@@ -50,6 +51,14 @@ def test_default_output_shows_every_option_with_its_description() -> None:
 
 def _as_toml(value: object) -> object:
     return str(value) if isinstance(value, Path) else value
+
+
+def test_unset_options_show_an_example_that_is_valid_once_uncommented(tmp_path: Path) -> None:
+    text = config_docs.default_toml()
+    assert '# metrics_address = "127.0.0.1:9880"\n' in text
+    file = tmp_path / "config.toml"
+    file.write_text(text.replace("# metrics_address = ", "metrics_address = "))
+    assert config.load(file, env={}).metrics_address == "127.0.0.1:9880"
 
 
 def test_check_names_every_problem_and_exits_1(

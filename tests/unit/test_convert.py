@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -296,16 +297,20 @@ class FakeTerminal(io.StringIO):
         return self.tty
 
 
-def test_progress_redraws_one_line_on_a_terminal() -> None:
+def test_progress_draws_bars_with_rate_and_eta_on_a_terminal() -> None:
     stream = FakeTerminal(tty=True)
     progress = Progress(stream)
     progress.step("layer 1: convert")
     progress.update(1 << 20, 2 << 20)
     progress.update(2 << 20, 2 << 20)
+    progress.update(1 << 20, 1 << 20, label="push a")  # a transfer of its own, done at once
     progress.done("pushed x")
     text = stream.getvalue()
-    assert text.count("\n") == 1 and text.endswith("\n")
-    assert "\rlayer 1: convert 100% 2.0/2.0 MiB" in text
+    assert text.startswith("layer 1: convert\n") and text.endswith("pushed x\n")
+    # tqdm's bar: percentage, bar, done/total, [elapsed<remaining, rate].
+    bar = r"{}: +\d+%\|[^|]*\| [\d.]+[kMG]?/{} \[[\d:]+<[\d:?]+, [^]]*B/s\]"
+    assert re.search("\r" + bar.format("layer 1: convert", "2.00M"), text)
+    assert re.search("\r" + bar.format("push a", "1.00M"), text)
 
 
 def test_progress_writes_plain_lines_without_byte_counts_elsewhere() -> None:

@@ -19,6 +19,7 @@ from devstack.containerd import (
     CONTAINERD_1_6,
     CONTAINERD_2_1,
     RELEASES,
+    SHIPPED_MIRROR_HOSTS,
     Release,
     dump_toml,
     load_shipped,
@@ -27,7 +28,8 @@ from devstack.containerd import (
 from lazy2dfs import config
 from lazy2dfs.cli import build_parser
 from lazy2dfs.daemon import SHUTDOWN_GRACE_SECONDS
-from lazy2dfs.registry_client import parse_reference
+from lazy2dfs.registry_client import Capability, parse_reference
+from lazy2dfs.registry_client.hosts import parse_hosts_toml
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -64,6 +66,24 @@ def test_containerd_loads_the_shipped_version_2_config(path: Path) -> None:
     cri = dumped["plugins"][CRI_V1]["containerd"]
     assert cri["snapshotter"] == "lazy2dfs"
     assert cri["disable_snapshot_annotations"] is False
+    # hosts.toml files, the partition mirror's among them, are where the daemon reads them.
+    hosts_dir = str(config.Config().registry.hosts_dir)
+    assert dumped["plugins"][CRI_V1]["registry"]["config_path"] == hosts_dir
+
+
+def test_the_shipped_hosts_toml_puts_the_partition_mirror_before_the_registry() -> None:
+    assert SHIPPED_MIRROR_HOSTS.parent.parent == DEPLOY / "containerd" / "certs.d"
+    mirror, server = parse_hosts_toml(SHIPPED_MIRROR_HOSTS.read_text(), SHIPPED_MIRROR_HOSTS.parent)
+    assert server.base_url == f"https://{SHIPPED_MIRROR_HOSTS.parent.name}/v2"
+    assert mirror.scheme == "http"
+    assert mirror.capabilities == Capability.PULL | Capability.RESOLVE
+    # The address the daemon accepts without opting out of loopback, as the file's text says.
+    args = build_parser().parse_args(["serve", "--mirror-address", mirror.host])
+    loaded = config.load(
+        Path("/dev/null"), env={}, overrides={"mirror_address": args.mirror_address}
+    )
+    assert loaded.mirror_host_port == ("127.0.0.1", 5050)
+    assert f'mirror_address = "{mirror.host}"' in SHIPPED_MIRROR_HOSTS.read_text()
 
 
 @pytest.mark.parametrize("release", RELEASES, ids=lambda r: f"containerd-{r.name}")
@@ -118,6 +138,10 @@ def test_containerd_2_1_loads_the_transfer_service_and_cri_settings() -> None:
     assert dumped["plugins"]["io.containerd.transfer.v1.local"]["check_platform_supported"] is False
     images = dumped["plugins"]["io.containerd.cri.v1.images"]
     assert images["snapshotter"] == "lazy2dfs"
+    # hosts.toml files, the partition mirror's among them, are where the daemon reads them.
+    hosts_dir = str(config.Config().registry.hosts_dir)
+    assert dumped["plugins"]["io.containerd.transfer.v1.local"]["config_path"] == hosts_dir
+    assert images["registry"]["config_path"] == hosts_dir
     # The defaults, which keep CRI pulling through the transfer service: the file must not
     # set disable_snapshot_annotations (false would switch 2.1 to its local puller).
     assert images["use_local_image_pull"] is False

@@ -12,7 +12,7 @@ from benchmarks.coldstack import EMULATED, LOOPBACK, page_cache_drops
 from benchmarks.model_load import page_cache_bytes
 from benchmarks.model_ready import Plan, parse_plan
 from benchmarks.model_ready_report import write
-from devstack.model import sample_model
+from devstack.model import f16_like, sample_model
 
 MIB = 1 << 20
 
@@ -101,7 +101,7 @@ def test_ratios_to_overlayfs_are_taken_trial_by_trial(tmp_path: Path) -> None:
 def test_an_f16_sample_model_loads_front_to_back_with_the_safetensors_loader(
     tmp_path: Path,
 ) -> None:
-    model = sample_model(4, layers=48, dtype="F16")
+    model = sample_model(4, layers=48, dtype="F16", weights=f16_like)
     tensors = 0
     for path, data in model.files.items():
         (tmp_path / Path(path).name).write_bytes(data)

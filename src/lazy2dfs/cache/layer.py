@@ -90,6 +90,7 @@ class LayerCache:
         self._data = directory / "data"
         self._data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._gaps: dict[int, Gap] = {}  # present segments
         self._gap_at: dict[int, tuple[int, int]] = {}  # segment → (log offset, length)
         self._pending: list[_Pending] = []
@@ -213,7 +214,15 @@ class LayerCache:
         return [self.layout.segments[i] for i in assumed]
 
     def flush(self) -> int:
-        """Makes written segments durable, then records them; returns how many it recorded."""
+        """Makes written segments durable, then records them; returns how many it recorded.
+
+        One flush at a time: a flush that finds nothing pending returns only once the one
+        under way has recorded what it took, so that its caller (the diff ID check of a
+        complete layer) finds every gap recorded, not taken and not yet written."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             pending, self._pending = self._pending, []
             # Still readable by gap_bytes until their offsets in the log are known.

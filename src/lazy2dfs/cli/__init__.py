@@ -9,23 +9,36 @@ from collections.abc import Sequence
 
 from lazy2dfs import __version__
 from lazy2dfs.cli import config, convert, pull, serve, status, tdfs
+from lazy2dfs.cli.parser import CommandParser, register_completion
 from lazy2dfs.errors import Lazy2dfsError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="lazy2dfs",
-        description="containerd remote snapshotter that lazily loads ML model weights (2DFS).",
+        description="containerd remote snapshotter that lazily loads ML model weights (2DFS)."
+        " `lazy2dfs COMMAND --help` describes each command.",
     )
     parser.add_argument("--version", action="version", version=f"lazy2dfs {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (serve, pull, status, config, tdfs, convert):
         command.register(commands)
+    register_completion(commands, parser)
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parses ``argv``; an unknown argument is reported with the usage of the command it was
+    given to (argparse alone reports it with the top-level usage)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        parser: argparse.ArgumentParser = args.command_parser
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.func(args))
     except Lazy2dfsError as exc:

@@ -10,7 +10,8 @@ from it here, so the two cannot drift apart:
 * ``lazy2dfs config docs``: ``docs/configuration.md``, which a test compares with the model.
 
 TOML is written by hand (no dependency) for the types the model uses: strings, paths,
-integers, booleans, lists of strings; an option whose default is ``None`` is shown commented out.
+integers, booleans, lists of strings; an option whose default is ``None`` is shown commented out
+with the example its field gives, so that uncommenting it yields valid TOML.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from lazy2dfs import config
+from lazy2dfs.cli.parser import Subparsers
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 _TYPE_NAMES: dict[Any, str] = {
@@ -45,6 +47,7 @@ class Option:
     section: str  # "" for top-level options
     name: str
     default: object
+    example: object  # shown, commented out, for an option unset by default
     description: str
     type: str
     env: str  # "" when the environment cannot set it
@@ -105,13 +108,15 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def _option(section: str, name: str, info: FieldInfo) -> Option:
-    env = config.ENV_PREFIX + (f"{section.upper()}__{name.upper()}" if section else name.upper())
+    variables = {path: v for v, path in config.environment_variables().items()}
+    env = variables[(section, name) if section else (name,)]
     if get_origin(info.annotation) is list:
         env = ""  # config.load passes variables on as strings, which a list does not accept
     return Option(
         section=section,
         name=name,
         default=info.get_default(call_default_factory=True),
+        example=info.examples[0] if info.examples else None,
         description=info.description or "",
         type=_describe_type(info.annotation) + _bounds(info),
         env=env,
@@ -146,7 +151,9 @@ def _option_lines(option: Option) -> Iterator[str]:
     env = f"Environment: {option.env}." if option.env else "Set in this file only."
     yield f"# Type: {option.type}. {env}"
     if option.default is None:
-        yield f"# {option.name} = (unset)"
+        # Commented out, the line is still the valid TOML a user uncomments.
+        yield "# Unset by default; for example:"
+        yield f"# {option.name} = {toml_value(option.example)}"
     else:
         yield f"{option.name} = {toml_value(option.default)}"
 
@@ -185,7 +192,8 @@ def markdown() -> str:
         " given with `--config`). Precedence, lowest first: the defaults below, the file,"
         f" environment variables (`{config.ENV_PREFIX}<OPTION>`, and"
         f" `{config.ENV_PREFIX}<SECTION>__<OPTION>` for an option of a section), the flags of"
-        " `lazy2dfs serve` (`--root`, `--address`, `--metrics-address`, `--log-level`).",
+        " `lazy2dfs serve` (`--root`, `--address`, `--metrics-address`, `--mirror-address`,"
+        " `--log-level`).",
         "",
         "- `lazy2dfs config default` prints the whole default configuration as TOML, every"
         " option with its description: a starting point for the file.",
@@ -224,18 +232,34 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Adds ``lazy2dfs config`` to the command line."""
     parser = subparsers.add_parser(
-        "config", help="print the default configuration, or check a configuration file"
+        "config",
+        help="print the default configuration, or check a configuration file",
+        description=f"The daemon's configuration ({config.DEFAULT_CONFIG_PATH}, or `serve"
+        " --config`): print it with every option described, or check a file.",
     )
-    commands = parser.add_subparsers(dest="config_command", required=True)
+    commands = parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     default = commands.add_parser(
-        "default", help="print the full default configuration as TOML, with every option's help"
+        "default",
+        help="print the full default configuration as TOML, with every option's help",
+        description="Prints every option with its description, type, default and environment"
+        f" variable, as TOML: `lazy2dfs config default > {config.DEFAULT_CONFIG_PATH}` is a"
+        " valid starting point.",
     )
     default.set_defaults(func=_default)
-    check = commands.add_parser("check", help="validate a configuration file (exit status 1)")
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration file (exit status 1)",
+        description="Validates FILE as the daemon would read it (LAZY2DFS_* variables left"
+        " out) and names every problem; exit status 1 if there is one.",
+    )
     check.add_argument("file", metavar="FILE", type=Path, help="TOML file, e.g. /etc/lazy2dfs/…")
     check.set_defaults(func=_check)
-    docs = commands.add_parser("docs", help="print docs/configuration.md (Markdown)")
+    docs = commands.add_parser(
+        "docs",
+        help="print docs/configuration.md (Markdown)",
+        description="Prints the configuration reference (docs/configuration.md) as Markdown.",
+    )
     docs.set_defaults(func=_docs)

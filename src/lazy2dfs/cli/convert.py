@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
+from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.convert import ConvertOptions, convert
 from lazy2dfs.estargz import Compression
 from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
@@ -38,6 +40,23 @@ def _run_cli(args: argparse.Namespace) -> int:
     )
     result = convert(args.src, args.dst, options, plain_http=args.plain_http, progress=Progress())
     fmt = "zstd:chunked" if options.compression is Compression.ZSTD else "eStargz"
+    if args.json:
+        report = {
+            "reference": f"{args.dst}@{result.root_digest}",
+            "format": fmt,
+            "layers": [
+                {"source": layer.source_digest, "digest": layer.digest, "size": layer.size}
+                | {"toc_digest": layer.toc_digest, "pushed": layer.pushed}
+                for layer in result.layers.values()
+            ],
+            "blobs_pushed": result.blobs_pushed,
+            "blobs_present": result.blobs_present,
+            "manifests_pushed": result.manifests_pushed,
+            "manifests_present": result.manifests_present,
+            "dropped": result.dropped,
+        }
+        print(json.dumps(report, indent=2))
+        return 0
     print(
         f"{args.dst}@{result.root_digest}: {len(result.layers)} layers as {fmt};"
         f" blobs {result.blobs_pushed} pushed, {result.blobs_present} already present;"
@@ -47,7 +66,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Adds ``convert`` to the ``lazy2dfs`` command line."""
     command = subparsers.add_parser(
         "convert",
@@ -62,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--plain-http", action="store_true", help="reach both registries over HTTP (not TLS)"
     )
     add_compression_option(command)
+    command.add_argument("--json", action="store_true", help="print the result as JSON")
     command.add_argument(
         "--chunk-size",
         type=_positive,

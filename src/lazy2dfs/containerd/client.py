@@ -8,6 +8,7 @@ the image record references it. containerd's gRPC errors become lazy2dfs's domai
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from lazy2dfs.api import (
 )
 
 DEFAULT_ADDRESS = Path("/run/containerd/containerd.sock")
+# How gRPC (hence containerd, about a proxy plugin) reports a socket it could not dial.
+_DIALED = re.compile(r"dial(?:ing)? unix:?(/[^\s:\"]+)")
 WRITE_CHUNK = 1 << 20
 CALL_TIMEOUT = 600.0
 
@@ -83,11 +86,24 @@ class ContainerdClient:
             return method(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                raise errors.UnavailableError(
-                    f"{what}: containerd at {self.address} is unreachable: {exc.details()};"
-                    " is it running, and is --containerd-address right?"
-                ) from exc
+                raise self._unavailable(what, str(exc.details())) from exc
             raise domain_error(exc, what) from exc
+
+    def _unavailable(self, what: str, details: str) -> errors.UnavailableError:
+        """Tells containerd being down from containerd failing to dial a plugin's socket,
+        which it reports with the same code."""
+        dialed = _DIALED.search(details)
+        if dialed is not None and Path(dialed.group(1)) != self.address:
+            return errors.UnavailableError(
+                f"{what}: containerd answers, but cannot reach the snapshotter's socket"
+                f" {Path(dialed.group(1))}: the lazy2dfs daemon is not running there. Start it"
+                " (`systemctl start lazy2dfs`, or `lazy2dfs serve`), or make its --address"
+                f" and containerd's proxy_plugins address the same (containerd: {details})"
+            )
+        return errors.UnavailableError(
+            f"{what}: containerd at {self.address} is unreachable: {details};"
+            " is it running, and is -a/--address (or CONTAINERD_ADDRESS) right?"
+        )
 
     @contextmanager
     def lease(self, expire: datetime.timedelta = datetime.timedelta(hours=1)) -> Iterator[str]:

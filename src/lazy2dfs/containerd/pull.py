@@ -7,25 +7,31 @@ so the snapshotter can mount it lazily, and records the image. A layer the snaps
 serve lazily is downloaded and applied by containerd's diff service, as a normal pull would.
 The garbage-collection labels written here are the ones containerd's own unpacker writes, so
 removing the image removes its snapshots.
+
+Before anything is written, the pull asks the daemon whether it reaches the registry as the
+pull does (``containerd.reach``) and refuses with the fix when it does not; afterwards it says,
+for each layer that was downloaded, why, as the daemon recorded it.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from lazy2dfs.api import descriptor_pb2
+from lazy2dfs.config import DEFAULT_CONFIG_PATH
+from lazy2dfs.containerd import reach
 from lazy2dfs.containerd.client import ContainerdClient
 from lazy2dfs.digest import chain_ids
 from lazy2dfs.errors import AlreadyExistsError, IntegrityError, InvalidArgumentError
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.progress import Progress, human_bytes
 from lazy2dfs.registry_client import (
     OCI_MANIFEST,
     Descriptor,
@@ -40,6 +46,8 @@ from lazy2dfs.registry_client import (
     select_platform,
 )
 from lazy2dfs.snapshotter import labels as L
+from lazy2dfs.snapshotter.remote import NOT_LAZY_FORMAT
+from lazy2dfs.status import RegistryAnswer, StatusReport
 from lazy2dfs.tdfs import (
     FIELD_MEDIA_TYPE,
     field_descriptor,
@@ -71,28 +79,45 @@ class ResolvedPull:
 
 
 @dataclass
+class PulledLayer:
+    digest: str
+    size: int
+    how: str  # lazy, present or downloaded
+    reason: str = ""  # why a downloaded layer was downloaded, as the daemon recorded it
+    detail: str = ""
+
+
+@dataclass
 class PullReport:
     image: str
-    layers: int = 0
-    lazy: int = 0
-    present: int = 0
-    downloaded: int = 0
+    manifest: str = ""
+    layers: list[PulledLayer] = field(default_factory=list)
     seconds: float = 0.0
 
+    def count(self, how: str) -> int:
+        return sum(1 for layer in self.layers if layer.how == how)
 
-Progress = Callable[[str], None]
+    def to_json(self) -> dict[str, object]:
+        counts = {how: self.count(how) for how in ("lazy", "present", "downloaded")}
+        return {**asdict(self), **counts}
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+class Daemon(Protocol):
+    """The lazy2dfs daemon, asked over its control socket (``lazy2dfs.status.ControlClient``)."""
+
+    def registry(self, registry: str, reference: str = "") -> RegistryAnswer: ...
+
+    def status(self) -> StatusReport: ...
 
 
 @dataclass
 class Puller:
     containerd: ContainerdClient
     registry: SyncRegistryClient
+    daemon: Daemon
     snapshotter: str = "lazy2dfs"
-    progress: Progress = _stderr
+    progress: Progress = field(default_factory=Progress)
+    daemon_config: str = str(DEFAULT_CONFIG_PATH)  # where the daemon's settings are, for fixes
 
     def resolve(self, reference: str) -> ResolvedPull:
         """The manifest, config and index to store; for a 2DFS reference, the partition's
@@ -131,7 +156,15 @@ class Puller:
 
     def pull(self, reference: str) -> PullReport:
         start = time.monotonic()
+        registry = parse_reference(reference).registry
+        # Before the network: a daemon that is down, or configured apart, is named at once.
+        reach.check_endpoints(
+            self.registry.pull_endpoints(registry),
+            self.daemon.registry(registry),
+            self.daemon_config,
+        )
         resolved = self.resolve(reference)
+        reach.check_fetched(reference, self.daemon.registry(registry, str(resolved.pinned)))
         ref, manifest = resolved.reference, resolved.manifest
         assert isinstance(manifest.manifest, ImageManifest)
         config_desc = manifest.manifest.config
@@ -147,8 +180,8 @@ class Puller:
                 f"{ref}: config lists {len(diff_ids)} diff IDs for {len(layers)} layers"
             )
         chains = chain_ids(diff_ids)
-        report = PullReport(str(ref), layers=len(layers))
-        self.progress(f"{ref}: {len(layers)} layers, manifest {manifest.descriptor.digest}")
+        report = PullReport(str(ref), manifest.descriptor.digest)
+        self.progress.step(f"{ref}: {len(layers)} layers, manifest {manifest.descriptor.digest}")
         manifest_label = manifest.descriptor.digest if resolved.manifest_in_registry else ""
         with self.containerd.lease():
             parent = ""
@@ -158,11 +191,11 @@ class Puller:
                 how = self._unpack(
                     str(resolved.pinned), manifest_label, layer, chain, parent, diff_id
                 )
-                setattr(report, how, getattr(report, how) + 1)
-                self.progress(
-                    f"  layer {number}/{len(layers)} {layer.digest[7:19]}"
-                    f" {layer.size / 2**20:9.1f} MiB  {how}"
-                )
+                pulled = PulledLayer(layer.digest, layer.size, how)
+                if how == "downloaded":
+                    pulled.reason, pulled.detail = self._why_downloaded(layer, str(resolved.pinned))
+                report.layers.append(pulled)
+                self.progress.step(f"  layer {number}/{len(layers)} {_describe(pulled)}")
                 parent = chain
             gc_snapshot = {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1]}
             self.containerd.write_content(
@@ -183,11 +216,27 @@ class Puller:
                 self._put(root.descriptor, root.data, children)
             self.containerd.put_image(str(ref), to_proto(root.descriptor))
         report.seconds = time.monotonic() - start
-        self.progress(
-            f"{ref}: {report.lazy} lazy, {report.present} present, "
-            f"{report.downloaded} downloaded in {report.seconds:.2f}s"
+        summary = (
+            f"{ref}: {report.count('lazy')} lazy, {report.count('present')} present, "
+            f"{report.count('downloaded')} downloaded in {report.seconds:.2f}s"
         )
+        plain = sum(1 for layer in report.layers if layer.reason == NOT_LAZY_FORMAT)
+        if plain:
+            summary += (
+                f"\n{plain} layer(s) are plain tar.gz, downloaded in full at every pull: to pull"
+                " them lazily, convert the image (`lazy2dfs convert SRC DST`); for a 2DFS image,"
+                " convert its base and build on the result"
+            )
+        self.progress.done(summary)
         return report
+
+    def _why_downloaded(self, layer: Descriptor, image: str) -> tuple[str, str]:
+        """The daemon's reason for not serving ``layer`` lazily: the newest record of it."""
+        recent = self.daemon.status()["fallbacks"]["recent"]
+        for item in reversed(recent):
+            if item["layer"] == layer.digest and item["image"] == image:
+                return str(item["reason"]), str(item["detail"])
+        return "unknown", "not in the daemon's recent fallbacks: see its log ('layer fallback')"
 
     def _put(self, descriptor: Descriptor, data: bytes, labels: dict[str, str]) -> None:
         self.containerd.write_content(descriptor.digest, data, descriptor.size, labels)
@@ -224,7 +273,13 @@ class Puller:
         try:
             with tempfile.TemporaryDirectory(prefix="lazy2dfs-pull-") as tmp:
                 blob = Path(tmp) / "layer"
-                self.registry.download_blob(image, layer.digest, blob)
+                self.progress.step(f"  downloading {layer.digest[7:19]} {human_bytes(layer.size)}")
+                self.registry.download_blob(
+                    image,
+                    layer.digest,
+                    blob,
+                    lambda n: self.progress.update(n, layer.size, f"layer {layer.digest[7:19]}"),
+                )
                 self.containerd.write_content(layer.digest, blob, layer.size, {})
             applied = self.containerd.apply(to_proto(layer), mounts)
             if applied != diff_id:
@@ -239,3 +294,8 @@ class Puller:
             self.containerd.remove(self.snapshotter, key)
             raise
         return "downloaded"
+
+
+def _describe(layer: PulledLayer) -> str:
+    line = f"{layer.digest[7:19]} {human_bytes(layer.size):>10}  {layer.how}"
+    return f"{line}: {layer.reason}: {layer.detail}" if layer.reason else line

@@ -9,13 +9,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, Protocol
+from typing import Final, Protocol
 
 import zstandard
 
 from lazy2dfs.convert.errors import UnsupportedImageError
 from lazy2dfs.estargz import Compression, WriteResult, WriterOptions, open_blob, write_blob_from_tar
 from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
+from lazy2dfs.progress import ReadProgress
 from lazy2dfs.registry_client import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
@@ -51,33 +52,6 @@ class _Readable(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
 
 
-class _CountingReader:
-    """A read-only file wrapper that reports how far the reader got (for the progress line)."""
-
-    def __init__(self, raw: IO[bytes], report: Callable[[int], None]) -> None:
-        self._raw = raw
-        self._report = report
-        self._seen = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._seen = max(self._seen, self._raw.tell())
-        self._report(self._seen)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-
 def decompress_layer(source: Path, tar_path: Path, report: Callable[[int], None]) -> str:
     """Writes the plain tar of ``source`` (gzip, zstd, or already plain) to ``tar_path`` and
     returns its diff ID. Detection is by magic bytes, not media type: registries and tools
@@ -110,7 +84,7 @@ def convert_layer_file(
     registry, and reading two ranges of a local file costs nothing next to compressing it."""
     with tar_path.open("rb") as raw, out_path.open("wb") as out:
         result = write_blob_from_tar(
-            _CountingReader(raw, report),  # type: ignore[arg-type]
+            ReadProgress(raw, report),  # type: ignore[arg-type]
             out,
             options.writer_options(),
         )

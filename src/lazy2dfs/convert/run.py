@@ -154,7 +154,14 @@ class _Run:
         )
 
     async def _push(self, digest: str, data: bytes | Path, mount_from: str | None = None) -> bool:
-        pushed = await self.client.push_blob(self.dst, digest, data, mount_from=mount_from)
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
+        pushed = await self.client.push_blob(
+            self.dst,
+            digest,
+            data,
+            mount_from=mount_from,
+            progress=lambda n: self.progress.update(n, size, f"push {digest[7:19]}"),
+        )
         if pushed:
             self.result.blobs_pushed += 1
         else:
@@ -190,7 +197,9 @@ class _Run:
         out_path = self.workdir / "layer.out"
         try:
             self.progress.step(f"{short}: download {human_bytes(size)}")
-            await self.client.download_blob(self.src, digest, compressed)
+            await self.client.download_blob(
+                self.src, digest, compressed, lambda n: self.progress.update(n, size)
+            )
             self.progress.step(f"{short}: decompress")
             diff_id = await trio.to_thread.run_sync(
                 decompress_layer,

@@ -11,16 +11,21 @@ from lazy2dfs.digest import chain_ids
 from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
 from lazy2dfs.registry_client import (
+    OCI_MANIFEST,
     BlobReader,
     ImageManifest,
     Reference,
     RegistryClient,
+    parse_manifest,
     parse_reference,
 )
 from lazy2dfs.remote.fetch import BlobSource
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.tdfs.computed import ComputedImages
 from lazy2dfs.tdfs.field import FIELD_MEDIA_TYPE
+from lazy2dfs.tdfs.partition import PartitionedImage
+from lazy2dfs.tdfs.resolve import fetch_partitioned_image
 
 
 @dataclass(frozen=True)
@@ -48,17 +53,26 @@ class RegistryLocator:
     ``lazy2dfs pull`` writes them, from the manifest and config it verified — also for 2DFS
     partitions, whose manifest exists only on the client), else from the image's manifest and
     config. The config must name the layer by the chain ID containerd asked for, so that a
-    label cannot tie a layer to another image's chain."""
+    label cannot tie a layer to another image's chain.
 
-    def __init__(self, client: RegistryClient) -> None:
+    A partition pulled through the partition mirror (CRI's labels name a partition tag and the
+    computed manifest's digest) is read from ``computed``, or computed again from the field
+    when the mirror no longer holds it (a restart): the registry has no such manifest."""
+
+    def __init__(self, client: RegistryClient, computed: ComputedImages | None = None) -> None:
         self._client = client
+        self._computed = computed or ComputedImages()
 
     async def locate(self, request: LayerRequest) -> Located:
         if request.layer_size:
             return Located(request.toc_digest, request.layer_size, request.diff_id)
         ref = parse_reference(request.reference)
         try:
-            if request.manifest_digest:
+            partitioned = await self._partitioned(ref, request.manifest_digest)
+            if partitioned is not None:
+                manifest = parse_manifest(partitioned.manifest, OCI_MANIFEST)
+                pinned = ref.with_digest(partitioned.manifest_digest)
+            elif request.manifest_digest:
                 fetched = await self._client.get_manifest(ref, request.manifest_digest)
                 manifest = fetched.manifest
                 pinned = ref.with_digest(request.manifest_digest)
@@ -82,11 +96,29 @@ class RegistryLocator:
         diff_id = await self._diff_id(pinned, manifest, position, request)
         return Located(toc, layer.size, diff_id)
 
+    async def _partitioned(self, ref: Reference, manifest_digest: str) -> PartitionedImage | None:
+        """The partitioned image CRI pulled through the mirror, or None for other images."""
+        if not ref.partitions or not manifest_digest:
+            return None
+        image = self._computed.image(manifest_digest)
+        if image is None:
+            image = await fetch_partitioned_image(self._client, ref)
+            if image.manifest_digest != manifest_digest:
+                raise NotLazyError(
+                    "no-manifest",
+                    f"{ref} names manifest {image.manifest_digest} now, not {manifest_digest}",
+                )
+            self._computed.add(image)
+        return image
+
     async def _diff_id(
         self, ref: Reference, manifest: ImageManifest, position: int, request: LayerRequest
     ) -> str:
         try:
-            config = json.loads(await self._client.get_blob(ref, manifest.config.digest))
+            blob = self._computed.config(manifest.config.digest)
+            if blob is None:
+                blob = await self._client.get_blob(ref, manifest.config.digest)
+            config = json.loads(blob)
             diff_ids = config["rootfs"]["diff_ids"]
         except (Lazy2dfsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise NotLazyError("no-config", f"config of {request.reference}: {exc!r}") from exc

@@ -50,7 +50,12 @@ from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
 from lazy2dfs.remote.prefetch import fetch_layer
 from lazy2dfs.remote.reader import LayerReader
 from lazy2dfs.snapshotter.labels import LayerRequest
-from lazy2dfs.snapshotter.remote import NotLazyError, OnCancel, ResolveCancelledError
+from lazy2dfs.snapshotter.remote import (
+    NOT_LAZY_FORMAT,
+    NotLazyError,
+    OnCancel,
+    ResolveCancelledError,
+)
 from lazy2dfs.snapshotter.snapshot import Usage
 
 log = get_logger(__name__)
@@ -178,6 +183,25 @@ class EstargzLayers:
         """Mounted layers' readers by snapshot id (for metrics and status)."""
         return {i: a.reader for i, a in tuple(self._attached.items())}
 
+    def state(self, snapshot_id: int) -> tuple[str, float]:
+        """A mounted layer's state and the share of its file bytes on disk, whenever fetched
+        (so a restart does not look like an empty cache): ``verified`` (served from its local
+        tree), ``complete``, ``refused``, ``fetching`` (in the background) or ``lazy``."""
+        attached = self._attached.get(snapshot_id)
+        if attached is None:
+            return "detached", 0.0
+        cache = attached.cache
+        segments = cache.layout.segments
+        total = sum(s.payload_size for s in segments)
+        share = sum(s.payload_size for s in segments if cache.present(s)) / total if total else 1.0
+        if attached.refused:
+            return "refused", share
+        if attached.local is not None:
+            return "verified", 1.0
+        if cache.complete:
+            return "complete", 1.0
+        return ("fetching" if self._background_fetch else "lazy"), share
+
     def path(self, snapshot_id: int) -> Path:
         """Where a snapshot's files are: its verified local tree, or its FUSE directory."""
         attached = self._attached.get(snapshot_id)
@@ -239,9 +263,9 @@ class EstargzLayers:
                 located = await self._locator.locate(request)
                 if not located.toc_digest:
                     raise NotLazyError(
-                        "no-toc-digest",
+                        NOT_LAZY_FORMAT,
                         "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
-                        " the layer is not eStargz, or its TOC cannot be verified",
+                        " the layer is not eStargz or zstd:chunked (lazy2dfs convert makes it so)",
                     )
                 key = (request.layer_digest, located.toc_digest)
                 known = self._opened.get(key)
@@ -390,6 +414,7 @@ class EstargzLayers:
         cache = attached.cache
         if not cache.complete:
             return None
+        fetcher.source.release()  # every byte is cached: a whole blob kept for it may go
         await trio.to_thread.run_sync(cache.flush)
         known = _recorded_diff_id(cache)
         if known is not None:

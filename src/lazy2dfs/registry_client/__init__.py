@@ -1,5 +1,6 @@
 """OCI distribution client: references (with 2DFS partitions), manifests, verified blobs,
-range reads with registry fallbacks, auth, containerd hosts.toml mirrors, and push."""
+range reads with the fallbacks registries and pull-through mirrors need, auth, containerd
+hosts.toml mirrors, and push."""
 
 from lazy2dfs.digest import DigestMismatchError, InvalidDigestError, sha256_digest, validate_digest
 from lazy2dfs.registry_client.blobs import BlobReader
@@ -43,6 +44,7 @@ from lazy2dfs.registry_client.manifest import (
 from lazy2dfs.registry_client.platform import Platform, host_platform, parse_platform
 from lazy2dfs.registry_client.reference import Partition, Reference, parse_reference
 from lazy2dfs.registry_client.retry import RetryPolicy
+from lazy2dfs.registry_client.spill import SpillArea
 from lazy2dfs.registry_client.sync import SyncRegistryClient
 
 __all__ = [
@@ -86,6 +88,7 @@ __all__ = [
     "RegistryUnavailableError",
     "ResolvedImage",
     "RetryPolicy",
+    "SpillArea",
     "SyncRegistryClient",
     "UnauthorizedError",
     "UnsupportedManifestError",

@@ -1,11 +1,33 @@
-"""Range reads of one blob, with the fallbacks real registries and blob stores need.
+"""Range reads of one blob, with the fallbacks real registries, blob stores and pull-through
+mirrors need.
 
 Registries commonly redirect blob GETs to storage (S3, GCS, a CDN) with a pre-signed URL. The
 first read resolves the redirect and later reads go straight to storage; when the URL expires
 (401/403 from storage) the registry is asked again, once per read. Several ranges go in one
 ``multipart/byteranges`` request; a registry that refuses that (400/416) is remembered and
-asked one range at a time. A registry that ignores ``Range`` and sends the whole blob (200) is
-still served: the blob is streamed, checked against its digest, and the wanted bytes cut out.
+asked one range at a time. An answer is read only as far as the ranges asked for can take:
+a registry sending more is an error, not a reason to hold its bytes in memory.
+
+Pull-through mirrors. The CNCF registry in proxy mode answers a range request for a blob it
+does not hold yet with 200 and the whole blob, fetched from the origin for that very request
+(and once more to store it), so every request before it holds the blob costs the origin the
+whole blob again. Hence, per (endpoint, blob), until the endpoint has answered a range of the
+blob with 206, only one request for the blob is in flight there (the probe) and the others
+wait for its status; a 206 opens the endpoint to concurrent range requests for that blob. A
+200 is kept: a task of its own streams it into the spill area (``spill``) — it outlives the
+read that asked, whose deadline may cut it — and every read of the blob by this client is
+served from there, verified against the blob digest once complete: bytes the stream has
+passed at once, later ones when it gets there. A stream that breaks (the mirror stopped) goes
+on where it broke at the next endpoint (the origin) with an open-ended range, so no read fails
+and no byte comes twice; an endpoint that cannot be reached is tried last for a while.
+
+While a whole blob streams, a read waits for it rather than asking the next endpoint: the
+origin pays for the mirror's stream anyway, so any range asked of the origin meanwhile is paid
+twice, while the stream brings the blob in blob order, which is the order eStargz puts the
+files a model loads first in. The exception is a small range far ahead of the stream — a
+layer's footer and TOC sit at the blob's end, and a mount needs them before anything else —
+which is asked of the next endpoint, within ``BYPASS_SHARE`` of the blob per stream: a mount
+does not wait for its whole blob, and the origin pays at most that much more.
 
 Bytes of a partial read cannot be checked against the blob digest; the reader checks them
 against the chunk digests of the eStargz TOC before they are used.
@@ -15,12 +37,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 import httpx
 import trio
 
+from lazy2dfs import metrics
 from lazy2dfs.digest import Verifier
+from lazy2dfs.errors import Lazy2dfsError
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.auth import pull_scope
 from lazy2dfs.registry_client.errors import (
@@ -39,7 +64,9 @@ from lazy2dfs.registry_client.ranges import (
     range_header,
     slice_parts,
 )
-from lazy2dfs.registry_client.transport import Transport
+from lazy2dfs.registry_client.retry import RetryPolicy
+from lazy2dfs.registry_client.spill import SpillArea, SpilledBlob
+from lazy2dfs.registry_client.transport import Transport, read_at_most
 
 log = get_logger(__name__)
 
@@ -48,17 +75,97 @@ SINGLE_RANGE_CONCURRENCY: Final = 4
 # Multi-range refusals: some registries say 400, others 416 for the whole set.
 _MULTI_RANGE_REFUSED: Final = frozenset({400, 416})
 _EXPIRED: Final = frozenset({401, 403})
+# What a multipart answer may hold beyond its ranges: a boundary line and headers per part.
+MULTIPART_OVERHEAD_PER_PART: Final = 1024
+# A range that starts this far beyond a whole-blob stream's position may be asked of the next
+# endpoint, within BYPASS_SHARE of the blob's size per stream (see the module's docstring).
+FAR_AHEAD: Final = 1024 * 1024
+BYPASS_SHARE: Final = 0.02
+# Bytes of a whole-blob stream written to its spill file at once.
+SPILL_WRITE: Final = 1024 * 1024
+# An endpoint that could not be reached is tried after the others for this long.
+DOWN_SECONDS: Final = 30.0
 
 
 class _MultiRangeRefused(Exception):
     pass
 
 
+class _WholeAnswer(Exception):
+    """An endpoint answered with the whole blob where only a range would do: a read that
+    bypasses a whole blob already streaming from elsewhere."""
+
+
+@dataclass
+class _Route:
+    """How one endpoint answers range requests for one blob."""
+
+    ranges: bool = False  # it answered one with 206: requests may go there concurrently
+    probing: bool = False  # the first request is under way; others wait for its status
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def settle(self) -> None:
+        self.probing = False
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+
+@dataclass
+class _Handoff:
+    """What a probe running in a task of its own tells the read that started it."""
+
+    route: _Route
+    error: Exception | None
+    parts: list[bytes] = field(default_factory=list)
+    blob: SpilledBlob | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+
+    def arrive(self) -> None:
+        if not self.ready.is_set():
+            self.ready.set()
+            self.route.settle()
+
+
+class BlobRoutes:
+    """What one client learned, shared by all its readers: how each endpoint answers ranges
+    of each blob, which endpoints are down, and the whole blobs kept on disk (``spill``;
+    None keeps none, e.g. a one-shot CLI call)."""
+
+    def __init__(self, spill: SpillArea | None = None) -> None:
+        self.spill = spill
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._down_until: dict[str, float] = {}
+
+    def route(self, host: str, digest: str) -> _Route:
+        return self._routes.setdefault((host, digest), _Route())
+
+    def spilled(self, digest: str) -> SpilledBlob | None:
+        return None if self.spill is None else self.spill.find(digest)
+
+    def ordered(self, targets: Sequence[tuple[Endpoint, str]]) -> list[tuple[Endpoint, str]]:
+        """``targets`` with endpoints recently found down moved last."""
+        return sorted(targets, key=lambda t: self.is_down(t[0].host))
+
+    def is_down(self, host: str) -> bool:
+        return self._down_until.get(host, 0.0) > trio.current_time()
+
+    def down(self, host: str) -> None:
+        self._down_until[host] = trio.current_time() + DOWN_SECONDS
+
+    def up(self, host: str) -> None:
+        self._down_until.pop(host, None)
+
+    def release(self, digest: str) -> None:
+        if self.spill is not None:
+            self.spill.release(digest)
+
+
 class BlobReader:
-    """Reads byte ranges of one blob; satisfies ``lazy2dfs.remote.reader.BlobSource``.
+    """Reads byte ranges of one blob; satisfies ``lazy2dfs.remote.fetch.BlobSource``.
 
     ``targets`` are the (endpoint, blob URL) pairs able to serve the blob, in order; the first
-    that answers is kept for later reads.
+    that answers is kept for later reads. ``routes`` is shared by the readers of one client.
+    ``policy`` retries each read (default: the transport's).
     """
 
     def __init__(
@@ -68,17 +175,20 @@ class BlobReader:
         repository: str,
         digest: str,
         size: int | None = None,
+        routes: BlobRoutes | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         if not targets:
             raise BlobNotFoundError(f"{repository}@{digest}: no endpoint can pull")
         self._transport = transport
+        self._policy = policy or transport.policy
         self._targets = list(targets)
         self._scopes = (pull_scope(repository),)
+        self._routes = routes or BlobRoutes()
         self.digest = digest
         self.size = size
         self._location: str | None = None  # pre-signed storage URL from the last redirect
         self._single_range = False
-        self._whole_blob_warned = False
 
     async def read_range(self, offset: int, length: int) -> bytes:
         return (await self.read_ranges([(offset, length)]))[0]
@@ -91,17 +201,243 @@ class BlobReader:
                 raise RangeError(f"{self.digest}: invalid range {offset}+{length}")
             if self.size is not None and offset + length > self.size:
                 raise RangeError(f"{self.digest}: range {offset}+{length} beyond {self.size}")
+        spilled = self._routes.spilled(self.digest)
+        if spilled is not None:
+            served = await self._from_spill(spilled, wanted)
+            if served is not None:
+                return served
+        return await self._from_endpoints(wanted)
+
+    def release(self) -> None:
+        """The caller needs no more bytes of this blob: a whole copy kept of it may go."""
+        self._routes.release(self.digest)
+
+    async def _from_endpoints(
+        self, wanted: list[ByteRange], skip: str | None = None, whole_ok: bool = True
+    ) -> list[bytes]:
+        """From the first endpoint that serves the blob (but ``skip``); outages and 404s move
+        on to the next."""
+        failure: Exception | None = None
+        for endpoint, url in self._routes.ordered(self._targets):
+            if endpoint.host == skip:
+                continue
+            try:
+                result = await self._from_endpoint(endpoint, url, wanted, whole_ok)
+            except RegistryUnavailableError as err:
+                if not self._routes.is_down(endpoint.host):
+                    log.warning(
+                        "registry endpoint unavailable, trying the next",
+                        host=endpoint.host,
+                        blob=self.digest,
+                        reason=err,
+                        action="check the mirror; meanwhile reads go to the next host in"
+                        " hosts.toml",
+                    )
+                self._routes.down(endpoint.host)
+                failure = err
+                continue
+            except BlobNotFoundError as err:
+                failure = err
+                continue
+            self._routes.up(endpoint.host)
+            if skip is None:  # a range asked around a whole-blob stream does not reorder
+                self._targets.remove((endpoint, url))
+                self._targets.insert(0, (endpoint, url))
+            return result
+        raise failure or RegistryUnavailableError(f"blob {self.digest}: no other endpoint")
+
+    async def _from_endpoint(
+        self, endpoint: Endpoint, url: str, wanted: list[ByteRange], whole_ok: bool
+    ) -> list[bytes]:
+        route = self._routes.route(endpoint.host, self.digest)
+        while not route.ranges:
+            spilled = self._routes.spilled(self.digest) if whole_ok else None
+            if spilled is not None:
+                served = await self._from_spill(spilled, wanted)
+                if served is not None:
+                    return served
+            elif not route.probing:
+                return await self._probe(endpoint, url, route, wanted, whole_ok)
+            else:
+                await route.changed.wait()
+                if self._routes.is_down(endpoint.host):
+                    raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
+        return await self._ranges(endpoint, url, wanted, whole_ok)
+
+    async def _probe(
+        self,
+        endpoint: Endpoint,
+        url: str,
+        route: _Route,
+        wanted: list[ByteRange],
+        whole_ok: bool,
+    ) -> list[bytes]:
+        """The first request for the blob at ``endpoint``: one range, alone. Its answer says
+        whether the endpoint serves ranges of the blob; a whole blob is kept if there is room."""
+        route.probing = True
+        if self._routes.spill is None or not whole_ok:
+            try:
+                head = await self._request(endpoint, url, wanted[:1], whole_ok, None)
+            finally:
+                route.settle()
+        else:
+            handoff = _Handoff(
+                route, RegistryUnavailableError(f"blob {self.digest}: the request was cut")
+            )
+            trio.lowlevel.spawn_system_task(
+                self._probe_task, endpoint, url, wanted[:1], handoff, name=f"probe {self.digest}"
+            )
+            await handoff.ready.wait()
+            if handoff.blob is not None:
+                served = await self._from_spill(handoff.blob, wanted)
+                return served or await self._from_endpoint(endpoint, url, wanted, whole_ok)
+            if handoff.error is not None:
+                raise handoff.error
+            head = handoff.parts
+        rest = await self._from_endpoint(endpoint, url, wanted[1:], whole_ok) if wanted[1:] else []
+        return head + rest
+
+    async def _probe_task(
+        self, endpoint: Endpoint, url: str, wanted: list[ByteRange], handoff: _Handoff
+    ) -> None:
+        """Runs as a system task: a whole-blob answer must outlive the read that asked for it
+        (cut by its deadline, or a background fetch cancelled), or the next read would ask
+        again and the mirror fetch the blob from the origin again."""
+        try:
+            handoff.parts = await self._request(endpoint, url, wanted, True, handoff)
+            handoff.error = None
+        except Exception as exc:  # handed to the read waiting for it
+            handoff.error = exc
+        finally:
+            handoff.arrive()
+        if handoff.blob is not None:
+            await self._finish_spill(handoff.blob, endpoint, url)
+
+    async def _finish_spill(self, blob: SpilledBlob, first: Endpoint, url: str) -> None:
+        """Streams what a broken whole-blob answer did not bring, from the same endpoint and
+        then the others, and checks the blob's digest."""
+        area = self._routes.spill
+        assert area is not None
+        others = [t for t in self._routes.ordered(self._targets) if t[0] != first]
+        try:
+            failure: Exception | None = blob.failure
+            for endpoint, target in [(first, url), *others]:
+                if blob.failure is not None or blob.position == blob.size:
+                    break
+                try:
+                    await self._policy.run(
+                        f"rest of blob {self.digest} from {endpoint.host}",
+                        functools.partial(self._resume, endpoint, target, blob),
+                        endpoint.host,
+                    )
+                except (RegistryUnavailableError, BlobNotFoundError) as exc:
+                    self._routes.down(endpoint.host)
+                    failure = exc
+            if blob.failure is None:
+                if blob.position != blob.size:
+                    raise failure or RegistryUnavailableError(f"blob {self.digest} incomplete")
+                blob.finish()
+                metrics.WHOLE_BLOBS.labels("verified").inc()
+                log.info("whole blob kept", blob=self.digest, size=blob.size)
+        except Exception as exc:  # readers waiting on the spill ask registries instead
+            blob.fail(exc)
+        finally:
+            if not blob.done:
+                blob.fail(RegistryUnavailableError(f"blob {self.digest}: stream cut"))
+            if blob.failure is not None:
+                metrics.WHOLE_BLOBS.labels("failed").inc()
+                log.warning("whole blob not kept", blob=self.digest, reason=blob.failure)
+            area.finished(blob)
+
+    async def _resume(self, endpoint: Endpoint, url: str, blob: SpilledBlob) -> None:
+        start = blob.position
+        async with self._transport.open(
+            "GET", url, endpoint=endpoint, scopes=self._scopes, headers={"Range": f"bytes={start}-"}
+        ) as response:
+            status = response.status_code
+            if status == 404:
+                raise BlobNotFoundError(f"blob {self.digest} not on {endpoint.host}")
+            if status == 206:
+                first, _, _ = parse_content_range(response.headers.get("content-range", ""))
+                if first != start:
+                    raise RegistryProtocolError(f"blob {self.digest}: asked {start}-, got {first}-")
+                if start > 0:
+                    metrics.WHOLE_BLOBS.labels("resumed").inc()
+                    log.info("whole blob goes on", blob=self.digest, host=endpoint.host, at=start)
+            elif status == 200:
+                blob.restart()
+            else:
+                raise RegistryProtocolError(f"blob {self.digest}: unexpected HTTP {status}")
+            await self._stream_into(response, blob)
+
+    async def _stream_into(self, response: httpx.Response, blob: SpilledBlob) -> None:
+        """Writes the body at the blob's position; what arrived before a break is kept."""
+        pending: list[bytes] = []
+        buffered = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= SPILL_WRITE:
+                    await blob.append(b"".join(pending))
+                    pending, buffered = [], 0
+        except httpx.TransportError:
+            if pending:
+                await blob.append(b"".join(pending))
+            raise
+        if pending:
+            await blob.append(b"".join(pending))
+
+    async def _from_spill(self, blob: SpilledBlob, wanted: list[ByteRange]) -> list[bytes] | None:
+        """``wanted`` from a whole blob on disk, waiting for the stream where it is behind;
+        None when the spill failed or went (the caller asks registries instead)."""
+        for offset, length in wanted:
+            if offset + length > blob.size:
+                raise RangeError(f"{self.digest}: range {offset}+{length} beyond {blob.size}")
+        results: dict[int, bytes] = {}
+        if not blob.complete:
+            budget = int(blob.size * BYPASS_SHARE) - blob.bypassed
+            bypass = []
+            for index, (offset, length) in enumerate(wanted):
+                if offset > blob.available + FAR_AHEAD and length <= budget:
+                    bypass.append(index)
+                    budget -= length
+            if bypass:
+                blob.bypassed += sum(wanted[i][1] for i in bypass)
+                try:
+                    got = await self._from_endpoints(
+                        [wanted[i] for i in bypass], skip=blob.host, whole_ok=False
+                    )
+                    results.update(zip(bypass, got, strict=True))
+                except (_WholeAnswer, Lazy2dfsError) as exc:
+                    log.debug("no range beside the whole blob", blob=self.digest, reason=exc)
+        for index, (offset, length) in enumerate(wanted):
+            if index in results:
+                continue
+            if not await blob.wait_for(offset + length):
+                return None
+            data = await blob.read(offset, length)
+            if data is None:
+                return None
+            results[index] = data
+        return [results[i] for i in range(len(wanted))]
+
+    async def _ranges(
+        self, endpoint: Endpoint, url: str, wanted: list[ByteRange], whole_ok: bool
+    ) -> list[bytes]:
         if len(wanted) == 1:
-            return await self._fetch(wanted)
+            return await self._request(endpoint, url, wanted, whole_ok, None)
         if not self._single_range:
             try:
-                return await self._fetch(wanted)
+                return await self._request(endpoint, url, wanted, whole_ok, None)
             except _MultiRangeRefused:
                 self._single_range = True
                 log.info("registry refuses multi-range requests", blob=self.digest)
-        return await self._one_by_one(wanted)
+        return await self._one_by_one(endpoint, url, wanted, whole_ok)
 
-    async def _one_by_one(self, wanted: list[ByteRange]) -> list[bytes]:
+    async def _one_by_one(
+        self, endpoint: Endpoint, url: str, wanted: list[ByteRange], whole_ok: bool
+    ) -> list[bytes]:
         """Single-range requests, a few at a time; the first failure is raised as itself."""
         results: list[bytes] = [b""] * len(wanted)
         failures: list[Exception] = []
@@ -112,7 +448,9 @@ class BlobReader:
                 if failures:
                     return
                 try:
-                    results[index] = (await self._fetch([byte_range]))[0]
+                    results[index] = (
+                        await self._request(endpoint, url, [byte_range], whole_ok, None)
+                    )[0]
                 except Exception as err:  # re-raised below, outside the nursery
                     failures.append(err)
 
@@ -123,31 +461,35 @@ class BlobReader:
             raise failures[0]
         return results
 
-    async def _fetch(self, ranges: list[ByteRange]) -> list[bytes]:
-        failure: Exception | None = None
-        for endpoint, url in list(self._targets):
-            try:
-                result = await self._transport.policy.run(
-                    f"blob {self.digest} from {endpoint.host}",
-                    functools.partial(self._attempt, endpoint, url, ranges),
-                )
-            except (BlobNotFoundError, RegistryUnavailableError) as err:
-                failure = err
-                continue
-            self._targets.remove((endpoint, url))
-            self._targets.insert(0, (endpoint, url))
-            return result
-        assert failure is not None
-        raise failure
+    async def _request(
+        self,
+        endpoint: Endpoint,
+        url: str,
+        ranges: list[ByteRange],
+        whole_ok: bool,
+        handoff: _Handoff | None,
+    ) -> list[bytes]:
+        return await self._policy.run(
+            f"blob {self.digest} from {endpoint.host}",
+            functools.partial(self._attempt, endpoint, url, ranges, whole_ok, handoff),
+            endpoint.host,
+        )
 
-    async def _attempt(self, endpoint: Endpoint, url: str, ranges: list[ByteRange]) -> list[bytes]:
+    async def _attempt(
+        self,
+        endpoint: Endpoint,
+        url: str,
+        ranges: list[ByteRange],
+        whole_ok: bool,
+        handoff: _Handoff | None,
+    ) -> list[bytes]:
         headers = {"Range": range_header(ranges)}
         if self._location is not None:
             async with self._transport.open(
                 "GET", self._location, endpoint=None, headers=headers
             ) as response:
                 if response.status_code not in _EXPIRED:
-                    return await self._answer(response, ranges)
+                    return await self._answer(response, endpoint, ranges, whole_ok, handoff)
             log.info("blob URL expired, asking the registry again", blob=self.digest)
             self._location = None
         async with self._transport.open(
@@ -155,13 +497,34 @@ class BlobReader:
         ) as response:
             if str(response.url) != url:
                 self._location = str(response.url)
-            return await self._answer(response, ranges)
+            return await self._answer(response, endpoint, ranges, whole_ok, handoff)
 
-    async def _answer(self, response: httpx.Response, ranges: list[ByteRange]) -> list[bytes]:
+    async def _answer(
+        self,
+        response: httpx.Response,
+        endpoint: Endpoint,
+        ranges: list[ByteRange],
+        whole_ok: bool,
+        handoff: _Handoff | None,
+    ) -> list[bytes]:
         status = response.status_code
         if status == 206:
-            return slice_parts(await self._parts(response), ranges)
+            parts = await self._parts(response, ranges)
+            self._routes.route(endpoint.host, self.digest).ranges = True
+            return slice_parts(parts, ranges)
         if status == 200:
+            if not whole_ok:
+                raise _WholeAnswer
+            if handoff is not None and (blob := self._start_spill(response, endpoint)):
+                handoff.blob = blob
+                handoff.arrive()
+                try:
+                    await self._stream_into(response, blob)
+                except httpx.TransportError as exc:
+                    log.info("whole blob stream broke", blob=self.digest, reason=repr(exc))
+                except Exception as exc:  # the spill is what failed; its readers move on
+                    blob.fail(exc)
+                return []
             return await self._from_whole_blob(response, ranges)
         if status == 404:
             raise BlobNotFoundError(f"blob {self.digest} not found")
@@ -173,8 +536,33 @@ class BlobReader:
             raise UnauthorizedError(f"blob {self.digest}: HTTP {status}")
         raise RegistryProtocolError(f"blob {self.digest}: unexpected HTTP {status}")
 
-    async def _parts(self, response: httpx.Response) -> list[Part]:
-        body = await response.aread()
+    def _start_spill(self, response: httpx.Response, endpoint: Endpoint) -> SpilledBlob | None:
+        assert self._routes.spill is not None
+        declared = response.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else self.size
+        if size is None:
+            return None
+        if self.size is not None and size != self.size:
+            raise RegistryProtocolError(f"blob {self.digest}: {size} bytes, not {self.size}")
+        blob = self._routes.spill.start(self.digest, size, endpoint.host)
+        if blob is None:
+            metrics.WHOLE_BLOBS.labels("not_kept").inc()
+        log.info(
+            "registry sent the whole blob for a range",
+            blob=self.digest,
+            host=endpoint.host,
+            size=size,
+            kept=blob is not None,
+        )
+        return blob
+
+    async def _parts(self, response: httpx.Response, ranges: list[ByteRange]) -> list[Part]:
+        """The parts of a 206, read no further than the ranges asked for (a server may merge
+        neighbouring ranges into one part, so the extent from first to last byte, plus
+        multipart headers)."""
+        extent = max(o + n for o, n in ranges) - min(o for o, _ in ranges)
+        limit = extent + MULTIPART_OVERHEAD_PER_PART * (len(ranges) + 1)
+        body = await read_at_most(response, limit, f"blob {self.digest} {range_header(ranges)}")
         content_type = response.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/byteranges"):
             return parse_multipart_byteranges(body, content_type)
@@ -191,9 +579,6 @@ class BlobReader:
         self, response: httpx.Response, ranges: list[ByteRange]
     ) -> list[bytes]:
         """Streams the whole blob, verifying it, and keeps only the span the ranges need."""
-        if not self._whole_blob_warned:
-            self._whole_blob_warned = True
-            log.warning("registry ignores Range, reading whole blob", blob=self.digest)
         low = min(offset for offset, _ in ranges)
         high = max(offset + length for offset, length in ranges)
         kept = bytearray()
@@ -201,6 +586,8 @@ class BlobReader:
         async for chunk in response.aiter_bytes():
             position = verifier.size
             verifier.update(chunk)
+            if self.size is not None and verifier.size > self.size:
+                raise RegistryProtocolError(f"blob {self.digest}: more than {self.size} bytes")
             start, stop = max(low, position), min(high, position + len(chunk))
             if start < stop:
                 kept += chunk[start - position : stop - position]

@@ -11,8 +11,10 @@ context manager inside a trio run.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +33,7 @@ from lazy2dfs.digest import (
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import push as _push
 from lazy2dfs.registry_client.auth import pull_scope
-from lazy2dfs.registry_client.blobs import BlobReader
+from lazy2dfs.registry_client.blobs import BlobReader, BlobRoutes
 from lazy2dfs.registry_client.credentials import CredentialStore, default_docker_config
 from lazy2dfs.registry_client.errors import (
     BlobNotFoundError,
@@ -53,6 +55,7 @@ from lazy2dfs.registry_client.manifest import (
 from lazy2dfs.registry_client.platform import Platform, host_platform
 from lazy2dfs.registry_client.reference import DOCKER_HUB, Reference, parse_reference
 from lazy2dfs.registry_client.retry import RetryPolicy
+from lazy2dfs.registry_client.spill import SpillArea
 from lazy2dfs.registry_client.transport import DEFAULT_TIMEOUT, Transport
 
 log = get_logger(__name__)
@@ -98,11 +101,22 @@ class RegistryClient:
         plain_http: bool | Sequence[str] = False,
         credentials: CredentialStore | None = None,
         retry: RetryPolicy | None = None,
+        range_retry: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        spill: SpillArea | None = None,
+        skip_hosts: Collection[str] = (),
     ) -> None:
-        self._hosts = RegistryHosts(hosts_dir, plain_http)
-        store = credentials or CredentialStore(docker_config=default_docker_config())
-        self._transport = Transport(store, retry or RetryPolicy(), timeout)
+        """``spill``: where whole blobs a registry sends for range requests are kept to serve
+        later ranges (``registry_client.spill``); without it only the ranges asked are kept.
+        ``range_retry``: how range reads are retried (default: as every request, ``retry``);
+        the daemon gives them its read deadline as their budget. ``skip_hosts``: ``host:port``
+        listeners of this process that hosts.toml may name as mirrors (the daemon's partition
+        mirror); requests never go to them."""
+        self.hosts = RegistryHosts(hosts_dir, plain_http, skip_hosts)
+        self._range_retry = range_retry
+        self.credentials = credentials or CredentialStore(docker_config=default_docker_config())
+        self._transport = Transport(self.credentials, retry or RetryPolicy(), timeout)
+        self._routes = BlobRoutes(spill)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -116,12 +130,14 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._routes.spill is not None:
+            self._routes.spill.close()
         await self._transport.aclose()
 
     # -- endpoints ---------------------------------------------------------------------------
 
     def _endpoints(self, ref: Reference, capability: Capability) -> list[Endpoint]:
-        endpoints = [e for e in self._hosts.endpoints(ref.registry) if capability in e.capabilities]
+        endpoints = [e for e in self.hosts.endpoints(ref.registry) if capability in e.capabilities]
         if not endpoints:
             raise RegistryUnavailableError(f"{ref.registry}: no endpoint may {capability.name}")
         return endpoints
@@ -243,6 +259,8 @@ class RegistryClient:
             reference.repository,
             digest,
             size,
+            self._routes,
+            self._range_retry,
         )
 
     async def stat_blob(self, ref: Reference | str, digest: str) -> int:
@@ -269,6 +287,59 @@ class RegistryClient:
             self._endpoints(reference, Capability.PULL), f"blob {digest}", head
         )
 
+    @asynccontextmanager
+    async def open_blob(
+        self, ref: Reference | str, digest: str, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """A blob's response with its body unread, for relaying it (``headers``: e.g. a
+        ``Range``); its status is 200, 206 or 416. Nothing here verifies the bytes: the
+        reader must (a range cannot be checked against the blob's digest)."""
+        reference = _as_reference(ref)
+        validate_digest(digest)
+        failures: list[Exception] = []
+        for endpoint, url in self._blob_targets(reference, digest):
+            stack = AsyncExitStack()
+            try:
+                response = await self._transport.policy.run(
+                    f"blob {digest} from {endpoint.host}",
+                    functools.partial(
+                        self._open_blob, stack, endpoint, url, reference, digest, headers
+                    ),
+                )
+            except _NOT_FOUND as err:
+                await stack.aclose()
+                log.debug("endpoint failed", what=digest, host=endpoint.host, error=str(err))
+                failures.append(err)
+                continue
+            except BaseException:
+                await stack.aclose()
+                raise
+            async with stack:
+                yield response
+            return
+        unavailable = [f for f in failures if isinstance(f, RegistryUnavailableError)]
+        raise (unavailable or failures)[0]
+
+    async def _open_blob(
+        self,
+        stack: AsyncExitStack,
+        endpoint: Endpoint,
+        url: str,
+        ref: Reference,
+        digest: str,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        response = await stack.enter_async_context(
+            self._transport.open(
+                "GET", url, endpoint=endpoint, scopes=[pull_scope(ref.repository)], headers=headers
+            )
+        )
+        if response.status_code == 404:
+            raise BlobNotFoundError(f"blob {digest} not in {ref.name}")
+        if response.status_code not in (200, 206, 416):
+            raise RegistryProtocolError(f"GET blob {digest}: HTTP {response.status_code}")
+        return response
+
     async def get_blob(
         self, ref: Reference | str, digest: str, max_size: int = MAX_IN_MEMORY_BLOB
     ) -> bytes:
@@ -294,14 +365,21 @@ class RegistryClient:
                     verifier.verify(f"blob {digest}")
                     return b"".join(chunks)
 
-            return await self._transport.policy.run(f"blob {digest}", attempt)
+            return await self._transport.policy.run(f"blob {digest}", attempt, endpoint.host)
 
         return await self._first(
             self._endpoints(reference, Capability.PULL), f"blob {digest}", fetch
         )
 
-    async def download_blob(self, ref: Reference | str, digest: str, path: Path) -> int:
-        """Streams a blob to ``path`` and returns its size.
+    async def download_blob(
+        self,
+        ref: Reference | str,
+        digest: str,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Streams a blob to ``path`` and returns its size; ``progress`` gets the bytes
+        received so far.
 
         The bytes go to ``<path>.partial`` first and are renamed only once verified, so
         ``path`` never holds unverified content.
@@ -323,11 +401,13 @@ class RegistryClient:
                         async for chunk in response.aiter_bytes():
                             verifier.update(chunk)
                             await out.write(chunk)
+                            if progress is not None:
+                                progress(verifier.size)
                 verifier.verify(f"blob {digest}")
                 os.replace(partial, path)
                 return verifier.size
 
-            return await self._transport.policy.run(f"download {digest}", attempt)
+            return await self._transport.policy.run(f"download {digest}", attempt, endpoint.host)
 
         try:
             return await self._first(
@@ -356,8 +436,10 @@ class RegistryClient:
         *,
         mount_from: str | None = None,
         chunk_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> bool:
-        """Uploads a blob unless present; True when bytes were sent or mounted."""
+        """Uploads a blob unless present; True when bytes were sent or mounted. ``progress``
+        gets the bytes sent so far."""
         reference = _as_reference(ref)
         return await _push.push_blob(
             self._transport,
@@ -367,6 +449,7 @@ class RegistryClient:
             data,
             mount_from=mount_from,
             chunk_size=chunk_size,
+            progress=progress,
         )
 
     async def push_manifest(self, ref: Reference | str, data: bytes, media_type: str) -> Descriptor:

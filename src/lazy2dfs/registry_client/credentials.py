@@ -65,6 +65,10 @@ class CredentialStore:
         self._docker_config = docker_config
         self._cache: dict[str, Credentials | None] = {}
 
+    @property
+    def docker_config(self) -> Path | None:
+        return self._docker_config
+
     def lookup(self, host: str) -> Credentials | None:
         """Blocking (a helper may run): call it from a worker thread in async code."""
         key = _host_key(host)

@@ -7,12 +7,19 @@ is "not found", a flaky registry is "unavailable" and a digest mismatch is never
 
 from __future__ import annotations
 
+import socket
+import ssl
+
+import httpx
+
 from lazy2dfs.errors import (
     FailedPreconditionError,
     IntegrityError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
+    causes,
+    describe,
 )
 
 
@@ -58,3 +65,45 @@ class RegistryProtocolError(UnavailableError):
 
 class MalformedManifestError(IntegrityError):
     """Manifest bytes (already matching their digest) that are not a valid manifest or index."""
+
+
+def _host(err: httpx.TransportError) -> str:
+    try:
+        return err.request.url.netloc.decode() or "the registry"
+    except RuntimeError:  # raised before a request existed
+        return "the registry"
+
+
+def is_tls_mismatch(err: httpx.TransportError) -> bool:
+    """The TLS handshake failed for a reason no retry changes: a plain HTTP server, or a
+    certificate this client does not trust."""
+    return any(isinstance(c, ssl.SSLError) for c in causes(err))
+
+
+def explain_transport_error(err: httpx.TransportError) -> str:
+    """What went wrong on the network, for a person: the cause that httpx's own (often empty)
+    message hides, and what to do about it."""
+    host = _host(err)
+    for cause in causes(err):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"{host}'s TLS certificate is not trusted ({cause.verify_message}): add its CA"
+                " to the system's trust store, or as `ca` in its hosts.toml"
+            )
+        if isinstance(cause, ssl.SSLError):
+            if cause.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
+                return (
+                    f"{host} answered in plain HTTP to an HTTPS request: the registry does not"
+                    " use TLS; reach it over HTTP (`--plain-http`; for the daemon"
+                    f' registry.plain_http, or a hosts.toml with server = "http://{host}")'
+                )
+            return f"TLS handshake with {host} failed: {cause.reason or cause}"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"nothing listens at {host} (connection refused): is the registry up?"
+        if isinstance(cause, socket.gaierror):
+            return f"{host} does not resolve: {cause.strerror}"
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot reach {host}: {cause.strerror}"
+    if isinstance(err, httpx.TimeoutException):
+        return f"{host} did not answer in time ({type(err).__name__})"
+    return f"{host}: {describe(err)}"

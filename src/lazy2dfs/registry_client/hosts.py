@@ -10,6 +10,10 @@ then the ``server`` (or the registry itself). Each endpoint has capabilities (``
 Plain HTTP is used only where it cannot leak across a network by accident: loopback hosts,
 hosts the caller marks insecure (``plain_http``), or an explicit ``http://`` in hosts.toml.
 Everything else is HTTPS with certificate verification.
+
+The daemon reads the hosts.toml files containerd reads, which name the daemon's own partition
+mirror in front of the registry: ``skip`` leaves such endpoints out, so that the mirror never
+asks itself and lazy reads go to the registry without a detour through it.
 """
 
 from __future__ import annotations
@@ -96,18 +100,37 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def reaches(host: str, listener: str) -> bool:
+    """Whether a request to ``host`` (``host:port``) lands on a socket bound to ``listener``:
+    same port, and the same host, or both loopback, or a listener on every address."""
+    target, bound = urlsplit("//" + host), urlsplit("//" + listener)
+    try:
+        if target.port is None or target.port != bound.port:
+            return False
+    except ValueError:  # a port outside 0..65535
+        return False
+    wildcard = bound.hostname in ("0.0.0.0", "::")
+    both_loopback = is_loopback(host) and is_loopback(listener)
+    return wildcard or both_loopback or target.hostname == bound.hostname
+
+
 class RegistryHosts:
     """Resolves a registry name from a reference to its endpoints, in the order to try them."""
 
     def __init__(
-        self, hosts_dir: Path | None = None, plain_http: bool | Collection[str] = False
+        self,
+        hosts_dir: Path | None = None,
+        plain_http: bool | Collection[str] = False,
+        skip: Collection[str] = (),
     ) -> None:
         self._hosts_dir = hosts_dir
         self._plain_http = plain_http
+        self._skip = tuple(skip)
 
     def endpoints(self, registry: str) -> list[Endpoint]:
         directory = self._host_directory(registry)
         configured = _load_directory(directory) if directory is not None else []
+        configured = [e for e in configured if not any(reaches(e.host, own) for own in self._skip)]
         if not configured or configured[-1].host == "":
             default = self._default_endpoint(registry)
             last = configured.pop() if configured else Endpoint("", "")
@@ -122,6 +145,14 @@ class RegistryHosts:
                 )
             )
         return configured
+
+    def source(self, registry: str) -> Path | None:
+        """The directory (with its hosts.toml, if any) that configures ``registry``."""
+        return self._host_directory(registry)
+
+    @property
+    def hosts_dir(self) -> Path | None:
+        return self._hosts_dir
 
     def _host_directory(self, registry: str) -> Path | None:
         if self._hosts_dir is None:

@@ -10,7 +10,7 @@ start, in a new session, because upload sessions do not survive every kind of fa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -39,8 +39,10 @@ async def push_blob(
     *,
     mount_from: str | None = None,
     chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> bool:
-    """Makes ``digest`` exist in ``repository``; False when it was there already."""
+    """Makes ``digest`` exist in ``repository``; False when it was there already.
+    ``progress`` gets the bytes sent so far."""
     scopes = [push_scope(repository)]
     if mount_from is not None:
         scopes.append(pull_scope(mount_from))
@@ -55,6 +57,8 @@ async def push_blob(
             return True
         if isinstance(data, bytes) and chunk_size is None:
             await _put(transport, endpoint, scopes, location, digest, data, "blob upload")
+            if progress is not None:
+                progress(len(data))
         else:
             await _upload_chunks(
                 transport,
@@ -64,10 +68,11 @@ async def push_blob(
                 digest,
                 data,
                 chunk_size or DEFAULT_CHUNK_SIZE,
+                progress,
             )
         return True
 
-    return await transport.policy.run(f"push {repository}@{digest}", attempt)
+    return await transport.policy.run(f"push {repository}@{digest}", attempt, endpoint.host)
 
 
 async def _start(
@@ -96,6 +101,7 @@ async def _upload_chunks(
     digest: str,
     data: bytes | Path,
     chunk_size: int,
+    progress: Callable[[int], None] | None,
 ) -> None:
     offset = 0
     async for chunk in _chunks(data, chunk_size):
@@ -105,6 +111,8 @@ async def _upload_chunks(
         ) as response:
             location = _next_location(response, location, "chunk upload", expected=202)
         offset += len(chunk)
+        if progress is not None:
+            progress(offset)
     await _put(transport, endpoint, scopes, location, digest, b"", "upload commit")
 
 
@@ -188,4 +196,6 @@ async def push_manifest(
                 )
         return digest
 
-    return await transport.policy.run(f"push manifest {repository}:{tag_or_digest}", attempt)
+    return await transport.policy.run(
+        f"push manifest {repository}:{tag_or_digest}", attempt, endpoint.host
+    )

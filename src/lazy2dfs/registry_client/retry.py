@@ -4,7 +4,11 @@ Connection errors, timeouts, 429 and 5xx are retried with jittered exponential b
 jitter keeps many lazy readers from hammering a recovering registry in step), honouring
 ``Retry-After``. Both the number of attempts and the time spent are bounded, so a dead registry
 turns into ``RegistryUnavailableError`` instead of a hung FUSE read. Anything else (4xx, digest
-mismatches) is not retried: repeating it cannot help.
+mismatches, a TLS handshake with a plain HTTP server or an untrusted certificate) is not
+retried: repeating it cannot help.
+
+Every failed attempt and every answer is recorded per host (``metrics.REGISTRY_HEALTH``), so
+that the daemon shows a failing registry while its readers still wait on retries.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ import trio
 
 from lazy2dfs import metrics
 from lazy2dfs.logfmt import get_logger
-from lazy2dfs.registry_client.errors import RegistryUnavailableError
+from lazy2dfs.registry_client.errors import (
+    RegistryUnavailableError,
+    explain_transport_error,
+    is_tls_mismatch,
+)
 
 log = get_logger(__name__)
 
@@ -59,32 +67,44 @@ class RetryableError(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5
+    attempts: int | None = 5  # None: as many as the budget allows
     base_delay: float = 0.05
     max_delay: float = 5.0
     budget: float = 60.0  # seconds from the first attempt after which no new attempt starts
 
     def backoff(self, failures: int) -> float:
         """Delay after ``failures`` failed attempts: half fixed, half random."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(failures - 1, 32))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
-    async def run(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Awaits ``attempt()`` until it returns, fails for good, or the bounds are hit."""
+    async def run(self, what: str, attempt: Callable[[], Awaitable[T]], host: str = "") -> T:
+        """Awaits ``attempt()`` until it returns, fails for good, or the bounds are hit.
+        ``host``: the registry host the attempts go to, whose failures are recorded."""
         started = trio.current_time()
-        reason = ""
-        for failures in range(1, self.attempts + 1):
+        failures = 0
+        while True:
+            failures += 1
             try:
-                return await attempt()
+                result = await attempt()
             except RetryableError as err:
                 reason, delay, cause = str(err), err.retry_after, "status"
             except httpx.TransportError as err:
-                reason, delay, cause = f"{type(err).__name__}: {err}", None, "network"
-            if failures == self.attempts:
+                reason, delay, cause = explain_transport_error(err), None, "network"
+                if is_tls_mismatch(err):
+                    _failed(host, reason)
+                    raise RegistryUnavailableError(f"{what}: {reason}") from err
+            except Exception:
+                _answered(host)  # a 4xx, a digest mismatch: the registry is there
+                raise
+            else:
+                _answered(host)
+                return result
+            _failed(host, reason)
+            if self.attempts is not None and failures >= self.attempts:
                 break
             delay = self.backoff(failures) if delay is None else delay
             if trio.current_time() + delay - started > self.budget:
-                reason += f" (next try in {delay:.1f}s would exceed the {self.budget}s budget)"
+                reason += f" (next try in {delay:.1f}s would exceed the {self.budget:g}s budget)"
                 break
             metrics.REGISTRY_RETRIES.labels(cause).inc()
             log.info(
@@ -96,7 +116,20 @@ class RetryPolicy:
                 delay=delay,
             )
             await trio.sleep(delay)
-        raise RegistryUnavailableError(f"{what}: gave up after {failures} attempts: {reason}")
+        spent = trio.current_time() - started
+        raise RegistryUnavailableError(
+            f"{what}: gave up after {failures} attempts in {spent:.1f}s: {reason}"
+        )
+
+
+def _failed(host: str, reason: str) -> None:
+    if host:
+        metrics.REGISTRY_HEALTH.failed(host, reason)
+
+
+def _answered(host: str) -> None:
+    if host:
+        metrics.REGISTRY_HEALTH.answered(host)
 
 
 def retry_after(value: str | None) -> float | None:

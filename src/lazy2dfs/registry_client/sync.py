@@ -16,6 +16,7 @@ import trio
 
 from lazy2dfs.registry_client.client import FetchedManifest, RegistryClient, ResolvedImage
 from lazy2dfs.registry_client.credentials import CredentialStore
+from lazy2dfs.registry_client.hosts import Capability, Endpoint, RegistryHosts
 from lazy2dfs.registry_client.manifest import Descriptor
 from lazy2dfs.registry_client.platform import Platform
 from lazy2dfs.registry_client.ranges import ByteRange
@@ -59,6 +60,11 @@ class SyncRegistryClient:
 
         return trio.run(main)
 
+    def pull_endpoints(self, registry: str) -> list[Endpoint]:
+        """Where this client pulls from ``registry``, in the order it tries them."""
+        hosts = RegistryHosts(self._hosts_dir, self._plain_http)
+        return [e for e in hosts.endpoints(registry) if Capability.PULL in e.capabilities]
+
     def resolve(self, ref: Reference | str) -> Descriptor:
         return self.run(lambda c: c.resolve(ref))
 
@@ -74,8 +80,14 @@ class SyncRegistryClient:
     def get_blob(self, ref: Reference | str, digest: str) -> bytes:
         return self.run(lambda c: c.get_blob(ref, digest))
 
-    def download_blob(self, ref: Reference | str, digest: str, path: Path) -> int:
-        return self.run(lambda c: c.download_blob(ref, digest, path))
+    def download_blob(
+        self,
+        ref: Reference | str,
+        digest: str,
+        path: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        return self.run(lambda c: c.download_blob(ref, digest, path, progress))
 
     def read_ranges(
         self, ref: Reference | str, digest: str, ranges: Sequence[ByteRange]

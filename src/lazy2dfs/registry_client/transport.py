@@ -183,22 +183,33 @@ class Transport:
             async with self.open(
                 method, url, endpoint=endpoint, scopes=scopes, headers=headers, content=content
             ) as response:
-                announced = response.headers.get("content-length", "")
-                if announced.isdigit() and int(announced) > max_body:
-                    raise RegistryProtocolError(f"{what}: answer of {announced} bytes refused")
-                body = bytearray()
-                async for piece in response.aiter_bytes():
-                    body += piece
-                    if len(body) > max_body:
-                        raise RegistryProtocolError(f"{what}: answer over {max_body} bytes refused")
                 return httpx.Response(
                     response.status_code,
                     headers=response.headers,
-                    content=bytes(body),
+                    # A HEAD answer announces the size of a body it does not send (a blob's).
+                    content=b""
+                    if method == "HEAD"
+                    else await read_at_most(response, max_body, what),
                     request=response.request,
                 )
 
-        return await self.policy.run(what, attempt)
+        return await self.policy.run(what, attempt, endpoint.host if endpoint else "")
+
+
+async def read_at_most(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The body of ``response``, refused (``RegistryProtocolError``) as soon as it is known to
+    be longer than ``limit``: from its Content-Length, or while it arrives."""
+    announced = response.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise RegistryProtocolError(f"{what}: answer of {announced} bytes refused")
+    pieces: list[bytes] = []
+    received = 0
+    async for piece in response.aiter_bytes():
+        received += len(piece)
+        if received > limit:
+            raise RegistryProtocolError(f"{what}: answer over {limit} bytes refused")
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 _SENT_AT: Final = "lazy2dfs.sent_at"

@@ -28,6 +28,7 @@ from lazy2dfs.estargz.decode import DecodedSegment, decode_segment
 from lazy2dfs.estargz.layout import BlobLayout, Segment
 from lazy2dfs.estargz.toc import Chunk, EntryType
 from lazy2dfs.logfmt import get_logger
+from lazy2dfs.registry_client import parse_reference
 from lazy2dfs.registry_client.retry import on_behalf_of
 from lazy2dfs.remote.flight import GAVE_UP_SECONDS, ByteBudget, Fetch, ReaderGate, SingleFlight
 from lazy2dfs.remote.spans import Span, plan_spans
@@ -61,6 +62,11 @@ class BlobSource(Protocol):
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each ``(offset, length)``, in the order asked, in one request where
         the registry allows."""
+        ...
+
+    def release(self) -> None:
+        """The caller holds every byte of the blob it will need (its layer's cache is
+        complete): a whole copy kept for it may go."""
         ...
 
 
@@ -247,12 +253,19 @@ class SegmentFetcher:
                             [(run.start, run.size) for run in span.runs]
                         )
                 if cut.cancelled_caught:
-                    context.flights.give_up(self.key(s) for s in span.segments)
-                    raise UnavailableError(
+                    failure = (
                         f"the registry did not serve {span.size} bytes of {self.name}"
                         f" within {context.deadline:g}s"
                     )
+                    # No attempt ended, so the retries recorded nothing: record it here.
+                    metrics.REGISTRY_HEALTH.failed(_registry_of(self.image), failure)
+                    raise UnavailableError(failure)
         except Exception as exc:
+            if isinstance(exc, UnavailableError):
+                # Failed for as long as a reader may wait (deadline, or retries spent): the
+                # kernel's immediate retry of a failed read-ahead fails at once, not again
+                # after as long.
+                context.flights.give_up(self.key(s) for s in span.segments)
             log.warning(
                 "fetch failed",
                 layer=self.name,
@@ -372,6 +385,13 @@ class SegmentFetcher:
         """Bytes of this layer's blob that came from the registry."""
         self.stats.add_fetched(count, background)
         metrics.BYTES_FETCHED.inc(count)
+
+
+def _registry_of(image: str) -> str:
+    try:
+        return parse_reference(image).registry
+    except Lazy2dfsError:
+        return image
 
 
 def first_domain_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

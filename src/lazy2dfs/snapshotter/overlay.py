@@ -80,9 +80,25 @@ def _remove_tree(path: Path) -> None:
 
 
 def _record_fallback(request: LayerRequest, exc: NotLazyError) -> None:
-    """The one place a fallback is recorded: the log, the counter, ``lazy2dfs status``."""
+    """The one place a download is recorded: the log, the counters, ``lazy2dfs status``.
+
+    A layer not in a lazy format is downloaded as its image asks (the plain base of a 2DFS
+    image, a small layer): logged at info and counted apart, so that an alert on fallbacks
+    fires only for layers that were meant to be lazy and are not."""
+    metrics.RECENT_FALLBACKS.record(
+        request.layer_digest, request.reference, exc.reason, str(exc), exc.by_design
+    )
+    if exc.by_design:
+        metrics.PLAIN_LAYERS.labels(exc.reason).inc()
+        log.info(
+            "layer downloaded: not in a lazy format",
+            layer=request.layer_digest,
+            image=request.reference,
+            reason=exc.reason,
+            action="to pull it lazily, convert the image (lazy2dfs convert SRC DST)",
+        )
+        return
     metrics.FALLBACKS.labels(exc.reason).inc()
-    metrics.RECENT_FALLBACKS.record(request.layer_digest, request.reference, exc.reason)
     log.warning(
         "layer fallback",
         layer=request.layer_digest,

@@ -16,15 +16,25 @@ from lazy2dfs.errors import Lazy2dfsError, UnavailableError
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.snapshot import Usage
 
+# The reason for a layer that is not in a lazy format at all (plain tar.gz): downloading it is
+# what its image asks for, not a failure.
+NOT_LAZY_FORMAT = "not-lazy-format"
+
 
 class NotLazyError(Lazy2dfsError):
     """This layer cannot be served lazily; containerd should download it as usual.
 
-    ``reason`` is a short stable word for metrics (``no-toc``, ``no-range``, ``unreachable``…)."""
+    ``reason`` is a short stable word for metrics (``not-lazy-format``, ``unreachable``,
+    ``toc-mismatch``…); the message says what went wrong and what to do."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
+
+    @property
+    def by_design(self) -> bool:
+        """The layer was never meant to be lazy: a download is no fallback worth a warning."""
+        return self.reason == NOT_LAZY_FORMAT
 
 
 class ResolveCancelledError(UnavailableError):

@@ -6,7 +6,8 @@ columns. A reference with partition suffixes (``model:v1--0.0.1.0``) names the i
 the base layers and the allotments inside the rectangles; :func:`partition_image` computes it
 from the pieces, :func:`fetch_partitioned_image` from a registry. :func:`build` makes 2DFS
 images from a base image and a ``2dfs.json``; :func:`split_safetensors` writes such a build
-file from model weights.
+file from model weights. ``tdfs.mirror`` serves partitions to containerd from the daemon (a
+read-only registry endpoint named in hosts.toml), so that every client can pull them.
 """
 
 from lazy2dfs.tdfs.builder import BuildRequest, BuildResult, build

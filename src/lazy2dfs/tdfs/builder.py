@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +130,7 @@ class _Build:
         self._request = request
         self._client = client
         self._cache = cache
+        self._progress = progress
         self._say = progress.step
         self._uploaded: list[str] = []
 
@@ -231,7 +232,11 @@ class _Build:
                 label = f"allotment {position + 1}/{total} row {spec.row} col {spec.col}"
                 self._say(f"{label}: {len(spec.files)} file(s), {human_bytes(size)}")
                 done = await trio.to_thread.run_sync(
-                    encode_allotment, spec, self._cache, self._request.encode
+                    encode_allotment,
+                    spec,
+                    self._cache,
+                    self._request.encode,
+                    lambda n, total: self._progress.update(n, total, f"{label}: encode"),
                 )
                 how = "cached" if done.cached else f"encoded in {time.monotonic() - started:.1f}s"
                 self._say(
@@ -273,8 +278,15 @@ class _Build:
         self, limiter: trio.CapacityLimiter, target: Reference, digest: str, data: bytes | Path
     ) -> None:
         async with limiter:
-            sent = await self._client.push_blob(target, digest, data)
+            sent = await self._client.push_blob(
+                target, digest, data, progress=self._progress_of(digest, data)
+            )
         self._record(digest, "uploaded" if sent else "present")
+
+    def _progress_of(self, digest: str, data: bytes | Path) -> Callable[[int], None]:
+        """Reports one blob's upload as a transfer of its own: several go at once."""
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
+        return lambda sent: self._progress.update(sent, size, f"push {digest[7:19]}")
 
     async def _push_base_blob(
         self, limiter: trio.CapacityLimiter, target: Reference, base: Reference, digest: str
@@ -296,7 +308,9 @@ class _Build:
                 except (DigestMismatchError, RegistryProtocolError):
                     self._say(f"blob {digest[:19]}… cannot be mounted, copying")
             path = await self._fetch_base_blob(base, digest)
-            await self._client.push_blob(target, digest, path)
+            await self._client.push_blob(
+                target, digest, path, progress=self._progress_of(digest, path)
+            )
         self._record(digest, "uploaded")
 
     def _record(self, digest: str, how: str) -> None:
@@ -309,7 +323,13 @@ class _Build:
         path = self._cache.blobs.path(digest)
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            size = await self._client.download_blob(base, digest, path)
+            total = await self._client.stat_blob(base, digest)
+            size = await self._client.download_blob(
+                base,
+                digest,
+                path,
+                lambda n: self._progress.update(n, total, f"download {digest[7:19]}"),
+            )
             self._say(f"blob {digest[:19]}… downloaded {human_bytes(size)}")
         return path
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from lazy2dfs.estargz import Compression, WriterOptions, write_blob_from_tar
 from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
+from lazy2dfs.progress import ReadProgress
 from lazy2dfs.tdfs.cache import AllotmentCache, EncodedBlob
 from lazy2dfs.tdfs.field import Allotment
 from lazy2dfs.tdfs.spec import AllotmentSpec
@@ -80,9 +82,13 @@ def cache_key(spec: AllotmentSpec, options: EncodeOptions) -> str:
 
 
 def encode_allotment(
-    spec: AllotmentSpec, cache: AllotmentCache, options: EncodeOptions
+    spec: AllotmentSpec,
+    cache: AllotmentCache,
+    options: EncodeOptions,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EncodedAllotment:
-    """The allotment's blob in ``cache.blobs``: found by key, or written and recorded."""
+    """The allotment's blob in ``cache.blobs``: found by key, or written and recorded.
+    ``progress`` gets the bytes of its tar compressed so far, and the tar's size."""
     key = cache_key(spec, options)
     record = cache.get(key)
     if record is not None:
@@ -94,11 +100,17 @@ def encode_allotment(
         workers=options.workers,
         compression=options.compression,
     )
+    view = TarView(spec.files)
     with (
         cache.blobs.writer() as (out, temporary),
-        io.BufferedReader(TarView(spec.files), _READ_SIZE) as archive,
+        io.BufferedReader(view, _READ_SIZE) as archive,
     ):
-        result = write_blob_from_tar(archive, out, writer_options)
+        if progress is None:
+            result = write_blob_from_tar(archive, out, writer_options)
+        else:
+            report = progress
+            counted = ReadProgress(archive, lambda done: report(done, view.size))
+            result = write_blob_from_tar(counted, out, writer_options)  # type: ignore[arg-type]
         out.flush()
         cache.blobs.commit(temporary, result.blob_digest)
     record = EncodedBlob(

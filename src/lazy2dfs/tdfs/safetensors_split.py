@@ -8,6 +8,12 @@ even as possible, and writes one safetensors file per group plus a ``2dfs.json``
 ``r`` at row ``r``, column 0. Tensors outside the blocks go with the stage that uses them:
 embeddings to the first row, everything else (final norm, LM head, classifier) to the last.
 
+It also writes ``model.safetensors.index.json``, the index Hugging Face loaders read for a
+sharded checkpoint (``weight_map``: tensor name → shard file; ``metadata.total_size``: bytes of
+all tensors), and puts it in every row's allotment: any partition then carries the index, and
+a stage finds where its tensors are. The index changes only when tensor names or sizes do, so
+new weights in one row still leave the other allotments' digests alone.
+
 The safetensors format is small enough to write here: an 8-byte little-endian header length,
 a JSON header (``{name: {dtype, shape, data_offsets}}`` and optional ``__metadata__``), padded
 with spaces to 8 bytes, then the tensors' bytes back to back. Tensors are ordered by element
@@ -31,6 +37,7 @@ from lazy2dfs.tdfs.errors import SafetensorsFormatError
 from lazy2dfs.tdfs.spec import AllotmentSpec, FileCopy, dump_spec
 
 SPEC_NAME: Final = "2dfs.json"
+INDEX_NAME: Final = "model.safetensors.index.json"
 _MAX_HEADER: Final = 100 * 1024 * 1024  # the reference library's limit
 _COPY_SIZE: Final = 8 << 20
 # Bits per element; F4 and F6 types pack several elements in a byte.
@@ -74,12 +81,13 @@ class RowGroup:
 class SplitResult:
     spec: Path
     rows: tuple[RowGroup, ...]
+    index: Path
 
 
 def split_safetensors(
     models: Sequence[Path], rows: int, out: Path, dst_dir: str = "/model"
 ) -> SplitResult:
-    """Writes ``rows`` safetensors files and a ``2dfs.json`` to ``out``."""
+    """Writes ``rows`` safetensors files, their index and a ``2dfs.json`` to ``out``."""
     if rows < 1:
         raise SafetensorsFormatError(f"--rows must be at least 1, got {rows}")
     if not models:
@@ -99,16 +107,31 @@ def split_safetensors(
     groups = _group(list(tensors.values()), rows)
     out.mkdir(parents=True, exist_ok=True)
     results: list[RowGroup] = []
-    specs: list[AllotmentSpec] = []
+    weight_map: dict[str, str] = {}
     for row, (layers, members) in enumerate(groups):
         path = out / f"model-{row:05d}-of-{rows:05d}.safetensors"
         size = write_safetensors(path, members, metadata)
         results.append(RowGroup(row, layers, path, len(members), size))
-        dst = f"{dst_dir.rstrip('/')}/{path.name}".lstrip("/")
-        specs.append(AllotmentSpec(row, 0, (FileCopy(path, dst),)))
+        weight_map.update((tensor.name, path.name) for tensor in members)
+    index = out / INDEX_NAME
+    total = sum(tensor.length for tensor in tensors.values())
+    document = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    index.write_text(json.dumps(document, indent=2) + "\n")
+    directory = dst_dir.rstrip("/")
+    specs = [
+        AllotmentSpec(
+            group.row,
+            0,
+            (
+                FileCopy(group.path, f"{directory}/{group.path.name}".lstrip("/")),
+                FileCopy(index, f"{directory}/{INDEX_NAME}".lstrip("/")),
+            ),
+        )
+        for group in results
+    ]
     spec_path = out / SPEC_NAME
     spec_path.write_bytes(dump_spec(specs, out))
-    return SplitResult(spec_path, tuple(results))
+    return SplitResult(spec_path, tuple(results), index)
 
 
 def read_header(path: Path) -> tuple[dict[str, str] | None, list[_Tensor]]:

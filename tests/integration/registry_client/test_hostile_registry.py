@@ -1,7 +1,6 @@
 """A hostile registry's answers cost the client a refusal, never their size in memory."""
 
 import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +8,7 @@ import trio
 
 from lazy2dfs.registry_client import RegistryClient
 from lazy2dfs.registry_client.errors import MalformedManifestError, RegistryProtocolError
+from tests.support.registry import http_server
 
 PIECE = b"{" * (1 << 20)
 
@@ -37,14 +37,8 @@ class Endless(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def endless() -> Iterator[str]:
     Endless.sent = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Endless) as host:
+        yield host
 
 
 def test_an_endless_manifest_is_refused_after_its_limit(endless: str) -> None:

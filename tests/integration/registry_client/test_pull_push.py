@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,13 @@ def test_push_from_file_and_plain_manifest(registry: LocalRegistry, tmp_path: Pa
         assert await client.get_blob(ref, sha256_digest(PAYLOAD)) == PAYLOAD
 
     run(push)
+
+
+def test_the_size_of_a_blob_larger_than_any_answer_read_whole(registry: LocalRegistry) -> None:
+    """HEAD announces the blob's size without sending it: the bound on answers read whole
+    (8 MiB) does not apply, or no stock-layout 2DFS allotment that large could be sized."""
+    ref = f"{registry.host}/test/large:v1"
+    data = os.urandom(9 << 20)
+    digest = sha256_digest(data)
+    run(lambda c: c.push_blob(ref, digest, data))
+    assert run(lambda c: c.stat_blob(ref, digest)) == len(data)

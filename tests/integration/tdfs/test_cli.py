@@ -1,8 +1,8 @@
 """The CLI end to end: safetensors → 2dfs.json → build --push → a partition holds its rows."""
 
-import argparse
 import io
 import json
+import os
 import struct
 import tarfile
 from pathlib import Path
@@ -11,22 +11,17 @@ import pytest
 import zstandard
 
 from devstack.images import build_image, push_image
+from devstack.process import lazy2dfs_argv
 from devstack.registry import LocalRegistry
-from lazy2dfs.cli import tdfs as tdfs_cli
+from lazy2dfs.cli import main
 from lazy2dfs.registry_client import host_platform
 from lazy2dfs.tdfs import fetch_partitioned_image
 from tests.support.registry import run
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazy2dfs")
-    tdfs_cli.register(parser.add_subparsers(dest="command", required=True))
-    return parser
+from tests.support.terminal import BAR, on_terminal
 
 
 def _main(*argv: str) -> int:
-    args = _parser().parse_args(argv)
-    return int(args.func(args))
+    return main(list(argv))
 
 
 def _model(path: Path, layers: int) -> None:
@@ -75,5 +70,26 @@ def test_from_safetensors_then_build_then_partition(
 
 def test_bad_platform_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        _parser().parse_args(["build", "--platform", "linux", "a", "b"])
+        main(["build", "--platform", "linux", "a", "b"])
     assert "platform" in capsys.readouterr().err
+
+
+def test_build_on_a_terminal_shows_encoding_and_upload_bars(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    (tmp_path / "weights.bin").write_bytes(os.urandom(16 << 20))
+    spec = {"allotments": [{"src": "weights.bin", "dst": "/model/w.bin", "row": 0, "col": 0}]}
+    (tmp_path / "2dfs.json").write_text(json.dumps(spec))
+    base = f"{registry.host}/cli/base:tty"
+    run(lambda c: push_image(c, base, build_image([{"etc/os": b"x"}], in_index=True)))
+    code, terminal = on_terminal(
+        [
+            *lazy2dfs_argv(),
+            *("build", "-f", str(tmp_path / "2dfs.json"), "--push"),
+            *("--cache-dir", str(tmp_path / "cache"), base, f"{registry.host}/cli/model:tty"),
+        ]
+    )
+    assert code == 0, terminal
+    labels = {bar["label"] for bar in BAR.finditer(terminal)}
+    assert "allotment 1/1 row 0 col 0: encode" in labels, repr(terminal[-3000:])
+    assert any(label.startswith("push ") for label in labels), labels

@@ -3,6 +3,7 @@ once durable, and what survives a crash."""
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,4 +146,41 @@ def test_a_gap_stays_readable_while_a_flush_records_it(
     cache.flush()
     monkeypatch.undo()
     assert seen == [expected] and cache.gap_bytes(layout.segments[0]) == expected
+    cache.close()
+
+
+def test_a_flush_finding_nothing_waits_for_the_one_under_way(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic flush took the pending records and is syncing them: the diff ID check's
+    own flush returns only once they are recorded, so every gap can be read."""
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    fill(cache, data, layout, list(range(len(layout.segments))))
+    syncing, release = threading.Event(), threading.Event()
+    real_sync = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        release.wait(10)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    periodic = threading.Thread(target=cache.flush)
+    periodic.start()
+    assert syncing.wait(10)
+    checked: list[bytes] = []
+
+    def flush_then_read_gaps() -> None:
+        cache.flush()
+        checked.extend(cache.gap_bytes(s) for s in layout.segments)
+
+    check = threading.Thread(target=flush_then_read_gaps)
+    check.start()
+    check.join(0.2)
+    assert check.is_alive()  # waiting for the flush under way, not reading unrecorded gaps
+    release.set()
+    periodic.join(10)
+    check.join(10)
+    assert len(checked) == len(layout.segments)
     cache.close()

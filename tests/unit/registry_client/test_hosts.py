@@ -3,7 +3,12 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.registry_client import Capability, ConfigError, RegistryHosts
-from lazy2dfs.registry_client.hosts import ALL_CAPABILITIES, is_loopback, parse_hosts_toml
+from lazy2dfs.registry_client.hosts import (
+    ALL_CAPABILITIES,
+    is_loopback,
+    parse_hosts_toml,
+    reaches,
+)
 
 HOSTS_TOML = """
 server = "https://registry-1.docker.io"
@@ -129,3 +134,38 @@ def test_unreadable_ca_is_a_config_error(tmp_path: Path) -> None:
     (endpoint,) = RegistryHosts(tmp_path).endpoints("r.io")
     with pytest.raises(ConfigError):
         endpoint.tls.ssl_context()
+
+
+@pytest.mark.parametrize(
+    ("host", "listener", "expected"),
+    [
+        ("127.0.0.1:5050", "127.0.0.1:5050", True),
+        ("localhost:5050", "127.0.0.1:5050", True),
+        ("[::1]:5050", "127.0.0.1:5050", True),
+        ("10.0.0.7:5050", "0.0.0.0:5050", True),
+        ("node:5050", "node:5050", True),
+        ("127.0.0.1:5051", "127.0.0.1:5050", False),
+        ("10.0.0.7:5050", "127.0.0.1:5050", False),
+        ("registry.example.com", "127.0.0.1:443", False),
+        ("", "127.0.0.1:5050", False),
+    ],
+)
+def test_reaches(host: str, listener: str, expected: bool) -> None:
+    assert reaches(host, listener) is expected
+
+
+def test_skipped_listeners_are_left_out_of_the_endpoints(tmp_path: Path) -> None:
+    """The daemon reads containerd's hosts.toml, which names the daemon's own mirror."""
+    (tmp_path / "reg.example.com").mkdir()
+    (tmp_path / "reg.example.com" / "hosts.toml").write_text(
+        '[host."http://127.0.0.1:5050"]\n  capabilities = ["pull", "resolve"]\n'
+        '[host."https://cache.example.com"]\n  capabilities = ["pull"]\n'
+    )
+    everything = RegistryHosts(tmp_path).endpoints("reg.example.com")
+    assert [e.host for e in everything] == [
+        "127.0.0.1:5050",
+        "cache.example.com",
+        "reg.example.com",
+    ]
+    skipping = RegistryHosts(tmp_path, skip=["localhost:5050"]).endpoints("reg.example.com")
+    assert [e.host for e in skipping] == ["cache.example.com", "reg.example.com"]

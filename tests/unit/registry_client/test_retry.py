@@ -1,3 +1,6 @@
+import http.server
+import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -5,8 +8,10 @@ import httpx
 import pytest
 import trio
 
+from lazy2dfs import metrics
 from lazy2dfs.registry_client import RegistryUnavailableError, RetryPolicy
 from lazy2dfs.registry_client.retry import RetryableError, retry_after
+from tests.support.registry import http_server
 
 
 def test_retry_after() -> None:
@@ -75,3 +80,60 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError):
         trio.run(RetryPolicy().run, "x", broken)
     assert calls == 1
+
+
+@pytest.fixture
+def plain_http_server() -> Iterator[str]:
+    """A plain HTTP server on loopback: what a registry without TLS is."""
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with http_server(Quiet) as host:
+        yield host
+
+
+def _get(url: str, policy: RetryPolicy, host: str) -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient() as client:
+
+            async def attempt() -> None:
+                await client.get(url)
+
+            await policy.run(f"manifest m:v1 from {host}", attempt, host)
+
+    trio.run(main)
+
+
+def test_https_to_a_plain_http_registry_names_the_cause_and_is_not_retried(
+    plain_http_server: str,
+) -> None:
+    """httpx says only "ConnectError: " here; the user needs to hear what happened."""
+    with pytest.raises(RegistryUnavailableError) as err:
+        _get(f"https://{plain_http_server}/v2/", RetryPolicy(base_delay=0.001), plain_http_server)
+    message = str(err.value)
+    assert f"{plain_http_server} answered in plain HTTP to an HTTPS request" in message
+    assert "--plain-http" in message and "registry.plain_http" in message
+    assert "attempts" not in message
+    (failing,) = [h for h in metrics.REGISTRY_HEALTH.items() if h.host == plain_http_server]
+    assert failing.failing_since and failing.last_error in message
+
+
+def test_a_refused_connection_says_nothing_listens_and_recovers_once_answered() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{probe.getsockname()[1]}"  # closed: nothing listens there
+    with pytest.raises(RegistryUnavailableError) as err:
+        _get(f"http://{host}/v2/", RetryPolicy(attempts=2, base_delay=0.001), host)
+    assert "gave up after 2 attempts in " in str(err.value)
+    assert f"nothing listens at {host} (connection refused)" in str(err.value)
+    (failing,) = [h for h in metrics.REGISTRY_HEALTH.items() if h.host == host]
+    assert failing.failures == 2 and failing.failing_since
+
+    async def answered() -> None:
+        pass
+
+    trio.run(RetryPolicy().run, "x", answered, host)
+    (recovered,) = [h for h in metrics.REGISTRY_HEALTH.items() if h.host == host]
+    assert recovered.failing_since == 0 and recovered.failures == 2

@@ -44,6 +44,9 @@ class CountingSource:
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return [await self.read_range(offset, length) for offset, length in ranges]
 
+    def release(self) -> None:
+        pass
+
     @property
     def served(self) -> int:
         return sum(length for _, length in self.requests)

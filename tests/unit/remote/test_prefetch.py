@@ -51,6 +51,9 @@ class RecordingSource:
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return [await self.read_range(offset, length) for offset, length in ranges]
 
+    def release(self) -> None:
+        pass
+
 
 def test_tensor_order_is_name_order_with_file_offsets() -> None:
     data = safetensors([("b", b"22"), ("a", b"1")])

@@ -1,4 +1,5 @@
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -187,3 +188,22 @@ def test_malformed_safetensors_are_refused(tmp_path: Path, content: bytes, messa
     (tmp_path / "bad.safetensors").write_bytes(content)
     with pytest.raises(SafetensorsFormatError, match=message):
         read_header(tmp_path / "bad.safetensors")
+
+
+def test_the_index_maps_every_tensor_to_its_shard_and_goes_in_every_row(tmp_path: Path) -> None:
+    """What Hugging Face loaders read for a sharded checkpoint; each partition carries it."""
+    _write(tmp_path / "model.safetensors", TENSORS)
+    result = split_safetensors([tmp_path / "model.safetensors"], 3, tmp_path / "out", "/w")
+    assert result.index == tmp_path / "out" / "model.safetensors.index.json"
+    index = json.loads(result.index.read_text())
+    assert index["metadata"] == {
+        "total_size": sum(item * math.prod(s) for _, s, item in TENSORS.values())
+    }
+    assert set(index["weight_map"]) == set(TENSORS)
+    for group in result.rows:
+        for name in _contents(group.path):
+            assert index["weight_map"][name] == group.path.name
+    for allotment in load_spec(result.spec).allotments:
+        shard, copied = allotment.files
+        assert shard.dst.startswith("w/model-") and copied.dst == "w/model.safetensors.index.json"
+        assert copied.src.resolve() == result.index.resolve()

@@ -1,0 +1,111 @@
+"""Range reads through the real CNCF registry in pull-through (proxy) mode, configured in
+hosts.toml, with the origin behind a slow link so that the mirror's first fetch of a blob takes
+long enough for reads to pile up behind it, as they do on a node."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from devstack.fleet import write_hosts_dir
+from devstack.images import build_image, push_image
+from devstack.link import LinkEmulator
+from devstack.registry import LocalRegistry, Served, free_port
+from lazy2dfs import metrics
+from lazy2dfs.registry_client import CredentialStore, RegistryClient, SpillArea
+from lazy2dfs.registry_client.blobs import BYPASS_SHARE
+from tests.support.registry import FAST_RETRY, run
+
+IMAGE = build_image([{"model/w.bin": os.urandom(3 * 1024 * 1024)}])
+LAYER = IMAGE.layers[0].blob
+SIZE = len(LAYER.data)
+# Every read a lazy node might have in flight for one blob at once.
+READS = [[(o, min(4096, SIZE - o))] for o in range(0, SIZE, SIZE // 12)] + [[(SIZE - 51, 51)]]
+MBIT = 20  # the blob takes over a second to cross: reads overlap the mirror's first fetch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pushed(registry: LocalRegistry) -> None:
+    run(lambda c: push_image(c, f"{registry.host}/fleet/model:v1", IMAGE))
+
+
+@pytest.fixture
+def mirror(registry: LocalRegistry, tmp_path: Path) -> Iterator[LocalRegistry]:
+    with (
+        LinkEmulator(registry.host, MBIT, 20) as link,
+        LocalRegistry(tmp_path / "mirror", proxy_remote=f"http://{link.host}") as running,
+    ):
+        yield running
+
+
+async def node(hosts_dir: Path, spill: Path, ref: str) -> None:
+    """One node's daemon-wide client with every read of ``READS`` in flight at once."""
+
+    async def one(client: RegistryClient, ranges: list[tuple[int, int]]) -> None:
+        reader = client.blob_reader(ref, LAYER.digest, SIZE)
+        assert await reader.read_ranges(ranges) == [LAYER.data[o : o + n] for o, n in ranges]
+
+    async with (
+        RegistryClient(
+            hosts_dir=hosts_dir,
+            credentials=CredentialStore(),
+            retry=FAST_RETRY,
+            spill=SpillArea(spill, 1 << 30, 600),
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        for ranges in READS:
+            nursery.start_soon(one, client, ranges)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_nodes_cost_the_origin_what_plain_pulls_do(
+    registry: LocalRegistry, mirror: LocalRegistry, tmp_path: Path, nodes: int
+) -> None:
+    hosts_dir = write_hosts_dir(tmp_path / "certs.d", registry.host, mirror.host)
+    origin, served = Served(registry), Served(mirror)
+
+    async def fleet() -> None:
+        async with trio.open_nursery() as nursery:
+            for n in range(nodes):
+                ref = f"{registry.host}/fleet/model:v1"
+                nursery.start_soon(node, hosts_dir, tmp_path / f"spill{n}", ref)
+
+    trio.run(fleet)
+    # A plain pull through this mirror costs the origin the blob once for the mirror's own
+    # copy and once per client that asks before the mirror holds it: at most nodes + 1.
+    assert origin.bytes([LAYER.digest]) <= (nodes + 1) * SIZE * (1 + BYPASS_SHARE)
+    # Each node took the blob from the mirror once.
+    assert served.bytes([LAYER.digest]) <= nodes * SIZE
+
+
+def test_a_mirror_stopped_mid_stream_fails_no_read(
+    registry: LocalRegistry, mirror: LocalRegistry, tmp_path: Path
+) -> None:
+    hosts_dir = write_hosts_dir(tmp_path / "certs.d", registry.host, mirror.host)
+    origin = Served(registry)
+
+    async def rollout() -> None:
+        async with trio.open_nursery() as nursery:
+            ref = f"{registry.host}/fleet/model:v1"
+            nursery.start_soon(node, hosts_dir, tmp_path / "spill", ref)
+            await trio.sleep(0.8)  # the mirror is streaming the blob
+            await trio.to_thread.run_sync(mirror.stop)
+
+    resumed = metrics.WHOLE_BLOBS.labels("resumed")._value.get()
+    trio.run(rollout)
+    assert metrics.WHOLE_BLOBS.labels("resumed")._value.get() == resumed + 1
+    # The mirror's fetch and its copy for us, then the rest of the blob from the origin once.
+    assert origin.bytes([LAYER.digest]) <= 3 * SIZE
+
+
+def test_a_mirror_that_is_down_sends_every_read_to_the_origin(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    hosts_dir = write_hosts_dir(tmp_path / "certs.d", registry.host, down)
+    origin = Served(registry)
+    trio.run(node, hosts_dir, tmp_path / "spill", f"{registry.host}/fleet/model:v1")
+    assert 0 < origin.bytes([LAYER.digest]) <= SIZE

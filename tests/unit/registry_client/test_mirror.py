@@ -1,0 +1,206 @@
+"""Range reads through a pull-through mirror that answers ranges of blobs it does not hold yet
+with the whole blob (``tests.support.mirror``), configured in hosts.toml as containerd reads it."""
+
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from lazy2dfs.digest import sha256_digest
+from lazy2dfs.registry_client import (
+    CredentialStore,
+    RegistryClient,
+    RegistryProtocolError,
+    SpillArea,
+)
+from lazy2dfs.registry_client import blobs as blobs_module
+from tests.support.mirror import FakeRegistry
+from tests.support.registry import FAST_RETRY
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+DIGEST = sha256_digest(BLOB)
+# What a lazy reader asks at once: footer, some chunks, read-ahead, background fetch.
+READS = [
+    [(len(BLOB) - 51, 51)],
+    [(0, 4096), (1 << 20, 8192)],
+    [(2 << 20, 65536)],
+    [(100, 1000), (3 << 20, 17)],
+    [(1500, 500_000)],
+    [(len(BLOB) - 4096, 4096)],
+]
+
+
+def expected(ranges: list[tuple[int, int]]) -> list[bytes]:
+    return [BLOB[o : o + n] for o, n in ranges]
+
+
+@pytest.fixture
+def origin() -> Iterator[FakeRegistry]:
+    with FakeRegistry({DIGEST: BLOB}, mirror=False) as running:
+        yield running
+
+
+@pytest.fixture
+def mirror() -> Iterator[FakeRegistry]:
+    with FakeRegistry({DIGEST: BLOB}, mirror=True) as running:
+        yield running
+
+
+def hosts_dir(tmp_path: Path, origin: str, mirrors: list[str]) -> Path:
+    directory = tmp_path / "certs.d" / origin
+    directory.mkdir(parents=True)
+    text = f'server = "http://{origin}"\n'
+    for mirror in mirrors:
+        text += f'\n[host."http://{mirror}"]\n  capabilities = ["pull", "resolve"]\n'
+    (directory / "hosts.toml").write_text(text)
+    return directory.parent
+
+
+def run(
+    tmp_path: Path,
+    origin: FakeRegistry,
+    mirrors: list[str],
+    call: Callable[[RegistryClient, str], Awaitable[None]],
+    spill_bytes: int = 64 << 20,
+) -> int:
+    """Runs ``call`` with a client reading through ``mirrors``; returns the bytes its spill
+    area kept at the end."""
+    spill = SpillArea(tmp_path / "spill", spill_bytes, idle_seconds=600)
+    kept = 0
+
+    async def main() -> None:
+        nonlocal kept
+        async with RegistryClient(
+            hosts_dir=hosts_dir(tmp_path, origin.host, mirrors),
+            credentials=CredentialStore(),
+            retry=FAST_RETRY,
+            spill=spill,
+        ) as client:
+            await call(client, f"{origin.host}/fleet/model")
+            kept = spill.size_bytes
+
+    trio.run(main)
+    assert spill.size_bytes == 0  # closing the client frees the disk
+    return kept
+
+
+async def read_all_at_once(client: RegistryClient, ref: str, readers: int = 3) -> None:
+    """``readers`` readers of the blob (daemon-wide, one client), each with every read of
+    ``READS`` in flight at once, as a lazy node sends them."""
+
+    async def one(ranges: list[tuple[int, int]]) -> None:
+        reader = client.blob_reader(ref, DIGEST, len(BLOB))
+        assert await reader.read_ranges(ranges) == expected(ranges)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(readers):
+            for ranges in READS:
+                nursery.start_soon(one, ranges)
+
+
+def test_one_whole_blob_from_the_mirror_serves_every_range(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    kept = run(tmp_path, origin, [mirror.host], read_all_at_once)
+    # One request reached the mirror while it did not hold the blob: its origin paid what a
+    # plain pull of the blob through it costs (the copy for the request, and its own store).
+    assert mirror.gets == 1
+    assert mirror.whole_answers == 1
+    assert mirror.origin_bytes == 2 * len(BLOB)
+    assert mirror.sent_bytes == len(BLOB)
+    # Beside it, only ranges far ahead of its stream (the footer) went to the origin.
+    assert origin.sent_bytes <= len(BLOB) * blobs_module.BYPASS_SHARE
+    assert kept == len(BLOB)  # kept, verified, for later ranges
+
+
+def test_later_reads_come_from_the_kept_blob_until_released_then_by_range(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    async def call(client: RegistryClient, ref: str) -> None:
+        await read_all_at_once(client, ref, readers=1)
+        before = mirror.gets
+        await read_all_at_once(client, ref, readers=2)
+        assert mirror.gets == before  # no request: every range came from disk
+        client.blob_reader(ref, DIGEST).release()
+        await trio.sleep(len(BLOB) / mirror.rate)  # the mirror's own store is done by now
+        await read_all_at_once(client, ref, readers=2)
+
+    kept = run(tmp_path, origin, [mirror.host], call)
+    assert kept == 0
+    assert mirror.whole_answers == 1
+    later = [r for _, _, r in mirror.requests[1:]]
+    assert later and all(r.startswith("bytes=") for r in later)
+    assert mirror.origin_bytes == 2 * len(BLOB)
+
+
+def test_a_mirror_stopped_mid_stream_costs_no_read_and_no_byte_twice(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    mirror.cut_after = len(BLOB) // 3
+
+    kept = run(tmp_path, origin, [mirror.host], read_all_at_once)
+    assert mirror.stopped
+    # The origin sent the rest of the blob, from where the mirror's stream broke, once.
+    resumed = [r for _, _, r in origin.requests if r.endswith("-")]
+    assert resumed == [f"bytes={len(BLOB) // 3}-"]
+    bypass = len(BLOB) * blobs_module.BYPASS_SHARE
+    assert origin.sent_bytes <= len(BLOB) - len(BLOB) // 3 + bypass
+    assert kept == len(BLOB)
+
+
+def test_a_mirror_down_from_the_start_sends_reads_to_the_origin(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    mirror.stop()
+    run(tmp_path, origin, [mirror.host], read_all_at_once)
+    assert origin.gets >= 1
+    assert mirror.sent_bytes == 0
+
+
+def test_a_blob_too_large_to_keep_still_reads_right_without_multiplying_the_origin(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    kept = run(tmp_path, origin, [mirror.host], read_all_at_once, spill_bytes=len(BLOB) - 1)
+    assert kept == 0
+    # Requests waited for the whole answer instead of asking the mirror again meanwhile.
+    assert mirror.whole_answers == 1
+    assert mirror.origin_bytes == 2 * len(BLOB)
+
+
+def test_a_far_range_goes_to_the_origin_while_the_whole_blob_streams(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    """A layer's footer and TOC, at the end of the blob, do not wait for the whole blob."""
+    mirror.rate = 2e6  # 1.5 s for the blob
+    footer = [(len(BLOB) - 51, 51)]
+
+    async def call(client: RegistryClient, ref: str) -> None:
+        reader = client.blob_reader(ref, DIGEST, len(BLOB))
+        began = trio.current_time()
+        assert await reader.read_ranges(footer) == expected(footer)
+        assert trio.current_time() - began < 1.0
+        await read_all_at_once(client, ref, readers=1)
+
+    run(tmp_path, origin, [mirror.host], call)
+    assert origin.requests[0][2] == f"bytes={len(BLOB) - 51}-{len(BLOB) - 1}"
+    # The origin paid at most its share for ranges beside the whole blob.
+    assert origin.sent_bytes <= len(BLOB) * blobs_module.BYPASS_SHARE + 1024 * len(origin.requests)
+    assert mirror.whole_answers == 1
+
+
+def test_a_range_answer_longer_than_asked_is_refused_unread(
+    tmp_path: Path, origin: FakeRegistry
+) -> None:
+    """A 206 with the whole blob for a 64-byte range is not read into memory."""
+
+    async def call(client: RegistryClient, ref: str) -> None:
+        reader = client.blob_reader(ref, DIGEST)
+        assert await reader.read_ranges([(0, 64), (4096, 64)]) == expected([(0, 64), (4096, 64)])
+        origin.oversized_ranges = True
+        with pytest.raises(RegistryProtocolError, match="refused"):
+            await reader.read_range(0, 64)
+
+    run(tmp_path, origin, [], call)
+    assert origin.sent_bytes < len(BLOB)
