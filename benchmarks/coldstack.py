@@ -1,17 +1,17 @@
 """What every cold-start benchmark trial needs, so that their figures mean the same thing.
 
 A trial runs on a fresh lazy2dfs daemon and containerd (empty content store, snapshots and
-chunk cache) — and, for benchmarks that compare, a fresh upstream stargz snapshotter — after
-the page cache is dropped, and reaches the registry either on loopback or through
-``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the registry's access
-log says it served (``devstack.registry.Served``).
+chunk cache) — and, for benchmarks that compare, a fresh upstream stargz or SOCI
+snapshotter — after the page cache is dropped, and reaches the registry either on loopback or
+through ``devstack.link`` (1 Gbit/s, 20 ms round trip). Bytes fetched are what the
+registry's access log says it served (``devstack.registry.Served``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from devstack.link import LinkEmulator
 from devstack.node import local_node
 from devstack.registry import LocalRegistry
 from devstack.snapshotter import LocalSnapshotter
+from devstack.soci import LocalSoci
 from devstack.stargz import LocalStargz
 
 LINK_MBIT, LINK_RTT_MS = 1000, 20
@@ -59,6 +60,7 @@ class ColdStack:
     daemon: LocalSnapshotter
     containerd: LocalContainerd
     stargz: LocalStargz | None  # upstream's snapshotter, "stargz" to containerd
+    soci: LocalSoci | None = None  # the SOCI snapshotter, "soci" to containerd
 
 
 @contextmanager
@@ -68,20 +70,26 @@ def cold_stack(
     cri: bool = False,
     mirror_for: Collection[str] = (),
     stargz_binary: Path | None = None,
+    soci: Callable[[Path], LocalSoci] | None = None,
+    cri_snapshotter: str | None = None,
 ) -> Iterator[ColdStack]:
     """A fresh daemon and containerd under ``work`` (and the upstream stargz snapshotter, if
-    its binary is given), after the page cache is dropped; ``work`` is removed afterwards, so
-    no trial inherits another's content or chunks. ``cri``: with containerd's CRI plugin;
-    ``mirror_for``: registry hosts that containerd reaches through the daemon's partition
-    mirror (the shipped hosts.toml)."""
+    its binary is given; the SOCI snapshotter, if ``soci`` makes one in a directory), after
+    the page cache is dropped; ``work`` is removed afterwards, so no trial inherits another's
+    content or chunks. ``cri``: with containerd's CRI plugin, pulling into ``cri_snapshotter``
+    if given (else lazy2dfs); ``mirror_for``: registry hosts that containerd reaches through
+    the daemon's partition mirror (the shipped hosts.toml)."""
     drop_page_cache()
     try:
         with ExitStack() as running:
-            stargz = None
+            stargz = socid = None
             others = {}
             if stargz_binary is not None:
                 stargz = running.enter_context(LocalStargz(stargz_binary, work / "sg"))
                 others["stargz"] = stargz.address
+            if soci is not None:
+                socid = running.enter_context(soci(work / "soci"))
+                others["soci"] = socid.address
             node = running.enter_context(
                 local_node(
                     work,
@@ -89,9 +97,10 @@ def cold_stack(
                     cri=cri,
                     mirror_for=mirror_for,
                     other_snapshotters=others,
+                    cri_snapshotter=cri_snapshotter,
                 )
             )
-            yield ColdStack(node.daemon, node.containerd, stargz)
+            yield ColdStack(node.daemon, node.containerd, stargz, socid)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -84,13 +84,19 @@ def python_mounts() -> list[str]:
 
 
 def load_model(
-    containerd: LocalContainerd, ref: str, snapshotter: str, count: int, start: float
+    containerd: LocalContainerd,
+    ref: str,
+    snapshotter: str,
+    count: int,
+    start: float,
+    namespace: str = "default",
 ) -> list[Loaded]:
-    """Starts ``count`` containers of ``ref`` at once, each loading the whole model; returns
-    when all are done. ``start`` is a ``time.time()`` the results count from."""
+    """Starts ``count`` containers of ``ref`` (an image in ``namespace``: CRI pulls into
+    ``k8s.io``) at once, each loading the whole model; returns when all are done. ``start`` is
+    a ``time.time()`` the results count from."""
     prefix = f"load-{os.getpid()}-{time.monotonic_ns()}"
     names = [f"{prefix}-{i}" for i in range(count)]
-    base = ["ctr", "--address", str(containerd.address), "--namespace", "default", "run"]
+    base = ["ctr", "--address", str(containerd.address), "--namespace", namespace, "run"]
     runs = [
         subprocess.Popen(
             [
@@ -123,8 +129,8 @@ def load_model(
             if run.poll() is None:  # timed out, or the caller was interrupted
                 run.kill()
                 run.wait()
-                containerd.ctr("task", "rm", "-f", name, check=False)
-                containerd.ctr("containers", "rm", name, check=False)
+                containerd.ctr("task", "rm", "-f", name, namespace=namespace, check=False)
+                containerd.ctr("containers", "rm", name, namespace=namespace, check=False)
     failed = [(code, err) for code, out, err in outputs if code != 0 or not out.strip()]
     if failed:
         code, err = failed[0]

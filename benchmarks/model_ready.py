@@ -86,6 +86,10 @@ CHUNK = 4 * MIB
 # The whole image is on the node once every layer is verified (lazy2dfs) or the registry has
 # been idle this long (stargz, whose background fetch says nothing).
 QUIET_SECONDS = 2.0
+# Snapshotters whose background fetch says nothing: the node holds what it will once the
+# registry is quiet (SOCI's background fetch waits 30 s of quiet first, then fetches slowly:
+# after a load of every tensor, what the model needs is on the node).
+QUIET_WHEN_WHOLE = ("stargz", "soci")
 COMPLETE_TIMEOUT = 1800.0
 # The daemon's log (logfmt) says when a layer is verified, or why it is not.
 VERIFIED = re.compile(r'event="layer verified" layer=(sha256:[0-9a-f]+)')
@@ -234,6 +238,9 @@ def _daemon_pids(stack: ColdStack, fmt: Format) -> dict[str, int]:
     if fmt.snapshotter == "stargz":
         assert stack.stargz is not None and stack.stargz.process is not None
         return {"daemon": stack.stargz.process.pid}
+    if fmt.snapshotter == "soci":
+        assert stack.soci is not None and stack.soci.process is not None
+        return {"daemon": stack.soci.process.pid}
     assert stack.containerd.process is not None
     return {"containerd": stack.containerd.process.pid}
 
@@ -268,10 +275,10 @@ def _wait_complete(
             if len(verified) + len(failed) >= layers:
                 return {"layers": layers, "verified": len(verified)}
             time.sleep(0.1)
-    elif fmt.snapshotter == "stargz":
+    elif fmt.snapshotter in QUIET_WHEN_WHOLE:
         count = -1
         while time.monotonic() < deadline:
-            now = len(served.registry.requests())
+            now = len(served.requests())
             if now == count:
                 return None
             count = now
@@ -312,7 +319,7 @@ class Phase:
         self.start = time.time()
 
     def measures(
-        self, spec: RunSpec, loaded: Sequence[Loaded], pull_cpu: float, pulled: float
+        self, model_mib: float, loaded: Sequence[Loaded], pull_cpu: float, pulled: float
     ) -> dict[str, Any]:
         cpu = {role: used - self.cpu[role] for role, used in _cpu(self.pids).items()}
         cpu["pull client"] = pull_cpu
@@ -322,8 +329,12 @@ class Phase:
             else sum(used for role, used in cpu.items() if role != "pull client")
         )
         fuse = {"lazy2dfs": self.stack.daemon.root / "fuse"}
+        cached = [self.stack.daemon.workdir.parent]
         if self.stack.stargz is not None:
             fuse["stargz"] = self.stack.stargz.root
+        if self.stack.soci is not None:
+            fuse["soci"] = self.stack.soci.root
+            cached.append(self.stack.soci.root)  # its FUSE mounts are there only
         mount_root = fuse.get(self.fmt.snapshotter)
         main = self.pids.get("daemon", self.pids.get("containerd", 0))
         return {
@@ -334,10 +345,10 @@ class Phase:
             "tensors": loaded[0].tensors,
             "loaded_mib": loaded[0].bytes / MIB,
             "daemon_cpu_s": own,
-            "daemon_cpu_s_per_gib": own / (spec.size_mib / 1024),
+            "daemon_cpu_s_per_gib": own / (model_mib / 1024),
             "cpu_s": cpu,
             "daemon_peak_rss_mib": daemon_usage(main)[1],
-            "page_cache_mib": page_cache_bytes([self.stack.daemon.workdir.parent]) / MIB,
+            "page_cache_mib": page_cache_bytes(cached) / MIB,
             "fetched_mib": self.served.bytes() / MIB,
             "lowers": len(loaded[0].lowers),
             "lowers_on_fuse": lowers_under(loaded, mount_root) if mount_root else 0,
@@ -386,9 +397,9 @@ def _run(
                     loaded = load_model(
                         stack.containerd, ref, fmt.snapshotter, spec.containers, cold.start
                     )
-                    result["cold"] = cold.measures(spec, loaded, pull_cpu, pulled)
+                    result["cold"] = cold.measures(spec.size_mib, loaded, pull_cpu, pulled)
                 except LoadFailed as exc:
-                    result["cold"] = _failed(work, spec, COLD, exc)
+                    result["cold"] = failed_load(work, spec.slug, COLD, exc)
         verified = _wait_complete(stack, fmt, served, image["layers"])
         whole = sum(_cpu(cold.pids).values()) - sum(cold.cpu.values())
         if fmt.snapshotter == "overlayfs":
@@ -409,22 +420,24 @@ def _run(
                         stack.containerd, ref, fmt.snapshotter, spec.containers, warm.start
                     )
             except LoadFailed as exc:
-                result["warm"] = _failed(work, spec, WARM, exc)
+                result["warm"] = failed_load(work, spec.slug, WARM, exc)
                 break
-            result["warm"] = warm.measures(spec, loaded, 0.0, 0.0) | {"attempt": attempt + 1}
+            result["warm"] = warm.measures(spec.size_mib, loaded, 0.0, 0.0) | {
+                "attempt": attempt + 1
+            }
             if not result["warm"]["foreign_drops"]:
                 break
     return result
 
 
-def _failed(work: Path, spec: RunSpec, state: str, exc: LoadFailed) -> dict[str, Any]:
+def failed_load(work: Path, slug: str, state: str, exc: LoadFailed) -> dict[str, Any]:
     """A phase whose load failed: why, and the stack's logs kept where the run's directory
     is not removed."""
-    kept = Path(tempfile.gettempdir()) / "model_ready-failures" / f"{spec.slug}-{state}"
+    kept = Path(tempfile.gettempdir()) / "model_ready-failures" / f"{slug}-{state}"
     kept.mkdir(parents=True, exist_ok=True)
     for log in (*work.glob("*/*.log"), *work.glob("*/root/*.log")):
         shutil.copy2(log, kept / f"{log.parent.name}-{log.name}")
-    print(f"model_ready: {spec.slug} {state} failed: {exc} (logs in {kept})", flush=True)
+    print(f"model_ready: {slug} {state} failed: {exc} (logs in {kept})", flush=True)
     return {"failed": str(exc), "logs": str(kept)}
 
 

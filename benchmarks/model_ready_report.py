@@ -63,14 +63,7 @@ class Results:
         return statistics.median(values) if values else None
 
     def spread(self, key: Key, metric: str, digits: int = 2) -> str:
-        """``median (min-max)``, or the one value, or a dash."""
-        values = self.values(key, metric)
-        if not values:
-            return "—"
-        middle = f"{statistics.median(values):.{digits}f}"
-        if len(values) == 1:
-            return middle
-        return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+        return spread(self.values(key, metric), digits)
 
     def _undisturbed(self, key: Key) -> tuple[list[float], bool]:
         """The cell's page cache figures from runs during which no other process dropped the
@@ -101,28 +94,38 @@ class Results:
         return sum(1 for run in runs if run.get("foreign_drops")), len(runs)
 
     def ratio(self, key: Key, metric: str, base: str = BASE) -> float | None:
-        """This cell over ``base``'s (same size, link, state and count): the median of the
-        ratios trial by trial, as each trial ran every format within minutes of each other
-        while the machine's load drifts; medians over medians for trials that do not pair."""
+        """This cell over ``base``'s (same size, link, state and count): see ``paired_ratio``."""
         size, link, _, state, count = key
-        theirs = {
-            run["trial"]: float(run[metric])
-            for run in self.cells.get((size, link, base, state, count), [])
-        }
-        paired = [
-            float(run[metric]) / theirs[run["trial"]]
-            for run in self.cells.get(key, [])
-            if theirs.get(run["trial"])
-        ]
-        if paired:
-            return statistics.median(paired)
-        ours, base_median = (
-            self.median(key, metric),
-            self.median((size, link, base, state, count), metric),
-        )
-        if ours is None or not base_median:
-            return None
-        return ours / base_median
+        theirs = self.cells.get((size, link, base, state, count), [])
+        return paired_ratio(self.cells.get(key, []), theirs, metric)
+
+
+def spread(values: Sequence[float], digits: int = 2) -> str:
+    """``median (min-max)``, or the one value, or a dash."""
+    if not values:
+        return "—"
+    middle = f"{statistics.median(values):.{digits}f}"
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def paired_ratio(
+    ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], metric: str
+) -> float | None:
+    """``metric`` of runs ``ours`` over ``theirs``: the median of the ratios trial by trial, as
+    each trial ran every format within minutes of each other while the machine's load drifts;
+    medians over medians for trials that do not pair."""
+    by_trial = {run["trial"]: float(run[metric]) for run in theirs}
+    paired = [
+        float(run[metric]) / by_trial[run["trial"]] for run in ours if by_trial.get(run["trial"])
+    ]
+    if paired:
+        return statistics.median(paired)
+    if not ours or not theirs:
+        return None
+    base = statistics.median(float(run[metric]) for run in theirs)
+    return statistics.median(float(run[metric]) for run in ours) / base if base else None
 
 
 def _x(value: float | None, digits: int = 2) -> str:

@@ -24,6 +24,7 @@ from lazy2dfs.registry_client import (
     parse_manifest,
 )
 from lazy2dfs.tdfs import FIELD_MEDIA_TYPE, Allotment, BuildRequest, Field, build, partition_image
+from lazy2dfs.tdfs.encode import EncodeOptions
 
 Allotments = tuple[tuple[str, int], ...]  # (blob digest, size) per row, row 0 first
 
@@ -36,9 +37,11 @@ def push_2dfs(
     files: Sequence[str],
     tag: str,
     cache_root: Path,
+    encode: EncodeOptions | None = None,
 ) -> Allotments:
     """Builds and pushes ``registry``/``tag`` on ``base`` with file ``files[r]`` in row ``r``
-    (its bytes from ``weights``), staging them under ``source``; returns its allotments."""
+    (its bytes from ``weights``), staging them under ``source``, allotments written as
+    ``encode`` says (default: ``lazy2dfs build``'s); returns its allotments."""
     source.mkdir(parents=True)
     spec = []
     for row, path in enumerate(files):
@@ -53,6 +56,7 @@ def push_2dfs(
             push=True,
             plain_http=True,
             cache_root=cache_root,
+            encode=encode or EncodeOptions(),
         ),
         progress=Progress(quiet=True),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import ipaddress
 import json
 import secrets
 import threading
@@ -331,6 +332,49 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             pass  # quiet: tests read TokenServer.requests instead
 
     return Handler
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A registry's certificate (also the CA its clients trust) and key, in PEM files."""
+
+    certificate: Path
+    key: Path
+
+
+def loopback_certificate(directory: Path) -> TlsFiles:
+    """A self-signed certificate for ``127.0.0.1`` (any port) and its key, written to
+    ``directory``: for clients that speak only HTTPS to a registry (SOCI's index fetch)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "registry.pem", directory / "registry-key.pem")
+    files.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key.chmod(0o600)
+    return files
 
 
 def write_registry_auth(auth: RegistryAuth, workdir: Path) -> str:

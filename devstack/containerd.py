@@ -8,7 +8,7 @@ install is the file the end-to-end tests and benchmarks run. It keeps the built-
 ``overlayfs`` so that benchmarks can compare the two in one run, and starts in about a second.
 
 containerd 1.6 is the system's (Debian 12's package); 2.1 is Debian unstable's package,
-unpacked into the checkout by ``make containerd-2.1`` (``devstack/fetch-containerd-2.1.sh``),
+unpacked into the checkout by ``make containerd-2.1`` (``devstack/fetch-debian-unstable.sh``),
 and runs with its own directory first on ``PATH`` so that it starts its own shim.
 
 With ``cri=True`` the CRI plugin runs too, configured as shipped (lazy2dfs as its snapshotter,
@@ -154,15 +154,20 @@ def local_config(
     cri: bool = False,
     snapshotter_root: Path | None = None,
     sandbox_image: str | None = None,
+    cri_snapshotter: str | None = None,
 ) -> dict[str, Any]:
     """``shipped`` (format version 2 for 1.6, 3 for 2.x) with a private instance's paths,
     sockets and disabled plugins; ``cri`` keeps the CRI plugin, with what it keeps on the host
     under ``workdir``; ``snapshotter_root`` is what CRI 2.x reports as the image filesystem;
-    ``sandbox_image``: CRI's pause image, as a node without access to registry.k8s.io sets it."""
+    ``sandbox_image``: CRI's pause image, as a node without access to registry.k8s.io sets it;
+    ``cri_snapshotter``: the snapshotter CRI pulls into instead of lazy2dfs (another lazy
+    snapshotter a benchmark compares; format version 2 only, as the benchmarks run 1.6)."""
     config = copy.deepcopy(dict(shipped))
     version = config.get("version")
     if version not in DISABLED_PLUGINS:
         raise UnavailableError(f"containerd config format version {version!r} is not known here")
+    if cri_snapshotter is not None and version != 2:
+        raise UnavailableError("CRI pulls into another snapshotter only with containerd 1.6")
     proxy = config.get("proxy_plugins", {}).get(SNAPSHOTTER)
     if not isinstance(proxy, dict) or proxy.get("type") != "snapshot":
         raise UnavailableError(f"the shipped config has no snapshot proxy plugin {SNAPSHOTTER!r}")
@@ -185,6 +190,8 @@ def local_config(
             )
             settings.update(stream_server_address="127.0.0.1", stream_server_port="0")
             settings.setdefault("registry", {})["config_path"] = hosts_dir
+            if cri_snapshotter is not None:
+                settings.setdefault("containerd", {})["snapshotter"] = cri_snapshotter
             # As for 2.x below: pod sandboxes need CAP_SYS_RESOURCE for their oom_score_adj.
             if not _has_capability(CAP_SYS_RESOURCE):
                 settings["restrict_oom_score_adj"] = True
@@ -286,8 +293,9 @@ class LocalContainerd:
     with containerd's own line. ``snapshotter_config`` is the daemon's configuration file,
     which ``lazy2dfs pull`` reads for its registry settings.
 
-    ``other_snapshotters`` are more proxy snapshotters, by name and socket (the upstream
-    stargz snapshotter, for benchmarks that compare)."""
+    ``other_snapshotters`` are more proxy snapshotters, by name and socket (upstream's stargz
+    and SOCI snapshotters, for benchmarks that compare), ``cri_snapshotter`` the one of them
+    CRI pulls into (see ``local_config``)."""
 
     def __init__(
         self,
@@ -300,6 +308,7 @@ class LocalContainerd:
         config: Mapping[str, Any] | None = None,
         snapshotter_config: Path | None = None,
         other_snapshotters: Mapping[str, Path] | None = None,
+        cri_snapshotter: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.address = workdir / "containerd.sock"
@@ -313,6 +322,7 @@ class LocalContainerd:
         self.cri = cri
         self.release = release
         self.other_snapshotters = dict(other_snapshotters or {})
+        self.cri_snapshotter = cri_snapshotter
         self.log_path = workdir / "containerd.log"
         self._log_start = 0
         self.process: ChildProcess | None = None
@@ -333,6 +343,7 @@ class LocalContainerd:
             cri=self.cri,
             snapshotter_root=self.snapshotter_root,
             sandbox_image=self.sandbox_image,
+            cri_snapshotter=self.cri_snapshotter,
         )
         if self.other_snapshotters:
             proxies = dict(config.get("proxy_plugins", {}))

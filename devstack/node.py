@@ -32,6 +32,7 @@ def local_node(
     mirror_for: Collection[str] = (),
     network: PrivateNetwork | None = None,
     other_snapshotters: Mapping[str, Path] | None = None,
+    cri_snapshotter: str | None = None,
 ) -> Iterator[LocalNode]:
     """The daemon under ``work/s`` with ``config`` (TOML), and containerd ``release`` under
     ``work/c`` (``cri``: with its CRI plugin, ``sandbox_image`` its pause image). With
@@ -39,7 +40,8 @@ def local_node(
     its partition mirror on a free loopback port, reads containerd's hosts.toml directory,
     and each of those registries gets the shipped hosts.toml naming the mirror. With
     ``network``, the daemon runs in that namespace; ``other_snapshotters``: more proxy
-    snapshotters containerd knows, by name and socket."""
+    snapshotters containerd knows, by name and socket, ``cri_snapshotter`` the one CRI pulls
+    into instead of lazy2dfs."""
     hosts_dir = work / "c" / HOSTS_DIR
     mirror = f"127.0.0.1:{free_port()}" if mirror_for else None
     if mirror is not None:
@@ -55,6 +57,7 @@ def local_node(
             sandbox_image=sandbox_image,
             snapshotter_config=daemon.config_path,
             other_snapshotters=other_snapshotters,
+            cri_snapshotter=cri_snapshotter,
         )
         for registry in mirror_for:
             assert mirror is not None

@@ -7,6 +7,7 @@ only some chunks of a blob.
 
 ``auth=`` (optional) makes it ask for credentials: :class:`~devstack.auth.HtpasswdAuth`
 for Basic, or :class:`~devstack.auth.TokenAuth` (from a ``TokenServer``) for Bearer.
+``tls=`` (optional, :class:`~devstack.auth.TlsFiles`) makes it serve HTTPS.
 
 ``proxy_remote=URL`` runs it as a pull-through cache of the registry at ``URL`` (``proxy:
 remoteurl``), as fleets deploy it per zone: read-only, it fetches what it does not hold from
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Collection
@@ -37,7 +39,7 @@ from lazy2dfs.errors import UnavailableError
 from lazy2dfs.registry_client import RegistryClient
 
 if TYPE_CHECKING:  # auth needs bcrypt and cryptography, which only tests install
-    from devstack.auth import RegistryAuth
+    from devstack.auth import RegistryAuth, TlsFiles
 
 REGISTRY_BINARY: Final = "/usr/bin/docker-registry"
 START_TIMEOUT: Final = 20.0
@@ -92,11 +94,13 @@ class LocalRegistry:
         storage: Path | None = None,
         *,
         auth: RegistryAuth | None = None,
+        tls: TlsFiles | None = None,
         proxy_remote: str | None = None,
         network: PrivateNetwork | None = None,
     ) -> None:
         self.workdir = workdir
         self.auth = auth
+        self.tls = tls
         self.proxy_remote = proxy_remote
         self.network = network
         self.storage = storage or workdir / "storage"
@@ -107,7 +111,7 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def start(self) -> LocalRegistry:
         if shutil.which(REGISTRY_BINARY) is None:
@@ -148,6 +152,8 @@ class LocalRegistry:
 
     def _config(self) -> str:
         config = _CONFIG.format(storage=self.storage, addr=self.host)
+        if self.tls is not None:
+            config += f"  tls:\n    certificate: {self.tls.certificate}\n    key: {self.tls.key}\n"
         if self.proxy_remote is not None:
             config += f"proxy:\n  remoteurl: {self.proxy_remote}\n"
         if self.auth is None:
@@ -162,8 +168,11 @@ class LocalRegistry:
         return self._answers_here()
 
     def _answers_here(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.certificate))
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=context) as response:
                 return bool(response.status == 200)
         except urllib.error.HTTPError as err:
             # With auth on, an anonymous /v2/ is refused with a challenge: that is serving.
@@ -232,16 +241,25 @@ class LocalRegistry:
 
 
 class Served:
-    """Bytes ``registry`` serves from now on (GET response bodies, from its access log)."""
+    """Bytes ``registry`` (and ``more`` registries, such as a second server on the same
+    storage) serve from now on (GET response bodies, from their access logs)."""
 
-    def __init__(self, registry: LocalRegistry) -> None:
-        self.registry = registry
-        self.start = len(registry.requests())
+    def __init__(self, registry: LocalRegistry, *more: LocalRegistry) -> None:
+        self.registries = (registry, *more)
+        self.starts = [len(r.requests()) for r in self.registries]
+
+    def requests(self) -> list[LoggedRequest]:
+        """Requests since this was made, registry by registry."""
+        return [
+            request
+            for registry, start in zip(self.registries, self.starts, strict=True)
+            for request in registry.requests()[start:]
+        ]
 
     def bytes(self, digests: Collection[str] | None = None) -> int:
         """All bytes served, or only those of blobs named in ``digests``."""
         return sum(
             r.size
-            for r in self.registry.requests()[self.start :]
+            for r in self.requests()
             if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
         )

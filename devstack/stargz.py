@@ -26,8 +26,10 @@ DEPS_HINT = "run `make deps`"
 
 # containerd-stargz-grpc in miniature: upstream's stargz filesystem and snapshotter, served
 # with containerd's snapshot service on a unix socket. Registries are reached over plain HTTP
-# without credentials (the registries here are on 127.0.0.1). SIGTERM closes the snapshotter,
-# which unmounts its layers.
+# without credentials (the registries here are on 127.0.0.1). A layer's source comes from the
+# labels CRI passes (image reference, layer digest, the image's layers), as upstream's service
+# package reads them (that package needs cri-api, which Debian does not package), else from
+# ctr-remote's. SIGTERM closes the snapshotter, which unmounts its layers.
 STARGZ_MAIN = """\
 package main
 
@@ -40,6 +42,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,6 +55,8 @@ import (
 	"github.com/containerd/stargz-snapshotter/fs/layer"
 	"github.com/containerd/stargz-snapshotter/fs/source"
 	snbase "github.com/containerd/stargz-snapshotter/snapshot"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pelletier/go-toml"
 	"google.golang.org/grpc"
 )
@@ -69,6 +74,45 @@ func hosts(ref reference.Spec) ([]docker.RegistryHost, error) {
 	}}, nil
 }
 
+// fromCRILabels: the image reference and layer digests CRI passes with each layer it unpacks
+// (disable_snapshot_annotations = false); the layer first, then the image's others.
+func fromCRILabels(hosts source.RegistryHosts) source.GetSources {
+	return func(labels map[string]string) ([]source.Source, error) {
+		ref, err := reference.Parse(labels["containerd.io/snapshot/cri.image-ref"])
+		if err != nil {
+			return nil, err
+		}
+		target, err := digest.Parse(labels["containerd.io/snapshot/cri.layer-digest"])
+		if err != nil {
+			return nil, err
+		}
+		layers := []ocispec.Descriptor{{Digest: target}}
+		others := labels["containerd.io/snapshot/cri.image-layers"]
+		for _, other := range strings.Split(others, ",") {
+			if d, err := digest.Parse(other); err == nil && d != target {
+				layers = append(layers, ocispec.Descriptor{Digest: d})
+			}
+		}
+		return []source.Source{{Hosts: hosts, Name: ref, Target: layers[0],
+			Manifest: ocispec.Manifest{Layers: layers}}}, nil
+	}
+}
+
+// firstOf: the sources of the first way that yields them.
+func firstOf(ways ...source.GetSources) source.GetSources {
+	return func(labels map[string]string) ([]source.Source, error) {
+		var last error
+		for _, way := range ways {
+			found, err := way(labels)
+			if err == nil {
+				return found, nil
+			}
+			last = err
+		}
+		return nil, last
+	}
+}
+
 func main() {
 	root := flag.String("root", "", "state directory")
 	address := flag.String("address", "", "gRPC unix socket")
@@ -84,7 +128,7 @@ func main() {
 	}
 	ctx := context.Background()
 	fs, err := stargzfs.NewFilesystem(filepath.Join(*root, "stargz"), cfg,
-		stargzfs.WithGetSources(source.FromDefaultLabels(hosts)),
+		stargzfs.WithGetSources(firstOf(fromCRILabels(hosts), source.FromDefaultLabels(hosts))),
 		stargzfs.WithOverlayOpaqueType(layer.OverlayOpaqueTrusted))
 	if err != nil {
 		log.Fatalf("filesystem: %v", err)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# fetch-containerd-2.1.sh DIR: Debian unstable's containerd 2.1 package, unpacked (not installed)
-# into DIR/containerd-2.1/usr/bin/{containerd,ctr,containerd-shim-runc-v2}.
+# fetch-debian-unstable.sh DIR PACKAGE DEST BINARY...: a Debian unstable package, unpacked (not
+# installed) into DIR/DEST, checked to hold usr/bin/BINARY for each BINARY.
 #
-# Debian 12 packages containerd 1.6 only; the tests also run 2.1, which unstable ships and which
-# needs nothing but runc and libc. apt runs with a private configuration under DIR/apt: no
+# Debian 12 packages containerd 1.6 only; the tests also run 2.1 (package containerd), which
+# unstable ships and which needs nothing but runc and libc; the study compares lazy2dfs with the
+# SOCI snapshotter (package soci-snapshotter), which only unstable packages. apt runs with a private configuration under DIR/apt: no
 # system apt setting, list, cache or dpkg database is read or written, and nothing is
 # installed. Signatures are checked against Debian's archive keyring. Idempotent: once
 # unpacked, nothing is downloaded again (FORCE=1 redoes it).
@@ -12,8 +13,8 @@
 #      KEYRING (/usr/share/keyrings/debian-archive-keyring.gpg), FORCE.
 set -euo pipefail
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 DIR" >&2
+if [ $# -lt 4 ]; then
+    echo "usage: $0 DIR PACKAGE DEST BINARY..." >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -22,9 +23,10 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SUITE=${SUITE:-unstable}
 KEYRING=${KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
 ARCH=$(dpkg --print-architecture)
-PACKAGE=containerd
-DEST="$DIR/containerd-2.1"
-BINARIES="containerd ctr containerd-shim-runc-v2"
+PACKAGE=$2
+DEST="$DIR/$3"
+shift 3
+BINARIES="$*"
 
 if [ "${FORCE:-0}" != 1 ] && [ -f "$DEST/.unpacked" ]; then
     exit 0
@@ -105,4 +107,4 @@ done
 echo "$PACKAGE $version $(basename "$deb")" > "$DEST.tmp/.unpacked"
 rm -rf "$DEST"
 mv "$DEST.tmp" "$DEST"
-"$DEST/usr/bin/containerd" --version >&2
+echo "$(cat "$DEST/.unpacked") unpacked into $DEST" >&2
