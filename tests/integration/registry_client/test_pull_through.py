@@ -93,7 +93,7 @@ def test_a_mirror_stopped_mid_stream_fails_no_read(
     origin = Served(registry)
 
     def whole_blobs(outcome: str) -> float:
-        return metrics.WHOLE_BLOBS.labels(outcome)._value.get()
+        return float(metrics.WHOLE_BLOBS.labels(outcome)._value.get())
 
     resumed, kept = whole_blobs("resumed"), whole_blobs("verified")
 
