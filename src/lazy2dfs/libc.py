@@ -14,6 +14,7 @@ from pathlib import Path
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 
 MNT_DETACH = 2
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 

@@ -311,16 +311,15 @@ class LayerCache:
         with self._descriptor(self._file_of(path)) as fd:
             return os.pread(fd, size, offset)
 
-    def read_cached(self, path: str, offset: int, size: int) -> bytes | None:
-        """The bytes if the page cache holds all of them (``RWF_NOWAIT``: never waits on the
-        disk, so the event loop may call it), else None."""
-        buffer = bytearray(size)
+    def read_cached(self, path: str, offset: int, into: memoryview) -> bool:
+        """Fills ``into`` if the page cache holds all of its bytes (``RWF_NOWAIT``: never
+        waits on the disk, so the event loop may call it); False if it does not."""
         with self._descriptor(self._file_of(path)) as fd:
             try:
-                got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+                got = os.preadv(fd, [into], offset, os.RWF_NOWAIT)
             except BlockingIOError:
-                return None
-        return bytes(buffer) if got == size else None
+                return False
+        return got == len(into)
 
     def gap_bytes(self, segment: Segment) -> bytes:
         """The recorded gap of a present segment (empty when assumed empty)."""

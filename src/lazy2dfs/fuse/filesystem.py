@@ -30,13 +30,17 @@ log = get_logger(__name__)
 # Layers never change under a mount, so the kernel may trust what it was told for long.
 CACHE_TIMEOUT = 3600.0
 BLOCK_SIZE = 4096
+# The largest read the kernel sends: libfuse negotiates 256 pages (fuse/session.py).
+REPLY_BYTES = 1024 * 1024
 
 
 class FileReader(Protocol):
     """Produces verified bytes of a layer's regular files, named by ``Entry.key``: the read
     path knows files by name, not by FUSE node."""
 
-    async def read(self, key: str, offset: int, size: int) -> bytes: ...
+    async def read(
+        self, key: str, offset: int, size: int, into: bytearray | None = None
+    ) -> bytes | memoryview: ...
 
 
 @dataclass
@@ -92,6 +96,9 @@ class LayerFilesystem(pyfuse3.Operations):
         self._layers: dict[int, MountedLayer] = {}  # by slot
         self._by_name: dict[bytes, int] = {}
         self._root_mtime_ns = time.time_ns()
+        # One buffer for every read reply: pyfuse3 copies a reply into its FUSE message as soon
+        # as the handler returns, before any other handler runs (handlers.pxi, fuse_read_async).
+        self._reply = bytearray(REPLY_BYTES)
 
     # Layer management, called from the daemon (inside the trio loop).
 
@@ -206,14 +213,17 @@ class LayerFilesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         node = self._node(fh)
         if off >= node.size:
             return b""
         size = min(size, node.size - off)
         reader = self._layers[slot_of(fh)].reader
         try:
-            return await reader.read(node.key, off, size)
+            if size > len(self._reply):
+                self._reply = bytearray(size)
+            return await reader.read(node.key, off, size, self._reply)
         except Exception as exc:
             # Whatever went wrong, the reader gets EIO now: never a hang, never wrong bytes.
             log.error(

@@ -86,7 +86,7 @@ def test_twenty_readers_fetch_each_segment_once(tmp_path: Path) -> None:
         results: list[bytes] = []
 
         async def read() -> None:
-            results.append(await reader.read("w.bin", 0, len(weights)))
+            results.append(bytes(await reader.read("w.bin", 0, len(weights))))
 
         async with trio.open_nursery() as nursery:
             for _ in range(20):
