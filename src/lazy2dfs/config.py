@@ -143,6 +143,12 @@ class Config(BaseModel):
         " the endpoint (`lazy2dfs status` still works over the control socket).",
         examples=["127.0.0.1:9880"],
     )
+    metrics_image_names: bool = Field(
+        default=True,
+        description="Name images in /metrics labels and /status on metrics_address, which"
+        " answer anyone who reaches them. Off, layers are named by digest only there (and"
+        " registry errors left out); the control socket, root's alone, still names them.",
+    )
     mirror_address: str | None = Field(
         default=None,
         description="HOST:PORT of the partition mirror, a read-only registry that answers"
