@@ -93,6 +93,13 @@ class FuseConfig(BaseModel):
         description="While no daemon runs (restart, upgrade, crash), reads of running containers"
         " wait this long for the next one, then fail with EIO.",
     )
+    keeper: Literal["spawn", "external"] = Field(
+        default="spawn",
+        description="Who starts the FUSE keeper that holds the mount: the daemon (spawn, in a"
+        " session of its own), or someone else (external: `lazy2dfs keeper`, e.g. a container"
+        " of its own, so that a restart of the daemon's container keeps the mount); the"
+        " daemon then waits for it, and leaves the mount to it when stopping.",
+    )
 
 
 class RegistryConfig(BaseModel):

@@ -195,6 +195,22 @@ def test_status_works_against_a_daemon_with_metrics_off(daemon: LocalSnapshotter
     assert control.is_socket() and control.stat().st_mode & 0o777 == 0o600
 
 
+def test_status_health_answers_for_kubelets_exec_probe(tmp_path: Path) -> None:
+    """``lazy2dfs status --health``: exit 0 while the daemon serves, 1 with the reason when it
+    is unhealthy or gone."""
+    with LocalSnapshotter(tmp_path / "d") as daemon:
+        config = str(daemon.config_path)
+        done = _status("--health", "--config", config, address=daemon.address)
+        assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+        os.unlink(daemon.address)  # a gRPC socket gone: containerd cannot reach the daemon
+        done = _status("--health", "--config", config, address=daemon.address)
+        assert done.returncode == 1
+        assert done.stderr == f"unhealthy: gRPC socket {daemon.address} is missing\n"
+    done = _status("--health", "--config", config, address=daemon.address)
+    assert done.returncode == 1
+    assert "daemon is not running" in done.stderr and ".control.sock" in done.stderr
+
+
 def test_status_without_a_daemon_says_how_to_start_it(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("")
     done = _status("--config", str(tmp_path / "config.toml"), address=tmp_path / "none.sock")
