@@ -500,6 +500,6 @@ def test_a_flood_of_connections_is_refused_at_once_and_costs_bounded_threads(
         assert time.monotonic() < deadline, "the listener stayed full after its clients left"
         time.sleep(0.2)
     refused = scrape(address)
-    for listener in ("control", "observability"):
-        key = ("lazy2dfs_http_refused_connections_total", (("listener", listener),))
+    for name in ("control", "observability"):
+        key = ("lazy2dfs_http_refused_connections_total", (("listener", name),))
         assert refused[key] == FLOOD - MAX_CONNECTIONS
