@@ -103,21 +103,27 @@ class DaemonParts:
 
 class _LoopProbe:
     """Asks the FUSE loop to run a no-op, waiting at most ``LOOP_TIMEOUT``. At most one probe
-    is in flight: while an earlier one is unanswered the loop counts as stuck, so a stuck loop
-    does not pile up probe threads."""
+    is in flight: concurrent requests wait for the same one, and while one older than
+    ``LOOP_TIMEOUT`` is unanswered the loop counts as stuck, so a stuck loop does not pile up
+    probe threads."""
 
     def __init__(self, session: FuseSession) -> None:
         self._session = session
+        self._lock = threading.Lock()
         self._answered: threading.Event | None = None
+        self._sent = 0.0
 
     def answers(self) -> bool:
-        if self._answered is not None and not self._answered.is_set():
-            return False
-        answered = self._answered = threading.Event()
-        threading.Thread(
-            target=self._ping, args=(answered,), name="fuse-probe", daemon=True
-        ).start()
-        return answered.wait(LOOP_TIMEOUT)
+        with self._lock:
+            answered, now = self._answered, time.monotonic()
+            if answered is None or answered.is_set():
+                answered = self._answered = threading.Event()
+                self._sent = now
+                threading.Thread(
+                    target=self._ping, args=(answered,), name="fuse-probe", daemon=True
+                ).start()
+            left = self._sent + LOOP_TIMEOUT - now
+        return answered.wait(left) if left > 0 else False
 
     def _ping(self, answered: threading.Event) -> None:
         try:

@@ -1,6 +1,7 @@
 """The daemon's /metrics, /healthz and /status endpoints, and the metrics and log lines of the
 read path's failures (verification, retries), below containerd."""
 
+import concurrent.futures
 import io
 import json
 import logging
@@ -474,6 +475,16 @@ def test_slow_clients_neither_hold_up_healthz_nor_stay_connected(
     finally:
         for conn in slow:
             conn.close()
+
+
+def test_concurrent_healthz_requests_share_one_probe_of_the_fuse_loop(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    """Served at once, they must not take each other's probe in flight for a stuck loop."""
+    _, address = observed
+    with concurrent.futures.ThreadPoolExecutor(SLOW_CLIENTS) as pool:
+        answers = list(pool.map(lambda _: get(address, "/healthz"), range(4 * SLOW_CLIENTS)))
+    assert answers == [(200, b"ok\n")] * (4 * SLOW_CLIENTS)
 
 
 def test_a_flood_of_connections_is_refused_at_once_and_costs_bounded_threads(
