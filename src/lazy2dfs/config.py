@@ -93,6 +93,13 @@ class FuseConfig(BaseModel):
         description="While no daemon runs (restart, upgrade, crash), reads of running containers"
         " wait this long for the next one, then fail with EIO.",
     )
+    keeper: Literal["spawn", "external"] = Field(
+        default="spawn",
+        description="Who starts the FUSE keeper that holds the mount: the daemon (spawn, in a"
+        " session of its own), or someone else (external: `lazy2dfs keeper`, e.g. a container"
+        " of its own, so that a restart of the daemon's container keeps the mount); the"
+        " daemon then waits for it, and leaves the mount to it when stopping.",
+    )
 
 
 class RegistryConfig(BaseModel):
@@ -142,6 +149,12 @@ class Config(BaseModel):
         description="HOST:PORT for Prometheus /metrics, /healthz and /status; unset disables"
         " the endpoint (`lazy2dfs status` still works over the control socket).",
         examples=["127.0.0.1:9880"],
+    )
+    metrics_image_names: bool = Field(
+        default=True,
+        description="Name images in /metrics labels and /status on metrics_address, which"
+        " answer anyone who reaches them. Off, layers are named by digest only there (and"
+        " registry errors left out); the control socket, root's alone, still names them.",
     )
     mirror_address: str | None = Field(
         default=None,

@@ -129,7 +129,12 @@ class Daemon:
         self.config.address.unlink(missing_ok=True)
         store = Store(root / "metadata.db")
         session = FuseSession(
-            LayerFilesystem(), Keeper(root, self.config.fuse.restart_grace_seconds)
+            LayerFilesystem(),
+            Keeper(
+                root,
+                self.config.fuse.restart_grace_seconds,
+                external=self.config.fuse.keeper == "external",
+            ),
         )
         settings = self.config.registry
         own_mirror = [self.config.mirror_address] if self.config.mirror_address else []

@@ -47,6 +47,12 @@ CACHE_EVICTIONS = Counter(
     "lazy2dfs_cache_evictions",
     "Cached blobs removed, least recently used first, to keep the cache under cache.max_bytes.",
 )
+HTTP_REFUSED = Counter(
+    "lazy2dfs_http_refused_connections",
+    "Connections to /metrics, /healthz and /status answered 503 at once because the listener"
+    " (observability: metrics_address; control: the control socket) served as many as it may.",
+    ["listener"],
+)
 
 LAZY_LAYERS = Counter(
     "lazy2dfs_lazy_layers",

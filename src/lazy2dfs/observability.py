@@ -8,14 +8,17 @@ The metrics every part counts are declared in ``lazy2dfs.metrics``; what is read
 time (snapshots by kind, each mounted layer's bytes, the cache's size) is collected here, and
 this is the one place that builds the status document.
 
-Each listener has one thread serving one request at a time. Scrapes are cheap, and the
-snapshot store gives each thread its own sqlite connection for the daemon's lifetime, so a
-thread per request would leak a connection per scrape. A stalled client is cut off after
-``CLIENT_TIMEOUT``.
+Each listener serves up to ``MAX_CONNECTIONS`` connections at once, on a fixed pool of threads
+(the snapshot store gives each thread its own sqlite connection for the daemon's lifetime, so a
+thread per request would leak a connection per scrape); one more is answered 503 at once, so a
+flood costs neither threads nor memory. A client has ``CLIENT_TIMEOUT`` in all to send its
+request, and as long again to take the reply: one that sends a byte a second is cut off, as a
+timeout on each read alone would not do.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,10 +28,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from typing import Any, cast
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import trio
@@ -65,7 +70,16 @@ log = get_logger(__name__)
 
 # A FUSE loop that does not run a no-op within this long is not serving reads either.
 LOOP_TIMEOUT = 2.0
-CLIENT_TIMEOUT = 10.0
+# A client's time to send its whole request, and again to take the whole reply.
+CLIENT_TIMEOUT = 5.0
+# Connections one listener serves at once; the next is answered 503 and closed.
+MAX_CONNECTIONS = 16
+BUSY_REPLY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 5\r\n\r\nbusy\n"
+)
+# Where the request handler leaves its socket, for the deadline of the reply.
+CONNECTION_KEY = "lazy2dfs.connection"
 # The manifest fetch /registry makes, as a lazy layer's resolve would (retries included).
 PROBE_TIMEOUT = 30.0
 
@@ -89,21 +103,27 @@ class DaemonParts:
 
 class _LoopProbe:
     """Asks the FUSE loop to run a no-op, waiting at most ``LOOP_TIMEOUT``. At most one probe
-    is in flight: while an earlier one is unanswered the loop counts as stuck, so a stuck loop
-    does not pile up probe threads."""
+    is in flight: concurrent requests wait for the same one, and while one older than
+    ``LOOP_TIMEOUT`` is unanswered the loop counts as stuck, so a stuck loop does not pile up
+    probe threads."""
 
     def __init__(self, session: FuseSession) -> None:
         self._session = session
+        self._lock = threading.Lock()
         self._answered: threading.Event | None = None
+        self._sent = 0.0
 
     def answers(self) -> bool:
-        if self._answered is not None and not self._answered.is_set():
-            return False
-        answered = self._answered = threading.Event()
-        threading.Thread(
-            target=self._ping, args=(answered,), name="fuse-probe", daemon=True
-        ).start()
-        return answered.wait(LOOP_TIMEOUT)
+        with self._lock:
+            answered, now = self._answered, time.monotonic()
+            if answered is None or answered.is_set():
+                answered = self._answered = threading.Event()
+                self._sent = now
+                threading.Thread(
+                    target=self._ping, args=(answered,), name="fuse-probe", daemon=True
+                ).start()
+            left = self._sent + LOOP_TIMEOUT - now
+        return answered.wait(left) if left > 0 else False
 
     def _ping(self, answered: threading.Event) -> None:
         try:
@@ -112,13 +132,113 @@ class _LoopProbe:
             log.debug("FUSE loop probe failed", error=repr(exc))
 
 
-class _Server(WSGIServer):
-    """wsgiref's server on IPv4 or IPv6, without a reverse DNS lookup of its address at start
+class _Deadlines:
+    """Cuts off connections whose client takes too long: a timeout on each read would let a
+    client that sends one byte a second hold a thread for ever. One thread for a listener."""
+
+    def __init__(self, name: str) -> None:
+        self._changed = threading.Condition()
+        self._due: dict[socket.socket, float] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-deadlines", daemon=True)
+        self._thread.start()
+
+    def arm(self, connection: socket.socket, seconds: float) -> None:
+        with self._changed:
+            self._due[connection] = time.monotonic() + seconds
+            self._changed.notify()
+
+    def disarm(self, connection: socket.socket) -> None:
+        """Before the connection is closed: its descriptor may then be reused."""
+        with self._changed:
+            self._due.pop(connection, None)
+
+    def close(self) -> None:
+        """Cuts off every armed connection and ends the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for connection, due in list(self._due.items()):
+                    if due <= now or self._closed:
+                        del self._due[connection]
+                        with suppress(OSError):  # the client may have gone already
+                            connection.shutdown(socket.SHUT_RDWR)
+                if self._closed:
+                    return
+                self._changed.wait(min(self._due.values(), default=now + 60.0) - now)
+
+
+class _BoundedServer(WSGIServer):
+    """wsgiref's server, serving up to ``MAX_CONNECTIONS`` connections at once on a fixed pool
+    of threads, each client within ``CLIENT_TIMEOUT``."""
+
+    # Connections waiting to be accepted: a burst beyond it would wait for SYN retries.
+    request_queue_size = 64
+
+    def __init__(self, address: Any, handler: type[WSGIRequestHandler], name: str) -> None:
+        # Before binding, which calls ``server_close`` when it fails.
+        self.name = name
+        self.deadlines = _Deadlines(name)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._pool = ThreadPoolExecutor(MAX_CONNECTIONS, thread_name_prefix=name)
+        super().__init__(address, handler)
+
+    def set_app(
+        self, application: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]] | None
+    ) -> None:
+        if application is None:
+            super().set_app(None)
+            return
+
+        def replying(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+            # The whole reply is built before the client's clock runs again: only the time it
+            # takes to read it counts against the client.
+            body = list(application(environ, start_response))
+            self.deadlines.arm(environ[CONNECTION_KEY], CLIENT_TIMEOUT)
+            return body
+
+        super().set_app(replying)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            metrics.HTTP_REFUSED.labels(self.name).inc()
+            with suppress(OSError):  # a fresh socket's buffer takes it without blocking
+                request.setblocking(False)
+                request.send(BUSY_REPLY)
+            self.shutdown_request(request)
+            return
+        self.deadlines.arm(request, CLIENT_TIMEOUT)
+        self._pool.submit(self._serve_connection, request, client_address)
+
+    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception as exc:  # a client cut off or gone: nothing to answer
+            log.debug("HTTP connection failed", listener=self.name, error=repr(exc))
+        finally:
+            self.deadlines.disarm(request)
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.deadlines.close()
+        self._pool.shutdown(wait=True)
+
+
+class _Server(_BoundedServer):
+    """On IPv4 or IPv6, without a reverse DNS lookup of its address at start
     (``HTTPServer.server_bind`` calls ``getfqdn``, which can hang where DNS is unreachable)."""
 
     def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, handler)
+        super().__init__(address, handler, "observability")
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
@@ -127,14 +247,14 @@ class _Server(WSGIServer):
         self.setup_environ()
 
 
-class _ControlServer(WSGIServer):
-    """wsgiref's server on a unix socket: no host name or port to look up, and a fixed peer
-    address (the kernel gives none for unix sockets, and wsgiref wants one)."""
+class _ControlServer(_BoundedServer):
+    """On a unix socket: no host name or port to look up, and a fixed peer address (the
+    kernel gives none for unix sockets, and wsgiref wants one)."""
 
     address_family = socket.AF_UNIX
 
     def __init__(self, path: str, handler: type[WSGIRequestHandler]) -> None:
-        super().__init__(path, handler)  # type: ignore[arg-type]  # typeshed knows only TCP
+        super().__init__(path, handler, "control")
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
@@ -149,6 +269,15 @@ class _ControlServer(WSGIServer):
 
 class _QuietHandler(WSGIRequestHandler):
     timeout = CLIENT_TIMEOUT
+
+    def get_environ(self) -> WSGIEnvironment:
+        """Called once the request is read: the client's clock stops while the reply is
+        built."""
+        server = cast(_BoundedServer, self.server)
+        server.deadlines.disarm(self.connection)
+        environ = super().get_environ()
+        environ[CONNECTION_KEY] = self.connection
+        return environ
 
     def log_message(self, format: str, *args: Any) -> None:
         """Not logged: a scrape every few seconds would drown the daemon's own events."""
@@ -260,11 +389,14 @@ class Observability:
         self._started = time.monotonic()
         self._digest = config_digest(parts.config)
         self._probe = _LoopProbe(parts.session)
+        self._names = parts.config.metrics_image_names
         self._collector = DaemonCollector(
-            self._layers, parts.cache, parts.snapshotter.count_by_kind
+            functools.partial(self._layers, self._names),
+            parts.cache,
+            parts.snapshotter.count_by_kind,
         )
         self._metrics_app = make_wsgi_app()
-        self._servers: list[tuple[WSGIServer, threading.Thread]] = []
+        self._servers: list[tuple[_BoundedServer, threading.Thread]] = []
         self._registered = False
 
     def start(self) -> Observability:
@@ -274,16 +406,16 @@ class Observability:
         REGISTRY.register(self._collector)
         self._registered = True
         try:
-            self._serve(self._bind_control(), "control", self._control_app)
+            self._serve(self._bind_control(), self._control_app)
             address = self._parts.config.metrics_host_port
             if address is not None:
-                self._serve(self._bind_metrics(*address), "observability", self._app)
+                self._serve(self._bind_metrics(*address), self._app)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _bind_control(self) -> WSGIServer:
+    def _bind_control(self) -> _BoundedServer:
         """Bound under a temporary name and renamed into place once it is root's alone, so
         that nobody else ever connects to it."""
         path = self._parts.config.control_address
@@ -300,9 +432,9 @@ class Observability:
         os.replace(staging, path)
         return server
 
-    def _bind_metrics(self, host: str, port: int) -> WSGIServer:
+    def _bind_metrics(self, host: str, port: int) -> _BoundedServer:
         try:
-            return make_server(host, port, self._app, _Server, _QuietHandler)
+            return _Server((host, port), _QuietHandler)
         except OSError as exc:
             raise UnavailableError(
                 f"cannot serve metrics on {self._parts.config.metrics_address}: {exc.strerror}"
@@ -311,12 +443,11 @@ class Observability:
 
     def _serve(
         self,
-        server: WSGIServer,
-        name: str,
+        server: _BoundedServer,
         app: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]],
     ) -> None:
         server.set_app(app)
-        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, name=server.name, daemon=True)
         thread.start()
         self._servers.append((server, thread))
 
@@ -331,10 +462,11 @@ class Observability:
             REGISTRY.unregister(self._collector)
             self._registered = False
 
-    def health(self) -> tuple[bool, str]:
+    def health(self, names: bool = True) -> tuple[bool, str]:
         """``(True, "ok")``; ``(True, "degraded: …")`` while a registry fails (restarting the
         daemon would not help, so probes should not); or False and the first problem of the
-        daemon itself."""
+        daemon itself. Without ``names``, not the registry's error, which may quote an image
+        reference."""
         parts = self._parts
         if not parts.config.address.is_socket():
             return False, f"gRPC socket {parts.config.address} is missing"
@@ -355,13 +487,17 @@ class Observability:
             others = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
             return True, (
                 f"degraded: registry {first.host} failing since {since}{others},"
-                f" {first.failures} failed attempts; last: {first.last_error}"
+                f" {first.failures} failed attempts"
+                + (f"; last: {first.last_error}" if names else "")
             )
         return True, "ok"
 
-    def status(self) -> StatusReport:
+    def status(self, names: bool = True) -> StatusReport:
+        """Without ``names`` (``metrics_image_names = false``, on the metrics address), no
+        image reference and no free text that could quote one: layers and fallbacks are named
+        by layer digest, registries by host."""
         parts = self._parts
-        healthy, health = self.health()
+        healthy, health = self.health(names)
         try:
             counts = parts.snapshotter.count_by_kind()
             kinds = {
@@ -382,11 +518,14 @@ class Observability:
                 limit_bytes=parts.cache.max_bytes,
                 layers=parts.cache.blobs,
             ),
-            layers=self._layers(),
+            layers=self._layers(names),
             fallbacks=FallbackStatus(
                 by_reason=_by_reason(metrics.FALLBACKS),
                 plain=_by_reason(metrics.PLAIN_LAYERS),
-                recent=[f.to_json() for f in metrics.RECENT_FALLBACKS.items()],
+                recent=[
+                    (f if names else replace(f, image="", detail="")).to_json()
+                    for f in metrics.RECENT_FALLBACKS.items()
+                ],
             ),
             registries=[
                 RegistryFailure(
@@ -394,7 +533,7 @@ class Observability:
                     failures=r.failures,
                     failing_since=r.failing_since,
                     last_failure=r.last_failure,
-                    last_error=r.last_error,
+                    last_error=r.last_error if names else "",
                 )
                 for r in metrics.REGISTRY_HEALTH.items()
             ],
@@ -449,8 +588,9 @@ class Observability:
             with trio.fail_after(PROBE_TIMEOUT):
                 await client.get_manifest(reference)
 
-    def _layers(self) -> list[LayerStatus]:
-        """What each mounted layer has fetched and served, for /status and /metrics."""
+    def _layers(self, names: bool = True) -> list[LayerStatus]:
+        """What each mounted layer has fetched and served, for /status and /metrics; without
+        ``names``, no image references."""
         layers: list[LayerStatus] = []
         mounted = self._parts.layers
         for snapshot_id, reader in sorted(tuple(mounted.readers.items())):
@@ -459,7 +599,7 @@ class Observability:
             layers.append(
                 LayerStatus(
                     id=snapshot_id,
-                    image=reader.image,
+                    image=reader.image if names else "",
                     layer=reader.name,
                     size=stats.size,
                     fetched=stats.fetched,
@@ -476,16 +616,22 @@ class Observability:
         return layers
 
     def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """The metrics address: anyone who reaches it, so image names only if configured."""
+        return self._answer(environ, start_response, self._names)
+
+    def _answer(
+        self, environ: WSGIEnvironment, start_response: StartResponse, names: bool
+    ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             body: Iterable[bytes] = self._metrics_app(environ, start_response)
             return body
         if path == "/healthz":
-            healthy, reason = self.health()
+            healthy, reason = self.health(names)
             status = "200 OK" if healthy else "503 Service Unavailable"
             return _reply(start_response, status, "text/plain", f"{reason}\n".encode())
         if path == "/status":
-            report = json.dumps(self.status(), indent=1).encode()
+            report = json.dumps(self.status(names), indent=1).encode()
             return _reply(start_response, "200 OK", "application/json", report)
         return _reply(
             start_response, "404 Not Found", "text/plain", b"try /metrics, /healthz or /status\n"
@@ -495,7 +641,8 @@ class Observability:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") != "/registry":
-            return self._app(environ, start_response)
+            # Root's alone: root sees containerd's images anyway.
+            return self._answer(environ, start_response, names=True)
         query = parse_qs(environ.get("QUERY_STRING", ""))
         registry = query.get("registry", [""])[0]
         try:

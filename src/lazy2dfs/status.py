@@ -106,19 +106,27 @@ class ControlClient:
     def status(self) -> StatusReport:
         return cast(StatusReport, self._get("/status", {}))
 
+    def health(self) -> tuple[bool, str]:
+        """Whether the daemon serves (``/healthz``), and the reason it gives."""
+        response = self._request("/healthz", {})
+        return response.status_code == 200, response.text.strip()
+
     def registry(self, registry: str, reference: str = "") -> RegistryAnswer:
         """How the daemon reaches ``registry``; with ``reference`` (pinned by digest) it also
         fetches that manifest, as it would for a lazy layer."""
         query = {"registry": registry, "reference": reference}
         return cast(RegistryAnswer, self._get("/registry", query))
 
-    def _get(self, path: str, query: dict[str, str]) -> object:
+    def _request(self, path: str, query: dict[str, str]) -> httpx.Response:
         transport = httpx.HTTPTransport(uds=str(self.socket))
         try:
             with httpx.Client(transport=transport, timeout=self._timeout) as client:
-                response = client.get(f"http://lazy2dfs{path}", params=query)
+                return client.get(f"http://lazy2dfs{path}", params=query)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
+
+    def _get(self, path: str, query: dict[str, str]) -> object:
+        response = self._request(path, query)
         if response.status_code != 200:
             raise Lazy2dfsError(
                 f"the lazy2dfs daemon at {self.socket} answered {path} with HTTP"

@@ -265,3 +265,24 @@ def test_after_a_restart_reads_hit_the_disk_cache_not_the_registry(
     )
     (row,) = [line for line in human.stdout.splitlines() if weights[7:19] in line]
     assert " lazy " in row and "100%" in row and row.startswith("obs/model:v1 ")
+
+
+def test_with_image_names_off_only_the_control_socket_names_images(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    config = f'metrics_address = "{address}"\nmetrics_image_names = false\n'
+    with private_stack(tmp_path_factory.mktemp("names"), config=config) as stack:
+        image = build_image([build_layer({"model/weights.bin": WEIGHTS[:CHUNK]}, estargz=ESTARGZ)])
+        ref = stack.push("tenant-secret/model:v7", image)
+        assert "1 lazy" in stack.containerd.lazy_pull(ref)
+        observed = Observed(stack, address)
+        digest = image.layers[0].blob.digest
+        for path in ("/metrics", "/status"):
+            status, body = observed.get(path)
+            assert status == 200 and digest in body.decode()
+            assert "tenant-secret" not in body.decode(), path
+        # Root's control socket still names it.
+        report = stack.status_json()
+        [layer] = report["layers"]
+        assert layer["image"].startswith(f"{ref}@sha256:")

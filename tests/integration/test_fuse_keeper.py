@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.process import lazy2dfs_argv
 from devstack.snapshotter import end_keeper, keeper_pids
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.session import FuseSession, Keeper
@@ -130,3 +131,19 @@ def test_a_keeper_that_waited_past_the_grace_for_its_first_daemon_still_serves(
         assert (session.mountpoint / "7" / "first.bin").read_bytes() == FIRST
     finally:
         session.stop()
+
+
+def test_a_daemon_told_the_keeper_is_external_waits_for_it_and_never_starts_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.toml").write_text('[fuse]\nkeeper = "external"\n')
+    argv = [*lazy2dfs_argv(), "serve", "--root", str(tmp_path / "root")]
+    argv += ["--address", str(tmp_path / "s.sock"), "--config", str(tmp_path / "config.toml")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAZY2DFS_")}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    socket_path = tmp_path / "root" / "fuse-keeper.sock"
+    assert f"no FUSE keeper listens on {socket_path}" in done.stderr
+    assert f"lazy2dfs keeper --root {tmp_path / 'root'}" in done.stderr
+    assert not keeper_pids(tmp_path / "root") and not is_mounted(tmp_path / "root" / "fuse")
+    assert not (tmp_path / "s.sock").exists()

@@ -1,11 +1,13 @@
 """The daemon's /metrics, /healthz and /status endpoints, and the metrics and log lines of the
 read path's failures (verification, retries), below containerd."""
 
+import concurrent.futures
 import io
 import json
 import logging
 import os
 import re
+import select
 import socket
 import subprocess
 import time
@@ -31,6 +33,7 @@ from lazy2dfs.config import FetchConfig
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.layers.mounted import EstargzLayers
 from lazy2dfs.logfmt import LogfmtFormatter
+from lazy2dfs.observability import CLIENT_TIMEOUT, MAX_CONNECTIONS
 from lazy2dfs.registry_client.retry import RetryableError, RetryPolicy, on_behalf_of
 from lazy2dfs.remote.fetch import FetchContext
 from lazy2dfs.snapshotter.labels import LayerRequest
@@ -43,6 +46,9 @@ DEPLOY = Path(__file__).parents[2] / "deploy"
 LAYER = "sha256:" + "c" * 64
 IMAGE = "127.0.0.1:5000/obs/m:v1"
 REQUEST = LayerRequest("sha256:" + "a" * 64, IMAGE, LAYER)
+# Fewer than a listener serves at once: /healthz must still find a thread.
+SLOW_CLIENTS = 8
+FLOOD = 100
 
 
 def get(address: str, path: str) -> tuple[int, bytes]:
@@ -188,6 +194,22 @@ def test_status_works_against_a_daemon_with_metrics_off(daemon: LocalSnapshotter
     assert "healthy" in done.stdout and "no remote layers mounted" in done.stdout
     control = daemon.address.with_suffix(".control.sock")
     assert control.is_socket() and control.stat().st_mode & 0o777 == 0o600
+
+
+def test_status_health_answers_for_kubelets_exec_probe(tmp_path: Path) -> None:
+    """``lazy2dfs status --health``: exit 0 while the daemon serves, 1 with the reason when it
+    is unhealthy or gone."""
+    with LocalSnapshotter(tmp_path / "d") as daemon:
+        config = str(daemon.config_path)
+        done = _status("--health", "--config", config, address=daemon.address)
+        assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+        os.unlink(daemon.address)  # a gRPC socket gone: containerd cannot reach the daemon
+        done = _status("--health", "--config", config, address=daemon.address)
+        assert done.returncode == 1
+        assert done.stderr == f"unhealthy: gRPC socket {daemon.address} is missing\n"
+    done = _status("--health", "--config", config, address=daemon.address)
+    assert done.returncode == 1
+    assert "daemon is not running" in done.stderr and ".control.sock" in done.stderr
 
 
 def test_status_without_a_daemon_says_how_to_start_it(tmp_path: Path) -> None:
@@ -383,3 +405,112 @@ def test_retries_are_counted_and_logged_for_the_layer_they_serve(
     assert len(lines) == 2
     for line in lines:
         assert f"layer={LAYER}" in line and f"image={IMAGE}" in line and "reason=" in line
+
+
+def _healthz(where: LocalSnapshotter | str) -> tuple[int, float]:
+    """/healthz over the control socket of a daemon, or at a metrics address; and how long
+    it took to answer."""
+    started = time.monotonic()
+    if isinstance(where, str):
+        code, _ = get(where, "/healthz")
+    else:
+        transport = httpx.HTTPTransport(uds=str(where.address.with_suffix(".control.sock")))
+        with httpx.Client(transport=transport, timeout=10) as client:
+            code = client.get("http://lazy2dfs/healthz").status_code
+    return code, time.monotonic() - started
+
+
+def _connect(daemon: LocalSnapshotter, address: str, count: int) -> list[list[socket.socket]]:
+    """``count`` connections to the metrics address, and as many to the control socket."""
+    host, _, port = address.rpartition(":")
+    metrics_address = [
+        socket.create_connection((host, int(port)), timeout=10) for _ in range(count)
+    ]
+    control = []
+    for _ in range(count):
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(str(daemon.address.with_suffix(".control.sock")))
+        control.append(conn)
+    return [metrics_address, control]
+
+
+def _threads(daemon: LocalSnapshotter) -> int:
+    assert daemon.process is not None
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    (count,) = re.findall(r"^Threads:\s+(\d+)", status, re.MULTILINE)
+    return int(count)
+
+
+def test_slow_clients_neither_hold_up_healthz_nor_stay_connected(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    """Half the connections send nothing, half a byte of a request every half second (a
+    timeout on each read alone would never cut those off); /healthz answers meanwhile on both
+    listeners, and every slow connection is closed once its time is up."""
+    daemon, address = observed
+    slow = [c for listener in _connect(daemon, address, SLOW_CLIENTS) for c in listener]
+    request = b"GET /healthz HTTP/1.0\r\n\r\n"
+    opened = time.monotonic()
+    closed_after: dict[socket.socket, float] = {}
+    try:
+        for where in (address, daemon):
+            code, took = _healthz(where)
+            assert code == 200 and took < 1.0, (where, code, took)
+        sent = 0
+        while len(closed_after) < len(slow):
+            elapsed = time.monotonic() - opened
+            assert elapsed < CLIENT_TIMEOUT + 5, f"{len(slow) - len(closed_after)} still open"
+            for i, conn in enumerate(slow):
+                if conn in closed_after:
+                    continue
+                readable, _, _ = select.select([conn], [], [], 0)
+                if readable and conn.recv(1024) == b"":
+                    closed_after[conn] = elapsed
+                elif i % 2 and sent < len(request):
+                    conn.send(request[sent : sent + 1])
+            sent += 1
+            time.sleep(0.5)
+        assert min(closed_after.values()) >= CLIENT_TIMEOUT - 0.5
+        assert _healthz(address)[0] == 200
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+def test_concurrent_healthz_requests_share_one_probe_of_the_fuse_loop(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    """Served at once, they must not take each other's probe in flight for a stuck loop."""
+    _, address = observed
+    with concurrent.futures.ThreadPoolExecutor(SLOW_CLIENTS) as pool:
+        answers = list(pool.map(lambda _: get(address, "/healthz"), range(4 * SLOW_CLIENTS)))
+    assert answers == [(200, b"ok\n")] * (4 * SLOW_CLIENTS)
+
+
+def test_a_flood_of_connections_is_refused_at_once_and_costs_bounded_threads(
+    observed: tuple[LocalSnapshotter, str],
+) -> None:
+    daemon, address = observed
+    before = _threads(daemon)
+    flood = _connect(daemon, address, FLOOD)
+    try:
+        for listener in flood:
+            # The first connections hold every thread of the listener's pool; past them each
+            # one is answered 503 and closed at once.
+            for conn in listener[MAX_CONNECTIONS:]:
+                readable, _, _ = select.select([conn], [], [], 5)
+                assert readable and conn.recv(1024).startswith(b"HTTP/1.0 503")
+        # One pool per listener (the metrics address, the control socket) more at most, not a
+        # thread per connection; give or take a few of the daemon's own (gRPC, FUSE probe).
+        assert _threads(daemon) <= before + 2 * MAX_CONNECTIONS + 4 < 2 * FLOOD
+    finally:
+        for conn in (c for listener in flood for c in listener):
+            conn.close()
+    deadline = time.monotonic() + CLIENT_TIMEOUT + 5
+    while _healthz(address)[0] != 200:
+        assert time.monotonic() < deadline, "the listener stayed full after its clients left"
+        time.sleep(0.2)
+    refused = scrape(address)
+    for name in ("control", "observability"):
+        key = ("lazy2dfs_http_refused_connections_total", (("listener", name),))
+        assert refused[key] == FLOOD - MAX_CONNECTIONS

@@ -27,6 +27,7 @@ from devstack.containerd import (
 )
 from lazy2dfs import config
 from lazy2dfs.cli import build_parser
+from lazy2dfs.cli.status import HEALTH_TIMEOUT
 from lazy2dfs.daemon import SHUTDOWN_GRACE_SECONDS
 from lazy2dfs.registry_client import Capability, parse_reference
 from lazy2dfs.registry_client.hosts import parse_hosts_toml
@@ -208,34 +209,41 @@ def test_daemonset_carries_what_the_node_needs() -> None:
     template = ds["spec"]["template"]
     assert ds["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     pod = template["spec"]
-    assert "hostPID" not in pod
-    [container] = pod["containers"]
-    assert container["securityContext"]["privileged"] is True
+    assert "hostPID" not in pod and "hostNetwork" not in pod
+    keeper, container = pod["containers"]
     volumes = {v["name"]: v for v in pod["volumes"]}
+    defaults = config.Config()
+    for each in (keeper, container):
+        assert each["securityContext"]["privileged"] is True
+        mounts = {m["mountPath"]: m for m in each["volumeMounts"]}
+        assert {m["name"] for m in mounts.values()} <= set(volumes)
+        # Same path inside and outside: containerd uses the paths the daemon names.
+        assert volumes[mounts[str(defaults.root)]["name"]]["hostPath"]["path"] == str(defaults.root)
+        assert mounts[str(defaults.root)]["mountPropagation"] == "Bidirectional"
+        assert volumes[mounts["/dev/fuse"]["name"]]["hostPath"]["type"] == "CharDevice"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert {m["name"] for m in mounts.values()} == set(volumes)
-    defaults = config.Config()
-    for path in (str(defaults.root), str(defaults.address.parent), "/dev/fuse"):
-        # Same path inside and outside: containerd uses the paths the daemon names.
-        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
-    assert mounts[str(defaults.root)]["mountPropagation"] == "Bidirectional"
-    assert volumes[mounts["/dev/fuse"]["name"]]["hostPath"]["type"] == "CharDevice"
+    run = str(defaults.address.parent)
+    assert volumes[mounts[run]["name"]]["hostPath"]["path"] == run
+
+    # The keeper is a container of its own, which a restart of the daemon's leaves running.
+    assert build_parser().parse_args(keeper["command"][1:]).command == "keeper"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    daemon = config.load(Path("/dev/null"), env=env)
+    assert daemon.fuse.keeper == "external"
 
     args = build_parser().parse_args(container["command"][1:])
-    assert container["command"][0] == "lazy2dfs"
+    assert container["command"][0] == keeper["command"][0] == "lazy2dfs"
     metrics = config.load(
         Path("/dev/null"), env={}, overrides={"metrics_address": args.metrics_address}
     )
-    assert metrics.metrics_host_port is not None
-    host, port = metrics.metrics_host_port
-    assert host == "0.0.0.0"
-    annotations = template["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(port)
-    assert annotations["prometheus.io/path"] == "/metrics"
-    [named] = [p for p in container["ports"] if p["containerPort"] == port]
+    assert metrics.metrics_host_port == ("127.0.0.1", 9879)
+    assert "annotations" not in template["metadata"]  # nothing to scrape from outside the pod
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": named["name"]}
+        command = container[probe]["exec"]["command"]
+        probe_args = build_parser().parse_args(command[1:])
+        assert command[0] == "lazy2dfs" and probe_args.command == "status" and probe_args.health
+        assert container[probe]["timeoutSeconds"] > HEALTH_TIMEOUT
     assert container["resources"]["requests"].keys() == {"cpu", "memory"}
     assert pod["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_SECONDS
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from lazy2dfs import __version__
-from lazy2dfs.cli import config, convert, pull, serve, status, tdfs
+from lazy2dfs.cli import config, convert, keeper, pull, serve, status, tdfs
 from lazy2dfs.cli.parser import CommandParser, register_completion
 from lazy2dfs.errors import Lazy2dfsError
 
@@ -21,7 +21,7 @@ def build_parser() -> CommandParser:
     )
     parser.add_argument("--version", action="version", version=f"lazy2dfs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (serve, pull, status, config, tdfs, convert):
+    for command in (serve, keeper, pull, status, config, tdfs, convert):
         command.register(commands)
     register_completion(commands, parser)
     return parser

@@ -26,6 +26,8 @@ from lazy2dfs.registry_client import InvalidReferenceError, parse_reference
 from lazy2dfs.status import ControlClient, StatusReport
 
 TIMEOUT = 10.0
+# --health: past the daemon's own FUSE loop check (2 s), within a probe's timeout.
+HEALTH_TIMEOUT = 5.0
 # Wildcard binds are reached on loopback.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -40,6 +42,12 @@ def register(subparsers: Subparsers) -> None:
         " through its configuration: --config, LAZY2DFS_ADDRESS, or the default.",
     )
     parser.add_argument("--json", action="store_true", help="print the daemon's JSON document")
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="only ask the control socket's /healthz: print the reason, exit 0 if healthy,"
+        " 1 if not (a probe for kubelet's exec probes, needing no network)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--metrics-address", metavar="HOST:PORT", help="ask the daemon's metrics address instead"
@@ -53,6 +61,17 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.health:
+        if args.metrics_address is not None:
+            args.command_parser.error("--health asks the control socket: drop --metrics-address")
+        healthy, reason = ControlClient(
+            config.load(args.config).control_address, timeout=HEALTH_TIMEOUT
+        ).health()
+        print(
+            reason if healthy else f"unhealthy: {reason}",
+            file=sys.stdout if healthy else sys.stderr,
+        )
+        return 0 if healthy else 1
     report = read_status(args.config, args.metrics_address)
     if args.json:
         json.dump(report, sys.stdout, indent=2)

@@ -1,8 +1,9 @@
 """Serves the one FUSE mount: pyfuse3's trio loop on a thread of its own.
 
 The mount itself belongs to the FUSE keeper (``fuse/keeper.py``), a separate process that
-outlives the daemon; the session connects to it, spawning it first if none is running, and
-hands libfuse the connection as ``/dev/fd/N``. The gRPC server's threads reach into the loop
+outlives the daemon; the session connects to it, spawning it first if none is running (or, with
+an external keeper, waiting for the one something else starts), and hands libfuse the
+connection as ``/dev/fd/N``. The gRPC server's threads reach into the loop
 with ``call``/``call_sync`` (trio.from_thread), so all filesystem state is touched from the
 loop only and needs no locks.
 """
@@ -61,14 +62,32 @@ def detach_stale_mount(path: Path) -> None:
 
 
 class Keeper:
-    """The way to the FUSE keeper of one root: its socket, and how to start it."""
+    """The way to the FUSE keeper of one root: its socket, and how to start it.
 
-    def __init__(self, root: Path, grace_seconds: float) -> None:
+    An ``external`` keeper is started by someone else (``lazy2dfs keeper``, e.g. a container
+    of its own beside the daemon's, which kubelet restarts independently): the daemon only
+    connects to it and never unmounts, so no restart of the daemon's container takes the
+    mount from running containers."""
+
+    def __init__(self, root: Path, grace_seconds: float, external: bool = False) -> None:
+        self.root = root
         self.mountpoint = root / "fuse"
         self.socket = root / "fuse-keeper.sock"
         self.grace_seconds = grace_seconds
+        self.external = external
         self.pid: int | None = None  # of the keeper connected to
         self._child: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        """How to run the keeper: the bare module, so that the process that holds the mount
+        for as long as the node runs loads nothing but the relay."""
+        argv = [sys.executable, "-m", "lazy2dfs.fuse.keeper", "--mountpoint", str(self.mountpoint)]
+        return [*argv, "--socket", str(self.socket), "--grace", str(self.grace_seconds)]
+
+    def prepare_mountpoint(self) -> None:
+        """For a new keeper: whatever a killed one left mounted goes."""
+        detach_stale_mount(self.mountpoint)
+        self.mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def connect(self) -> socket.socket:
         """A connection to the running keeper, or to a new one (with a fresh mount)."""
@@ -76,13 +95,12 @@ class Keeper:
             return self._dial()
         except (FileNotFoundError, ConnectionRefusedError):
             pass
-        detach_stale_mount(self.mountpoint)
-        self.mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "lazy2dfs.fuse.keeper", "--mountpoint", str(self.mountpoint)]
-        argv += ["--socket", str(self.socket), "--grace", str(self.grace_seconds)]
+        if self.external:
+            return self._wait_for_external()
+        self.prepare_mountpoint()
         # Its own session: a Ctrl-C or a stop of the daemon's process group must not reach it.
         proc = self._child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, start_new_session=True
+            self.argv(), stdin=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -97,6 +115,19 @@ class Keeper:
                 time.sleep(KEEPER_POLL_SECONDS)
         proc.kill()
         raise UnavailableError(f"FUSE keeper did not listen on {self.socket} in {START_TIMEOUT}s")
+
+    def _wait_for_external(self) -> socket.socket:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                return self._dial()
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(KEEPER_POLL_SECONDS)
+        raise UnavailableError(
+            f"no FUSE keeper listens on {self.socket} after {START_TIMEOUT:g}s, and"
+            f" fuse.keeper = external forbids starting one: run `lazy2dfs keeper --root"
+            f" {self.root}` (as root, beside the daemon), or set fuse.keeper = spawn"
+        )
 
     def _dial(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -271,7 +302,13 @@ class FuseSession:
         if not self._serving:
             return
         pyfuse3.close(unmount=False)
-        if self.keeper.unmount_unless_busy():
+        if self.keeper.external:
+            log.info(
+                "fuse mount left to its keeper",
+                path=self.mountpoint,
+                grace_seconds=self.keeper.grace_seconds,
+            )
+        elif self.keeper.unmount_unless_busy():
             log.info("fuse unmounted", path=self.mountpoint)
         else:
             log.warning(
