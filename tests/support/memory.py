@@ -78,7 +78,5 @@ class MemoryReader:
     def __init__(self, files: Mapping[str, bytes]) -> None:
         self._files = files
 
-    async def read(
-        self, key: str, offset: int, size: int, into: bytearray | None = None
-    ) -> bytes:
+    async def read(self, key: str, offset: int, size: int, into: bytearray | None = None) -> bytes:
         return self._files[key][offset : offset + size]
