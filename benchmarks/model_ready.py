@@ -8,6 +8,8 @@ in a layer of its own:
 * ``overlayfs``: plain tar.gz layers, ``ctr images pull`` onto containerd's overlayfs;
 * ``gzip``: lazy2dfs on gzip eStargz (lazy2dfs's writer, 4 MiB chunks), ``lazy2dfs pull``;
 * ``zstd``: lazy2dfs on zstd:chunked, its own format (same writer and chunks);
+* ``zstd-cri``: the same image pulled as kubelet pulls it (CRI ``PullImage``, image labels
+  passed to the snapshotter), containers in namespace ``k8s.io``;
 * ``stargz``: upstream's stargz snapshotter 0.12 (``devstack.stargz``, Debian's sources,
   upstream's default settings) on the same gzip eStargz image, ``ctr-remote image rpull``.
 
@@ -70,9 +72,10 @@ from benchmarks.coldstack import (
     page_cache_drops,
     registry_host,
 )
-from benchmarks.coldstart import pull
+from benchmarks.coldstart import CRI, pull
 from benchmarks.model_load import Loaded, LoadFailed, load_model, lowers_under, page_cache_bytes
 from benchmarks.model_ready_report import COLD, WARM
+from devstack.containerd import CRI_NAMESPACE
 from devstack.images import FIXED_MTIME, BuiltImage, build_image, build_layer
 from devstack.model import SampleModel, f16_like, runtime_tree, sample_model
 from devstack.registry import LocalRegistry, Served
@@ -112,12 +115,19 @@ class Format:
     label: str
     snapshotter: str
     image: str  # the tag of the image it pulls
+    cri: bool = False  # pulled by CRI's PullImage (kubelet's path) into namespace k8s.io
+
+    @property
+    def namespace(self) -> str:
+        return CRI_NAMESPACE if self.cri else "default"
 
 
 FORMATS = {
     "overlayfs": Format("overlayfs", "overlayfs", "tar-gz"),
     "gzip": Format("lazy2dfs, gzip eStargz", "lazy2dfs", "estargz"),
     "zstd": Format("lazy2dfs, zstd:chunked", "lazy2dfs", "zstd-chunked"),
+    # kubelet's path: containerd pulls (CRI passes the image labels), no Python process starts.
+    "zstd-cri": Format("lazy2dfs, zstd:chunked, CRI pull", "lazy2dfs", "zstd-chunked", cri=True),
     "stargz": Format("stargz 0.12, gzip eStargz", "stargz", "estargz"),
 }
 WRITERS: dict[str, WriterOptions | None] = {
@@ -217,6 +227,8 @@ def _push_images(
 
 
 def _pull(stack: ColdStack, fmt: Format, ref: str) -> float:
+    if fmt.cri:
+        return pull(stack.containerd, ref, CRI)
     if fmt.snapshotter != "stargz":
         return pull(stack.containerd, ref, fmt.snapshotter)
     argv = ["ctr-remote", "--address", str(stack.containerd.address), "--namespace", "default"]
@@ -385,7 +397,13 @@ def _run(
     ref = f"{host}/{_repo(spec.size_mib)}:{fmt.image}"
     result: dict[str, Any] = {**asdict(spec), "cold": None, "warm": None}
     binary = stargz_binary if fmt.snapshotter == "stargz" else None
-    with cold_stack(work, log_level="info", stargz_binary=binary) as stack:
+    with cold_stack(
+        work,
+        log_level="info",
+        stargz_binary=binary,
+        cri=fmt.cri,
+        cri_snapshotter=fmt.snapshotter if fmt.cri else None,
+    ) as stack:
         served = Served(registry)
         cold = Phase(stack, fmt, served)
         with _profiled(plan, stack, fmt, f"{spec.slug}-cold"):
@@ -395,7 +413,12 @@ def _run(
             if COLD in plan.states:
                 try:
                     loaded = load_model(
-                        stack.containerd, ref, fmt.snapshotter, spec.containers, cold.start
+                        stack.containerd,
+                        ref,
+                        fmt.snapshotter,
+                        spec.containers,
+                        cold.start,
+                        fmt.namespace,
                     )
                     result["cold"] = cold.measures(spec.size_mib, loaded, pull_cpu, pulled)
                 except LoadFailed as exc:
@@ -417,7 +440,12 @@ def _run(
             try:
                 with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
                     loaded = load_model(
-                        stack.containerd, ref, fmt.snapshotter, spec.containers, warm.start
+                        stack.containerd,
+                        ref,
+                        fmt.snapshotter,
+                        spec.containers,
+                        warm.start,
+                        fmt.namespace,
                     )
             except LoadFailed as exc:
                 result["warm"] = failed_load(work, spec.slug, WARM, exc)
