@@ -254,8 +254,7 @@ class LayerCache:
             os.ftruncate(self._log, end)
             with self._lock:
                 self._pending[:0] = pending
-                taken = {id(p) for p in pending}
-                self._recording = [p for p in self._recording if id(p) not in taken]
+                self._stop_recording(pending)
             log.warning(
                 "cache records not written",
                 path=self._log_path,
@@ -266,9 +265,13 @@ class LayerCache:
         with self._lock:
             for segment, offset, length in offsets:
                 self._gap_at[segment] = (offset, length)
-            taken = {id(p) for p in pending}
-            self._recording = [p for p in self._recording if id(p) not in taken]
+            self._stop_recording(pending)
         return len(pending)
+
+    def _stop_recording(self, pending: list[_Pending]) -> None:
+        """Under ``_lock``: ``pending`` is recorded in the log, or back in ``_pending``."""
+        taken = {id(p) for p in pending}
+        self._recording = [p for p in self._recording if id(p) not in taken]
 
     def _load_log(self) -> None:
         size = os.fstat(self._log).st_size
