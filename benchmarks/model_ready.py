@@ -397,13 +397,8 @@ def _run(
     ref = f"{host}/{_repo(spec.size_mib)}:{fmt.image}"
     result: dict[str, Any] = {**asdict(spec), "cold": None, "warm": None}
     binary = stargz_binary if fmt.snapshotter == "stargz" else None
-    with cold_stack(
-        work,
-        log_level="info",
-        stargz_binary=binary,
-        cri=fmt.cri,
-        cri_snapshotter=fmt.snapshotter if fmt.cri else None,
-    ) as stack:
+    # CRI pulls into lazy2dfs, the stack's default.
+    with cold_stack(work, log_level="info", stargz_binary=binary, cri=fmt.cri) as stack:
         served = Served(registry)
         cold = Phase(stack, fmt, served)
         with _profiled(plan, stack, fmt, f"{spec.slug}-cold"):
