@@ -4,11 +4,16 @@ round-trip delay, so the benchmarks can ask what a real network would change.
 The kernel's netem qdisc would be the natural tool, but it is not built into every kernel (not
 into this one); a proxy needs nothing but loopback. Bandwidth is one token bucket shared by
 all connections (a node's NIC); delay is half the round-trip time each way, applied per chunk
-without holding the stream back (a delay line, not a stop-and-wait).
+without holding the stream back (a delay line, not a stop-and-wait). The proxy's socket to the
+target takes no more than the link's bandwidth-delay product (and 64 KiB at least) into its
+receive buffer, as a TCP window on that link would: on loopback the kernel would otherwise let
+the target push megabytes into the connection at once, and a connection closed early would
+seem to have cost it far more than it would over a network.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 from types import TracebackType
 
@@ -17,6 +22,8 @@ import trio
 from devstack.registry import free_port
 
 PIECE = 1024 * 1024
+# Segments as on Ethernet, not loopback's 64 KiB: the target's send buffer grows by segments.
+ETHERNET_MSS = 1448
 
 
 class _Bucket:
@@ -71,12 +78,24 @@ class LinkEmulator:
 
             async def handle(client: trio.SocketStream) -> None:
                 async with client:
-                    server = await trio.open_tcp_stream(self.target_host, self.target_port)
+                    server = await self._connect()
                     async with server, trio.open_nursery() as nursery:
                         nursery.start_soon(self._pipe, client, server, buckets[0], nursery)
                         nursery.start_soon(self._pipe, server, client, buckets[1], nursery)
 
             await trio.serve_listeners(handle, listeners)
+
+    async def _connect(self) -> trio.SocketStream:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        window = max(64 * 1024, int(self._rate * self._delay * 2))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, ETHERNET_MSS)
+        try:
+            await sock.connect((self.target_host, self.target_port))
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
 
     async def _pipe(
         self,

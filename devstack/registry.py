@@ -261,5 +261,6 @@ class Served:
         return sum(
             r.size
             for r in self.requests()
-            if r.method == "GET" and (digests is None or r.path.rsplit("/", 1)[-1] in digests)
+            if r.method == "GET"
+            and (digests is None or r.path.split("?", 1)[0].rsplit("/", 1)[-1] in digests)
         )

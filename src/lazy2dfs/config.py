@@ -127,6 +127,15 @@ class RegistryConfig(BaseModel):
         gt=0,
         description="A kept whole blob that no read used for this long is dropped.",
     )
+    mirror_warm_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A pull-through mirror that answers a range of a blob it does not hold yet"
+        " with the whole blob (the CNCF registry in proxy mode) is left to fetch it from its"
+        " origin, and reads of the blob wait up to this long for it to serve ranges, so that"
+        " the origin sends the blob once, not once more per node; then its whole answer is"
+        " kept. 0 keeps its first whole answer. Below fetch.deadline_seconds.",
+    )
 
 
 class Config(BaseModel):

@@ -150,6 +150,7 @@ class Daemon:
                 budget=self.config.fetch.deadline_seconds,
             ),
             skip_hosts=own_mirror,
+            mirror_warm_seconds=settings.mirror_warm_seconds,
         )
         computed = ComputedImages()
         server: grpc.Server | None = None

@@ -109,6 +109,19 @@ WHOLE_BLOBS = Counter(
     " (no room: only the asked ranges were kept).",
     ["outcome"],
 )
+MIRROR_WARM = Histogram(
+    "lazy2dfs_registry_mirror_warm_seconds",
+    "Time reads of a blob waited for a pull-through mirror to fetch it from its origin and"
+    " serve ranges of it, by outcome: ranges, or whole (it still answered with whole blobs"
+    " after registry.mirror_warm_seconds and its next whole answer was kept).",
+    ["outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MIRROR_WHOLE_CLOSED = Counter(
+    "lazy2dfs_registry_mirror_whole_answers_closed",
+    "Whole-blob answers of a warming pull-through mirror closed unread; each costs its origin"
+    " what was in flight.",
+)
 REGISTRY_FAILURES = Counter(
     "lazy2dfs_registry_failures",
     "Registry requests that failed (network error, timeout, 429 or 5xx; each retry counts),"

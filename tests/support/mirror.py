@@ -3,10 +3,11 @@ pull-through (proxy) mode, with counters of what it and its origin sent.
 
 As a mirror (``FakeRegistry(blobs, mirror=True)``) it answers a GET or HEAD of a blob it does
 not hold yet with 200 and the whole blob, Range or not, as ``docker-registry`` 2.8 with
-``proxy: remoteurl`` does: such an answer costs its origin the blob once for the request and,
-for the first one, once more to store it (``origin_bytes``); it holds the blob once that store
-is done (the blob's transfer time after the first request) and answers ranges with 206 from
-then on. As a plain registry it answers ranges with 206 at once. Blobs go out at ``rate``
+``proxy: remoteurl`` does: such an answer costs its origin what it copies to the client (all
+of the blob for a HEAD, whose body the registry reads and drops; for a GET what went out
+before the client closed) and, for the first one, the blob once more to store it
+(``origin_bytes``); it holds the blob once that store is done (the blob's transfer time after
+the first request) and answers ranges with 206 from then on. As a plain registry it answers ranges with 206 at once. Blobs go out at ``rate``
 bytes per second, so that requests overlap as they do on a network. ``cut_after`` ends the
 next whole-blob answer after that many bytes and stops the server: a mirror that goes down in
 the middle of a rollout; ``oversized_ranges`` answers every range with all of the blob.
@@ -52,7 +53,6 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             holds = fake.holds(digest)
             if not holds:
-                fake.origin_bytes += len(data)
                 if digest not in fake.filling:
                     fake.filling[digest] = time.monotonic() + len(data) / fake.rate
                     fake.origin_bytes += len(data)
@@ -60,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._ranges(data, "bytes=0-" if fake.oversized_ranges else wanted)
         if not holds:
             fake.whole_answers += 1
-        self._send(200, {"Content-Type": "application/octet-stream"}, data, cut=not holds)
+        self._send(200, {"Content-Type": "application/octet-stream"}, data, copied=not holds)
 
     def _ranges(self, data: bytes, header: str) -> None:
         ranges = []
@@ -86,7 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
         body += f"--{boundary}--\r\n".encode()
         self._send(206, {"Content-Type": f"multipart/byteranges; boundary={boundary}"}, body)
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes, cut: bool = False) -> None:
+    def _send(
+        self, status: int, headers: dict[str, str], body: bytes, copied: bool = False
+    ) -> None:
         fake = self.server.fake
         self.send_response(status)
         for name, value in headers.items():
@@ -94,9 +96,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command == "HEAD":
+            if copied:
+                with fake.lock:
+                    fake.origin_bytes += len(body)
             return
         limit = len(body)
-        if cut and fake.cut_after is not None:
+        if copied and fake.cut_after is not None:
             limit, fake.cut_after = min(limit, fake.cut_after), None
         sent = 0
         while sent < limit:
@@ -108,6 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
             sent += len(piece)
             with fake.lock:
                 fake.sent_bytes += len(piece)
+                if copied:  # a copy from the origin, as it goes
+                    fake.origin_bytes += len(piece)
             time.sleep(len(piece) / fake.rate)
         if limit < len(body):
             fake.stop()

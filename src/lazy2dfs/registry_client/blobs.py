@@ -8,26 +8,36 @@ first read resolves the redirect and later reads go straight to storage; when th
 asked one range at a time. An answer is read only as far as the ranges asked for can take:
 a registry sending more is an error, not a reason to hold its bytes in memory.
 
-Pull-through mirrors. The CNCF registry in proxy mode answers a range request for a blob it
-does not hold yet with 200 and the whole blob, fetched from the origin for that very request
-(and once more to store it), so every request before it holds the blob costs the origin the
-whole blob again. Hence, per (endpoint, blob), until the endpoint has answered a range of the
-blob with 206, only one request for the blob is in flight there (the probe) and the others
-wait for its status; a 206 opens the endpoint to concurrent range requests for that blob. A
-200 is kept: a task of its own streams it into the spill area (``spill``) — it outlives the
-read that asked, whose deadline may cut it — and every read of the blob by this client is
-served from there, verified against the blob digest once complete: bytes the stream has
-passed at once, later ones when it gets there. A stream that breaks (the mirror stopped) goes
-on where it broke at the next endpoint (the origin) with an open-ended range, so no read fails
-and no byte comes twice; an endpoint that cannot be reached is tried last for a while.
+Pull-through mirrors. The CNCF registry in proxy mode answers a request (GET or HEAD, Range
+or not) for a blob it does not hold yet with 200 and the whole blob, copied from the origin for
+that very request, and fetches it from the origin once more for its own store; only once
+stored does it answer ranges with 206. Read as it comes, such an answer costs the origin the
+blob twice for one node and N+1 times for N nodes at once. Hence a blob's first request to a
+mirror (an endpoint with another after it in hosts.toml) is a one-byte range whose 200 is
+closed unread: the mirror's store goes on, its copy for us stops after what was in flight.
+Meanwhile one task asks again, at growing intervals, until the mirror answers 206, and reads
+of the blob wait for that (``_warm``): the origin sends the blob about once for the whole
+fleet, and a read waits about as long as the mirror takes to fetch the blob, which is what
+reading its whole answer would take too. Measured through ``docker-registry`` 2.8 behind a
+1 Gbit/s 20 ms link (``python -m benchmarks.run fleet``): see docs/fleets.md.
 
-While a whole blob streams, a read waits for it rather than asking the next endpoint: the
-origin pays for the mirror's stream anyway, so any range asked of the origin meanwhile is paid
-twice, while the stream brings the blob in blob order, which is the order eStargz puts the
-files a model loads first in. The exception is a small range far ahead of the stream — a
-layer's footer and TOC sit at the blob's end, and a mount needs them before anything else —
-which is asked of the next endpoint, within ``BYPASS_SHARE`` of the blob per stream: a mount
-does not wait for its whole blob, and the origin pays at most that much more.
+Per (endpoint, blob), until the endpoint has answered a range of the blob with 206, only one
+request for the blob is in flight there (the probe) and the others wait for its status; a 206
+opens the endpoint to concurrent range requests for that blob. A mirror that still answers
+200 after ``warm_seconds`` (or any endpoint, with ``warm_seconds`` 0) has its next 200 kept: a
+task of its own streams it into the spill area (``spill``) — it outlives the read that asked,
+whose deadline may cut it — and every read of the blob by this client is served from there,
+verified against the blob digest once complete: bytes the stream has passed at once, later
+ones when it gets there. A stream that breaks (the mirror stopped) goes on where it broke at
+the next endpoint (the origin) with an open-ended range, so no read fails and no byte comes
+twice; an endpoint that cannot be reached is tried last for a while.
+
+While a mirror fetches the blob, or while a whole blob streams, a read waits rather than
+asking the next endpoint: the origin pays for the mirror's copy anyway, so any range asked of
+it meanwhile is paid twice. The exception is a small range — a layer's footer and TOC, which a
+mount needs before anything else, sit at the blob's end — which is asked of the next endpoint,
+within ``BYPASS_SHARE`` of the blob: a mount does not wait for its whole blob, and the origin
+pays at most that much more.
 
 Bytes of a partial read cannot be checked against the blob digest; the reader checks them
 against the chunk digests of the eStargz TOC before they are used.
@@ -85,6 +95,18 @@ BYPASS_SHARE: Final = 0.02
 SPILL_WRITE: Final = 1024 * 1024
 # An endpoint that could not be reached is tried after the others for this long.
 DOWN_SECONDS: Final = 30.0
+# How fast a mirror is taken to fetch a blob from its origin until it has fetched one (bytes
+# per second: 1 Gbit/s), and the bounds of the time between two requests while it does (see
+# ``BlobReader._warm``).
+WARM_RATE: Final = 125e6
+# Blobs from this size up are left to a mirror to fetch; below it, what the origin sends of
+# the whole answers closed meanwhile (up to ~2 MB each through the emulated link of
+# devstack/link.py) would cost more than reading a whole answer.
+WARM_MIN_BYTES: Final = 16 * 1024 * 1024
+WARM_FIRST_DELAY: Final = 0.05
+WARM_MAX_DELAY: Final = 2.0
+# The range a warming probe asks: one byte, so a 206 costs nothing either.
+_WARM_PROBE: Final = [(0, 1)]
 
 
 class _MultiRangeRefused(Exception):
@@ -102,6 +124,9 @@ class _Route:
 
     ranges: bool = False  # it answered one with 206: requests may go there concurrently
     probing: bool = False  # the first request is under way; others wait for its status
+    warming: bool = False  # a task waits for the mirror to hold the blob (``_warm``)
+    warmed: bool = False  # that wait is over, with or without ranges
+    bypassed: int = 0  # bytes read from the next endpoint meanwhile
     changed: trio.Event = field(default_factory=trio.Event)
 
     def settle(self) -> None:
@@ -129,15 +154,28 @@ class _Handoff:
 class BlobRoutes:
     """What one client learned, shared by all its readers: how each endpoint answers ranges
     of each blob, which endpoints are down, and the whole blobs kept on disk (``spill``;
-    None keeps none, e.g. a one-shot CLI call)."""
+    None keeps none, e.g. a one-shot CLI call). ``warm_seconds``: how long reads of a blob
+    wait for a mirror to serve ranges of it before its whole answer is taken (0: at once)."""
 
-    def __init__(self, spill: SpillArea | None = None) -> None:
+    def __init__(self, spill: SpillArea | None = None, warm_seconds: float = 30.0) -> None:
         self.spill = spill
+        self.warm_seconds = warm_seconds
         self._routes: dict[tuple[str, str], _Route] = {}
         self._down_until: dict[str, float] = {}
+        self._warm_rates: dict[str, float] = {}
 
     def route(self, host: str, digest: str) -> _Route:
         return self._routes.setdefault((host, digest), _Route())
+
+    def warm_rate(self, host: str) -> float:
+        """Bytes per second mirror ``host`` is expected to fetch a blob from its origin at."""
+        return self._warm_rates.get(host, WARM_RATE)
+
+    def warmed(self, host: str, size: int, seconds: float, first_try: bool) -> None:
+        """Mirror ``host`` served ranges of a ``size``-byte blob ``seconds`` after it was set
+        fetching it; ``first_try``: at the first request after that, so it may be faster."""
+        rate = self.warm_rate(host) * 1.5 if first_try else size / seconds
+        self._warm_rates[host] = min(rate, 100 * WARM_RATE)
 
     def spilled(self, digest: str) -> SpilledBlob | None:
         return None if self.spill is None else self.spill.find(digest)
@@ -183,6 +221,10 @@ class BlobReader:
         self._transport = transport
         self._policy = policy or transport.policy
         self._targets = list(targets)
+        # Mirrors: endpoints with another after them, which may fetch the blob from it, the
+        # last (hosts.toml's server).
+        self._mirrors = {endpoint.host for endpoint, _ in targets[:-1]}
+        self._server = targets[-1]
         self._scopes = (pull_scope(repository),)
         self._routes = routes or BlobRoutes()
         self.digest = digest
@@ -251,6 +293,19 @@ class BlobReader:
     ) -> list[bytes]:
         route = self._routes.route(endpoint.host, self.digest)
         while not route.ranges:
+            if self._may_warm(endpoint, route):
+                if not route.warming:
+                    route.warming = True
+                    trio.lowlevel.spawn_system_task(
+                        self._warm, endpoint, url, route, name=f"warm {self.digest}"
+                    )
+                beside = await self._beside_warming(endpoint, route, wanted)
+                if beside is not None:
+                    return beside
+                await route.changed.wait()
+                if self._routes.is_down(endpoint.host):
+                    raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
+                continue
             spilled = self._routes.spilled(self.digest) if whole_ok else None
             if spilled is not None:
                 served = await self._from_spill(spilled, wanted)
@@ -263,6 +318,84 @@ class BlobReader:
                 if self._routes.is_down(endpoint.host):
                     raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
         return await self._ranges(endpoint, url, wanted, whole_ok)
+
+    def _may_warm(self, endpoint: Endpoint, route: _Route) -> bool:
+        return (
+            endpoint.host in self._mirrors
+            and self._routes.warm_seconds > 0
+            and (self.size or 0) >= WARM_MIN_BYTES
+            and not route.warmed
+        )
+
+    async def _warm(self, endpoint: Endpoint, url: str, route: _Route) -> None:
+        """Runs as a system task, bounded by ``warm_seconds``: asks the mirror for one byte
+        until it answers 206 (``route.ranges``), closing each 200 unread, then wakes the reads
+        waiting on ``route``. A mirror found down is marked so; their reads go elsewhere.
+
+        Each 200 closed costs the origin what was in flight, so the first request after the
+        one that set the mirror fetching waits for the blob's size at the rate this mirror
+        fetched the last one (``BlobRoutes.warm_rate``), later ones as long as was waited."""
+        started = trio.current_time()
+        delay = max(WARM_FIRST_DELAY, (self.size or 0) / self._routes.warm_rate(endpoint.host))
+        probes = 0
+        try:
+            while True:
+                probes += 1
+                try:
+                    await self._transport.policy.run(
+                        f"blob {self.digest} from {endpoint.host}",
+                        functools.partial(self._attempt, endpoint, url, _WARM_PROBE, False, None),
+                        endpoint.host,
+                    )
+                    break
+                except _WholeAnswer:
+                    metrics.MIRROR_WHOLE_CLOSED.inc()
+                waited = trio.current_time() - started
+                if waited >= self._routes.warm_seconds:
+                    log.warning(
+                        "mirror still answers ranges with whole blobs",
+                        blob=self.digest,
+                        host=endpoint.host,
+                        waited=round(waited, 1),
+                        action="the next whole answer is kept; raise registry.mirror_warm_seconds"
+                        " if the mirror needs longer to fetch a blob from its origin",
+                    )
+                    break
+                if probes == 1:
+                    log.info(
+                        "mirror fetches the blob, reads wait", blob=self.digest, host=endpoint.host
+                    )
+                else:
+                    delay = min(WARM_MAX_DELAY, max(WARM_FIRST_DELAY, waited))
+                await trio.sleep(min(delay, self._routes.warm_seconds - waited))
+            waited = trio.current_time() - started
+            if route.ranges and probes > 1 and self.size:
+                self._routes.warmed(endpoint.host, self.size, waited, first_try=probes == 2)
+            outcome = "ranges" if route.ranges else "whole"
+            metrics.MIRROR_WARM.labels(outcome).observe(waited)
+        except RegistryUnavailableError:
+            self._routes.down(endpoint.host)
+        except Exception as exc:  # the readers' own requests meet it again and report it
+            log.debug("mirror warm-up ended", blob=self.digest, host=endpoint.host, reason=exc)
+        finally:
+            route.warming, route.warmed = False, True
+            route.settle()
+
+    async def _beside_warming(
+        self, endpoint: Endpoint, route: _Route, wanted: list[ByteRange]
+    ) -> list[bytes] | None:
+        """``wanted`` from the server while mirror ``endpoint`` fetches the blob, if small
+        enough for what is left of ``BYPASS_SHARE``; None when it must wait."""
+        length = sum(n for _, n in wanted)
+        if self.size is None or route.bypassed + length > self.size * BYPASS_SHARE:
+            return None
+        route.bypassed += length
+        server, url = self._server
+        try:
+            return await self._from_endpoint(server, url, wanted, whole_ok=False)
+        except (_WholeAnswer, Lazy2dfsError) as exc:
+            log.debug("no range beside the warming mirror", blob=self.digest, reason=exc)
+            return None
 
     async def _probe(
         self,

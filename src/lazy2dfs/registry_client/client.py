@@ -105,18 +105,20 @@ class RegistryClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         spill: SpillArea | None = None,
         skip_hosts: Collection[str] = (),
+        mirror_warm_seconds: float = 30.0,
     ) -> None:
         """``spill``: where whole blobs a registry sends for range requests are kept to serve
         later ranges (``registry_client.spill``); without it only the ranges asked are kept.
         ``range_retry``: how range reads are retried (default: as every request, ``retry``);
         the daemon gives them its read deadline as their budget. ``skip_hosts``: ``host:port``
         listeners of this process that hosts.toml may name as mirrors (the daemon's partition
-        mirror); requests never go to them."""
+        mirror); requests never go to them. ``mirror_warm_seconds``: how long reads of a blob
+        wait for a mirror to fetch it and serve ranges (``registry_client.blobs``)."""
         self.hosts = RegistryHosts(hosts_dir, plain_http, skip_hosts)
         self._range_retry = range_retry
         self.credentials = credentials or CredentialStore(docker_config=default_docker_config())
         self._transport = Transport(self.credentials, retry or RetryPolicy(), timeout)
-        self._routes = BlobRoutes(spill)
+        self._routes = BlobRoutes(spill, mirror_warm_seconds)
 
     async def __aenter__(self) -> RegistryClient:
         return self

@@ -48,6 +48,12 @@ def mirror() -> Iterator[FakeRegistry]:
         yield running
 
 
+@pytest.fixture
+def small_blobs_warm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaves ``BLOB`` to the mirror to fetch, as blobs of ``WARM_MIN_BYTES`` and more are."""
+    monkeypatch.setattr(blobs_module, "WARM_MIN_BYTES", len(BLOB))
+
+
 def hosts_dir(tmp_path: Path, origin: str, mirrors: list[str]) -> Path:
     directory = tmp_path / "certs.d" / origin
     directory.mkdir(parents=True)
@@ -64,9 +70,10 @@ def run(
     mirrors: list[str],
     call: Callable[[RegistryClient, str], Awaitable[None]],
     spill_bytes: int = 64 << 20,
+    warm_seconds: float = 30.0,
 ) -> int:
     """Runs ``call`` with a client reading through ``mirrors``; returns the bytes its spill
-    area kept at the end."""
+    area kept at the end. ``warm_seconds`` 0: a mirror's first whole answer is kept."""
     spill = SpillArea(tmp_path / "spill", spill_bytes, idle_seconds=600)
     kept = 0
 
@@ -77,6 +84,7 @@ def run(
             credentials=CredentialStore(),
             retry=FAST_RETRY,
             spill=spill,
+            mirror_warm_seconds=warm_seconds,
         ) as client:
             await call(client, f"{origin.host}/fleet/model")
             kept = spill.size_bytes
@@ -100,10 +108,89 @@ async def read_all_at_once(client: RegistryClient, ref: str, readers: int = 3) -
                 nursery.start_soon(one, ranges)
 
 
-def test_one_whole_blob_from_the_mirror_serves_every_range(
+@pytest.mark.usefixtures("small_blobs_warm")
+def test_a_mirror_fetching_the_blob_costs_its_origin_the_blob_about_once(
     tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
 ) -> None:
     kept = run(tmp_path, origin, [mirror.host], read_all_at_once)
+    # The mirror's store, and what was in flight of the whole answers closed unread.
+    assert mirror.origin_bytes <= 1.25 * len(BLOB)
+    assert mirror.whole_answers >= 1
+    # Every read came from the mirror's ranges once it held the blob, or (the footer and the
+    # last chunk, within the share) from the origin meanwhile.
+    assert mirror.sent_bytes + origin.sent_bytes <= 1.25 * len(BLOB)
+    assert origin.sent_bytes <= len(BLOB) * blobs_module.BYPASS_SHARE + 4096
+    assert kept == 0  # nothing to keep: the mirror serves ranges
+
+
+@pytest.mark.usefixtures("small_blobs_warm")
+def test_a_mirror_that_never_serves_ranges_has_its_whole_answer_kept_after_the_wait(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    mirror.rate = 1e6  # 3 s to store the blob: longer than the wait
+
+    async def call(client: RegistryClient, ref: str) -> None:
+        began = trio.current_time()
+        await read_all_at_once(client, ref, readers=1)
+        assert 0.5 <= trio.current_time() - began < 20
+
+    kept = run(tmp_path, origin, [mirror.host], call, warm_seconds=0.5)
+    assert kept == len(BLOB)
+    assert mirror.sent_bytes >= len(BLOB)  # the whole answer, read through
+
+
+@pytest.mark.usefixtures("small_blobs_warm")
+def test_a_mirror_stopped_while_it_fetches_the_blob_sends_reads_to_the_origin(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    mirror.rate = 2e6  # 1.5 s to store the blob
+
+    async def call(client: RegistryClient, ref: str) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all_at_once, client, ref, 2)
+            await trio.sleep(0.3)
+            mirror.stop()
+
+    run(tmp_path, origin, [mirror.host], call)
+    assert mirror.stopped
+    assert origin.gets >= 1
+
+
+@pytest.mark.usefixtures("small_blobs_warm")
+def test_a_footer_does_not_wait_for_the_mirror_to_fetch_the_blob(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    mirror.rate = 2e6  # 1.5 s to store the blob
+    footer = [(len(BLOB) - 51, 51)]
+
+    async def call(client: RegistryClient, ref: str) -> None:
+        reader = client.blob_reader(ref, DIGEST, len(BLOB))
+        began = trio.current_time()
+        assert await reader.read_ranges(footer) == expected(footer)
+        assert trio.current_time() - began < 1.0
+        await read_all_at_once(client, ref, readers=1)
+
+    run(tmp_path, origin, [mirror.host], call)
+    assert origin.requests[0][2] == f"bytes={len(BLOB) - 51}-{len(BLOB) - 1}"
+    assert origin.sent_bytes <= len(BLOB) * blobs_module.BYPASS_SHARE + 1024 * len(origin.requests)
+    # Reading the mirror's first whole answer would have cost its origin 2x.
+    assert mirror.origin_bytes <= 1.5 * len(BLOB)
+
+
+def test_a_small_blob_is_taken_whole_from_the_mirror_at_once(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    """Below ``WARM_MIN_BYTES`` what closed answers cost would exceed a second copy."""
+    assert len(BLOB) < blobs_module.WARM_MIN_BYTES
+    kept = run(tmp_path, origin, [mirror.host], read_all_at_once)
+    assert mirror.whole_answers == 1
+    assert kept == len(BLOB)
+
+
+def test_one_whole_blob_from_the_mirror_serves_every_range(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    kept = run(tmp_path, origin, [mirror.host], read_all_at_once, warm_seconds=0)
     # One request reached the mirror while it did not hold the blob: its origin paid what a
     # plain pull of the blob through it costs (the copy for the request, and its own store).
     assert mirror.gets == 1
@@ -127,7 +214,7 @@ def test_later_reads_come_from_the_kept_blob_until_released_then_by_range(
         await trio.sleep(len(BLOB) / mirror.rate)  # the mirror's own store is done by now
         await read_all_at_once(client, ref, readers=2)
 
-    kept = run(tmp_path, origin, [mirror.host], call)
+    kept = run(tmp_path, origin, [mirror.host], call, warm_seconds=0)
     assert kept == 0
     assert mirror.whole_answers == 1
     later = [r for _, _, r in mirror.requests[1:]]
@@ -140,7 +227,7 @@ def test_a_mirror_stopped_mid_stream_costs_no_read_and_no_byte_twice(
 ) -> None:
     mirror.cut_after = len(BLOB) // 3
 
-    kept = run(tmp_path, origin, [mirror.host], read_all_at_once)
+    kept = run(tmp_path, origin, [mirror.host], read_all_at_once, warm_seconds=0)
     assert mirror.stopped
     # The origin sent the rest of the blob, from where the mirror's stream broke, once.
     resumed = [r for _, _, r in origin.requests if r.endswith("-")]
@@ -162,7 +249,9 @@ def test_a_mirror_down_from_the_start_sends_reads_to_the_origin(
 def test_a_blob_too_large_to_keep_still_reads_right_without_multiplying_the_origin(
     tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
 ) -> None:
-    kept = run(tmp_path, origin, [mirror.host], read_all_at_once, spill_bytes=len(BLOB) - 1)
+    kept = run(
+        tmp_path, origin, [mirror.host], read_all_at_once, spill_bytes=len(BLOB) - 1, warm_seconds=0
+    )
     assert kept == 0
     # Requests waited for the whole answer instead of asking the mirror again meanwhile.
     assert mirror.whole_answers == 1
@@ -183,7 +272,7 @@ def test_a_far_range_goes_to_the_origin_while_the_whole_blob_streams(
         assert trio.current_time() - began < 1.0
         await read_all_at_once(client, ref, readers=1)
 
-    run(tmp_path, origin, [mirror.host], call)
+    run(tmp_path, origin, [mirror.host], call, warm_seconds=0)
     assert origin.requests[0][2] == f"bytes={len(BLOB) - 51}-{len(BLOB) - 1}"
     # The origin paid at most its share for ranges beside the whole blob.
     assert origin.sent_bytes <= len(BLOB) * blobs_module.BYPASS_SHARE + 1024 * len(origin.requests)
