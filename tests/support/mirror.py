@@ -7,10 +7,11 @@ not hold yet with 200 and the whole blob, Range or not, as ``docker-registry`` 2
 of the blob for a HEAD, whose body the registry reads and drops; for a GET what went out
 before the client closed) and, for the first one, the blob once more to store it
 (``origin_bytes``); it holds the blob once that store is done (the blob's transfer time after
-the first request) and answers ranges with 206 from then on. As a plain registry it answers ranges with 206 at once. Blobs go out at ``rate``
-bytes per second, so that requests overlap as they do on a network. ``cut_after`` ends the
-next whole-blob answer after that many bytes and stops the server: a mirror that goes down in
-the middle of a rollout; ``oversized_ranges`` answers every range with all of the blob.
+the first request) and answers ranges with 206 from then on. As a plain registry it answers
+ranges with 206 at once. Blobs go out at ``rate`` bytes per second, so that requests overlap
+as they do on a network. ``cut_after`` ends the next whole-blob answer after that many bytes
+and stops the server: a mirror that goes down in the middle of a rollout;
+``oversized_ranges`` answers every range with all of the blob.
 """
 
 from __future__ import annotations
@@ -52,10 +53,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             holds = fake.holds(digest)
-            if not holds:
-                if digest not in fake.filling:
-                    fake.filling[digest] = time.monotonic() + len(data) / fake.rate
-                    fake.origin_bytes += len(data)
+            if not holds and digest not in fake.filling:
+                fake.filling[digest] = time.monotonic() + len(data) / fake.rate
+                fake.origin_bytes += len(data)
         if holds and wanted:
             return self._ranges(data, "bytes=0-" if fake.oversized_ranges else wanted)
         if not holds:

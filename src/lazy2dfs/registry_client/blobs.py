@@ -151,6 +151,39 @@ class _Handoff:
             self.route.settle()
 
 
+class MirrorFetches:
+    """When each mirror will hold the blobs it fetches from its origin for this client.
+
+    A mirror fetches the blobs it was set fetching at once, sharing its link, so a blob is
+    expected after the bytes of every blob it fetches meanwhile (each counted up to this
+    blob's size) at the rate it fetched the last one (``WARM_RATE`` until then)."""
+
+    def __init__(self) -> None:
+        self._rates: dict[str, float] = {}
+        self._fetching: dict[str, dict[str, int]] = {}
+
+    def start(self, host: str, digest: str, size: int) -> None:
+        self._fetching.setdefault(host, {})[digest] = size
+
+    def stop(self, host: str, digest: str) -> None:
+        self._fetching.get(host, {}).pop(digest, None)
+
+    def work(self, host: str, size: int) -> int:
+        """Bytes ``host`` fetches before it holds a ``size``-byte blob it fetches now."""
+        return sum(min(other, size) for other in self._fetching.get(host, {}).values())
+
+    def expected(self, host: str, size: int) -> float:
+        """Seconds until ``host`` holds a ``size``-byte blob it was just set fetching."""
+        return self.work(host, size) / self._rates.get(host, WARM_RATE)
+
+    def done(self, host: str, work: int, seconds: float, first_try: bool) -> None:
+        """``host`` was found holding a blob ``seconds`` after it was set fetching it, with
+        ``work`` bytes to fetch; ``first_try``: at the first request after that, so it may be
+        faster than thought (seconds is then an upper bound)."""
+        rate = self._rates.get(host, WARM_RATE) * 1.5 if first_try else work / seconds
+        self._rates[host] = min(rate, 100 * WARM_RATE)
+
+
 class BlobRoutes:
     """What one client learned, shared by all its readers: how each endpoint answers ranges
     of each blob, which endpoints are down, and the whole blobs kept on disk (``spill``;
@@ -162,20 +195,10 @@ class BlobRoutes:
         self.warm_seconds = warm_seconds
         self._routes: dict[tuple[str, str], _Route] = {}
         self._down_until: dict[str, float] = {}
-        self._warm_rates: dict[str, float] = {}
+        self.fetches = MirrorFetches()
 
     def route(self, host: str, digest: str) -> _Route:
         return self._routes.setdefault((host, digest), _Route())
-
-    def warm_rate(self, host: str) -> float:
-        """Bytes per second mirror ``host`` is expected to fetch a blob from its origin at."""
-        return self._warm_rates.get(host, WARM_RATE)
-
-    def warmed(self, host: str, size: int, seconds: float, first_try: bool) -> None:
-        """Mirror ``host`` served ranges of a ``size``-byte blob ``seconds`` after it was set
-        fetching it; ``first_try``: at the first request after that, so it may be faster."""
-        rate = self.warm_rate(host) * 1.5 if first_try else size / seconds
-        self._warm_rates[host] = min(rate, 100 * WARM_RATE)
 
     def spilled(self, digest: str) -> SpilledBlob | None:
         return None if self.spill is None else self.spill.find(digest)
@@ -332,11 +355,13 @@ class BlobReader:
         until it answers 206 (``route.ranges``), closing each 200 unread, then wakes the reads
         waiting on ``route``. A mirror found down is marked so; their reads go elsewhere.
 
-        Each 200 closed costs the origin what was in flight, so the first request after the
-        one that set the mirror fetching waits for the blob's size at the rate this mirror
-        fetched the last one (``BlobRoutes.warm_rate``), later ones as long as was waited."""
+        Each 200 closed costs the origin what was in flight, so the next request waits until
+        the mirror is expected to hold the blob (``MirrorFetches``), or, once it is late, as
+        long as was waited so far."""
         started = trio.current_time()
-        delay = max(WARM_FIRST_DELAY, (self.size or 0) / self._routes.warm_rate(endpoint.host))
+        size, fetches = self.size or 0, self._routes.fetches
+        fetches.start(endpoint.host, self.digest, size)
+        work = 0
         probes = 0
         try:
             while True:
@@ -365,19 +390,31 @@ class BlobReader:
                     log.info(
                         "mirror fetches the blob, reads wait", blob=self.digest, host=endpoint.host
                     )
-                else:
+                # Blobs set fetching since count too; once it is late, back off.
+                work = max(work, fetches.work(endpoint.host, size))
+                delay = fetches.expected(endpoint.host, size) - waited
+                if delay < WARM_FIRST_DELAY:
                     delay = min(WARM_MAX_DELAY, max(WARM_FIRST_DELAY, waited))
                 await trio.sleep(min(delay, self._routes.warm_seconds - waited))
             waited = trio.current_time() - started
-            if route.ranges and probes > 1 and self.size:
-                self._routes.warmed(endpoint.host, self.size, waited, first_try=probes == 2)
+            if route.ranges and probes > 1:
+                fetches.done(endpoint.host, work, waited, first_try=probes == 2)
             outcome = "ranges" if route.ranges else "whole"
             metrics.MIRROR_WARM.labels(outcome).observe(waited)
         except RegistryUnavailableError:
             self._routes.down(endpoint.host)
         except Exception as exc:  # the readers' own requests meet it again and report it
-            log.debug("mirror warm-up ended", blob=self.digest, host=endpoint.host, reason=exc)
+            if self._transport.closed:  # the client closed meanwhile: nobody waits
+                return
+            log.warning(
+                "waiting for the mirror to fetch the blob failed",
+                blob=self.digest,
+                host=endpoint.host,
+                reason=repr(exc),
+                action="reads of the blob take the mirror's whole answer instead",
+            )
         finally:
+            fetches.stop(endpoint.host, self.digest)
             route.warming, route.warmed = False, True
             route.settle()
 

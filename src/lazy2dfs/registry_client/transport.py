@@ -71,6 +71,10 @@ class Transport:
         for client in [self._default, *self._by_tls.values()]:
             await client.aclose()
 
+    @property
+    def closed(self) -> bool:
+        return self._default.is_closed
+
     def _client(self, endpoint: Endpoint | None) -> httpx.AsyncClient:
         if endpoint is None or endpoint.tls.is_default:
             return self._default
