@@ -105,8 +105,6 @@ WARM_RATE: Final = 125e6
 WARM_MIN_BYTES: Final = 16 * 1024 * 1024
 WARM_FIRST_DELAY: Final = 0.05
 WARM_MAX_DELAY: Final = 2.0
-# The range a warming probe asks: one byte, so a 206 costs nothing either.
-_WARM_PROBE: Final = [(0, 1)]
 
 
 class _MultiRangeRefused(Exception):
@@ -226,7 +224,8 @@ class BlobReader:
 
     ``targets`` are the (endpoint, blob URL) pairs able to serve the blob, in order; the first
     that answers is kept for later reads. ``routes`` is shared by the readers of one client.
-    ``policy`` retries each read (default: the transport's).
+    ``policy`` retries each read from the last target (default: the transport's); mirrors
+    before it are retried with the transport's.
     """
 
     def __init__(
@@ -342,6 +341,12 @@ class BlobReader:
                     raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
         return await self._ranges(endpoint, url, wanted, whole_ok)
 
+    def _policy_for(self, endpoint: Endpoint) -> RetryPolicy:
+        """A mirror is retried briefly (the transport's policy), then skipped for the next
+        host; only the last host is retried as long as ``policy`` allows (a read's deadline),
+        so that a mirror that went away costs reads a second, not the deadline."""
+        return self._transport.policy if endpoint.host in self._mirrors else self._policy
+
     def _may_warm(self, endpoint: Endpoint, route: _Route) -> bool:
         return (
             endpoint.host in self._mirrors
@@ -366,15 +371,15 @@ class BlobReader:
         try:
             while True:
                 probes += 1
-                try:
-                    await self._transport.policy.run(
-                        f"blob {self.digest} from {endpoint.host}",
-                        functools.partial(self._attempt, endpoint, url, _WARM_PROBE, False, None),
-                        endpoint.host,
-                    )
+                held = await self._transport.policy.run(
+                    f"blob {self.digest} from {endpoint.host}",
+                    functools.partial(self._holds, endpoint, url),
+                    endpoint.host,
+                )
+                if held:
+                    route.ranges = True
                     break
-                except _WholeAnswer:
-                    metrics.MIRROR_WHOLE_CLOSED.inc()
+                metrics.MIRROR_WHOLE_CLOSED.inc()
                 waited = trio.current_time() - started
                 if waited >= self._routes.warm_seconds:
                     log.warning(
@@ -417,6 +422,25 @@ class BlobReader:
             fetches.stop(endpoint.host, self.digest)
             route.warming, route.warmed = False, True
             route.settle()
+
+    async def _holds(self, endpoint: Endpoint, url: str) -> bool:
+        """Whether ``endpoint`` holds the blob: it answers a one-byte range with 206, not 200
+        and the whole blob (closed unread)."""
+        async with self._transport.open(
+            "GET",
+            url,
+            endpoint=endpoint,
+            scopes=self._scopes,
+            headers={"Range": "bytes=0-0"},
+        ) as response:
+            status = response.status_code
+        if status == 206:
+            return True
+        if status == 200:
+            return False
+        if status == 404:
+            raise BlobNotFoundError(f"blob {self.digest} not on {endpoint.host}")
+        raise RegistryProtocolError(f"blob {self.digest}: unexpected HTTP {status}")
 
     async def _beside_warming(
         self, endpoint: Endpoint, route: _Route, wanted: list[ByteRange]
@@ -495,7 +519,7 @@ class BlobReader:
                 if blob.failure is not None or blob.position == blob.size:
                     break
                 try:
-                    await self._policy.run(
+                    await self._policy_for(endpoint).run(
                         f"rest of blob {self.digest} from {endpoint.host}",
                         functools.partial(self._resume, endpoint, target, blob),
                         endpoint.host,
@@ -639,7 +663,7 @@ class BlobReader:
         whole_ok: bool,
         handoff: _Handoff | None,
     ) -> list[bytes]:
-        return await self._policy.run(
+        return await self._policy_for(endpoint).run(
             f"blob {self.digest} from {endpoint.host}",
             functools.partial(self._attempt, endpoint, url, ranges, whole_ok, handoff),
             endpoint.host,
