@@ -99,6 +99,9 @@ DOWN_SECONDS: Final = 30.0
 # per second: 1 Gbit/s), and the bounds of the time between two requests while it does (see
 # ``BlobReader._warm``).
 WARM_RATE: Final = 125e6
+# How fast a mirror writes what it fetched to its storage before it serves it (docker-registry
+# 2.8 writes and syncs the file: about a second for 4 x 51 MiB on this project's machine).
+WARM_STORE_RATE: Final = 200e6
 # Blobs from this size up are left to a mirror to fetch; below it, what the origin sends of
 # the whole answers closed meanwhile (up to ~2 MB each through the emulated link of
 # devstack/link.py) would cost more than reading a whole answer.
@@ -171,14 +174,18 @@ class MirrorFetches:
         return sum(min(other, size) for other in self._fetching.get(host, {}).values())
 
     def expected(self, host: str, size: int) -> float:
-        """Seconds until ``host`` holds a ``size``-byte blob it was just set fetching."""
-        return self.work(host, size) / self._rates.get(host, WARM_RATE)
+        """Seconds until ``host`` holds a ``size``-byte blob it was just set fetching: its
+        fetch, then its store's write (a request meanwhile costs the origin a copy at the
+        link's full speed)."""
+        work = self.work(host, size)
+        return work / self._rates.get(host, WARM_RATE) + work / WARM_STORE_RATE
 
     def done(self, host: str, work: int, seconds: float, first_try: bool) -> None:
         """``host`` was found holding a blob ``seconds`` after it was set fetching it, with
         ``work`` bytes to fetch; ``first_try``: at the first request after that, so it may be
         faster than thought (seconds is then an upper bound)."""
-        rate = self._rates.get(host, WARM_RATE) * 1.5 if first_try else work / seconds
+        fetching = max(seconds - work / WARM_STORE_RATE, WARM_FIRST_DELAY)
+        rate = self._rates.get(host, WARM_RATE) * 1.5 if first_try else work / fetching
         self._rates[host] = min(rate, 100 * WARM_RATE)
 
 
