@@ -547,7 +547,8 @@ class BlobReader:
                 blob.fail(RegistryUnavailableError(f"blob {self.digest}: stream cut"))
             if blob.failure is not None:
                 metrics.WHOLE_BLOBS.labels("failed").inc()
-                log.warning("whole blob not kept", blob=self.digest, reason=blob.failure)
+                if not blob.dropped:  # dropped: nobody needs it any more (or the client closed)
+                    log.warning("whole blob not kept", blob=self.digest, reason=blob.failure)
             area.finished(blob)
 
     async def _resume(self, endpoint: Endpoint, url: str, blob: SpilledBlob) -> None:

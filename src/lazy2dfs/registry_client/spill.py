@@ -93,9 +93,16 @@ class SpilledBlob:
     def position(self) -> int:
         return self._position
 
+    @property
+    def dropped(self) -> bool:
+        """The spill area let the blob go (released, or the client closed)."""
+        return self._closed
+
     async def append(self, data: bytes) -> None:
         """Writes the stream's next bytes (in a worker thread: hashing and writing release the
         GIL) and wakes the readers they complete."""
+        if self._closed:
+            raise SpillDroppedError(f"blob {self.digest}: the spill was dropped")
         if self._position + len(data) > self.size:
             raise DigestMismatchError(f"blob {self.digest}: more than {self.size} bytes sent")
         await trio.to_thread.run_sync(self._write, data, self._position)
@@ -134,6 +141,10 @@ class SpilledBlob:
     def _close_if_dropped(self) -> None:
         if self._closed and self._readers == 0 and not self._file.closed:
             self._file.close()
+
+
+class SpillDroppedError(Exception):
+    """The stream of a blob its spill area let go has nowhere to write."""
 
 
 class SpillArea:

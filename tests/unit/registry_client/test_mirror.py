@@ -1,6 +1,7 @@
 """Range reads through a pull-through mirror that answers ranges of blobs it does not hold yet
 with the whole blob (``tests.support.mirror``), configured in hosts.toml as containerd reads it."""
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -262,6 +263,26 @@ def test_a_footer_goes_to_the_origin_and_does_not_wait_for_the_blob(
         assert mirror.origin_bytes <= 1.5 * len(BLOB)
     else:
         assert mirror.whole_answers == 1
+
+
+def test_closing_the_client_while_a_whole_blob_streams_is_no_failure(
+    tmp_path: Path,
+    origin: FakeRegistry,
+    mirror: FakeRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A daemon stopping mid-stream drops the spill; nobody is told a blob was not kept."""
+    mirror.rate = 2e6  # 1.5 s for the blob
+
+    async def call(client: RegistryClient, ref: str) -> None:
+        reader = client.blob_reader(ref, DIGEST, len(BLOB))
+        assert await reader.read_ranges([(0, 4096)]) == expected([(0, 4096)])
+
+    with caplog.at_level(logging.INFO, logger="lazy2dfs"):
+        kept = run(tmp_path, origin, [mirror.host], call, warm_seconds=0)
+    assert kept > 0  # the stream was under way when the client closed
+    assert mirror.whole_answers == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_range_answer_longer_than_asked_is_refused_unread(
