@@ -108,6 +108,9 @@ WARM_STORE_RATE: Final = 200e6
 WARM_MIN_BYTES: Final = 16 * 1024 * 1024
 WARM_FIRST_DELAY: Final = 0.05
 WARM_MAX_DELAY: Final = 2.0
+# How long reads wait for a mirror to hold a blob, unless the client is told otherwise (the
+# daemon passes registry.mirror_warm_seconds).
+WARM_SECONDS: Final = 30.0
 
 
 class _MultiRangeRefused(Exception):
@@ -195,7 +198,7 @@ class BlobRoutes:
     None keeps none, e.g. a one-shot CLI call). ``warm_seconds``: how long reads of a blob
     wait for a mirror to serve ranges of it before its whole answer is taken (0: at once)."""
 
-    def __init__(self, spill: SpillArea | None = None, warm_seconds: float = 30.0) -> None:
+    def __init__(self, spill: SpillArea | None = None, warm_seconds: float = WARM_SECONDS) -> None:
         self.spill = spill
         self.warm_seconds = warm_seconds
         self._routes: dict[tuple[str, str], _Route] = {}
@@ -331,9 +334,7 @@ class BlobReader:
                 beside = await self._beside_warming(endpoint, route, wanted)
                 if beside is not None:
                     return beside
-                await route.changed.wait()
-                if self._routes.is_down(endpoint.host):
-                    raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
+                await self._settled(endpoint, route)
                 continue
             spilled = self._routes.spilled(self.digest) if whole_ok else None
             if spilled is not None:
@@ -343,10 +344,15 @@ class BlobReader:
             elif not route.probing:
                 return await self._probe(endpoint, url, route, wanted, whole_ok)
             else:
-                await route.changed.wait()
-                if self._routes.is_down(endpoint.host):
-                    raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
+                await self._settled(endpoint, route)
         return await self._ranges(endpoint, url, wanted, whole_ok)
+
+    async def _settled(self, endpoint: Endpoint, route: _Route) -> None:
+        """Waits for the request under way at ``endpoint`` (a probe, or a mirror's fetch) to
+        settle ``route``; raises when it found the endpoint down."""
+        await route.changed.wait()
+        if self._routes.is_down(endpoint.host):
+            raise RegistryUnavailableError(f"{endpoint.host} did not answer the probe")
 
     def _policy_for(self, endpoint: Endpoint) -> RetryPolicy:
         """A mirror is retried briefly (the transport's policy), then skipped for the next

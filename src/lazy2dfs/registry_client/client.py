@@ -33,7 +33,7 @@ from lazy2dfs.digest import (
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import push as _push
 from lazy2dfs.registry_client.auth import pull_scope
-from lazy2dfs.registry_client.blobs import BlobReader, BlobRoutes
+from lazy2dfs.registry_client.blobs import WARM_SECONDS, BlobReader, BlobRoutes
 from lazy2dfs.registry_client.credentials import CredentialStore, default_docker_config
 from lazy2dfs.registry_client.errors import (
     BlobNotFoundError,
@@ -105,7 +105,7 @@ class RegistryClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         spill: SpillArea | None = None,
         skip_hosts: Collection[str] = (),
-        mirror_warm_seconds: float = 30.0,
+        mirror_warm_seconds: float = WARM_SECONDS,
     ) -> None:
         """``spill``: where whole blobs a registry sends for range requests are kept to serve
         later ranges (``registry_client.spill``); without it only the ranges asked are kept.

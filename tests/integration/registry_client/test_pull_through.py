@@ -91,6 +91,14 @@ async def node(
                 await trio.sleep(0.05)
 
 
+async def fleet(nodes: int, hosts_dir: Path, tmp_path: Path, ref: str, blob: Blob) -> None:
+    """``nodes`` nodes reading ``blob`` at once, each with its own client and spill area."""
+    async with trio.open_nursery() as nursery:
+        for n in range(nodes):
+            spill = tmp_path / f"spill{n}"
+            nursery.start_soon(functools.partial(node, hosts_dir, spill, ref, blob=blob))
+
+
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_nodes_cost_the_origin_what_plain_pulls_do_for_a_small_blob(
     registry: LocalRegistry, mirror: LocalRegistry, tmp_path: Path, nodes: int
@@ -98,13 +106,7 @@ def test_nodes_cost_the_origin_what_plain_pulls_do_for_a_small_blob(
     hosts_dir = write_hosts_dir(tmp_path / "certs.d", registry.host, mirror.host)
     origin, served = Served(registry), Served(mirror)
 
-    async def fleet() -> None:
-        async with trio.open_nursery() as nursery:
-            for n in range(nodes):
-                ref = f"{registry.host}/fleet/model:v1"
-                nursery.start_soon(node, hosts_dir, tmp_path / f"spill{n}", ref)
-
-    trio.run(fleet)
+    trio.run(fleet, nodes, hosts_dir, tmp_path, f"{registry.host}/fleet/model:v1", LAYER)
     # A plain pull through this mirror costs the origin the blob once for the mirror's own
     # copy and once per client that asks before the mirror holds it: at most nodes + 1.
     assert origin.bytes([LAYER.digest]) <= (nodes + 1) * SIZE * (1 + BYPASS_SHARE)
@@ -124,14 +126,7 @@ def test_nodes_leave_a_large_blob_to_the_mirror_and_cost_the_origin_it_about_onc
     blob = LARGE.layers[0].blob
     size = len(blob.data)
 
-    async def fleet() -> None:
-        async with trio.open_nursery() as nursery:
-            for n in range(nodes):
-                ref = f"{registry.host}/fleet/large:v1"
-                spill = tmp_path / f"spill{n}"
-                nursery.start_soon(functools.partial(node, hosts_dir, spill, ref, blob=blob))
-
-    trio.run(fleet)
+    trio.run(fleet, nodes, hosts_dir, tmp_path, f"{registry.host}/fleet/large:v1", blob)
     # The nodes read ranges from the mirror, so its own copy was complete (and logged).
     assert any(r.status == 206 for r in served.requests() if blob.digest in r.path)
     assert origin.bytes([blob.digest]) <= bound * size
