@@ -7,10 +7,8 @@ import json
 import os
 
 from lazy2dfs.cli.parser import Subparsers
-from lazy2dfs.convert import ConvertOptions, convert
 from lazy2dfs.estargz import Compression
 from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
-from lazy2dfs.progress import Progress
 
 
 def add_compression_option(command: argparse.ArgumentParser) -> None:
@@ -35,6 +33,10 @@ def _positive(text: str) -> int:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    # Here, not above: every command's parser is built, and this one's work imports the most.
+    from lazy2dfs.convert import ConvertOptions, convert
+    from lazy2dfs.progress import Progress
+
     options = ConvertOptions(
         compression=Compression(args.compression), chunk_size=args.chunk_size, workers=args.workers
     )

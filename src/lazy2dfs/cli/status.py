@@ -22,7 +22,6 @@ from lazy2dfs import config
 from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.errors import FailedPreconditionError, Lazy2dfsError, UnavailableError
 from lazy2dfs.progress import human_bytes
-from lazy2dfs.registry_client import InvalidReferenceError, parse_reference
 from lazy2dfs.status import ControlClient, StatusReport
 
 TIMEOUT = 10.0
@@ -128,6 +127,8 @@ def short_digest(digest: str) -> str:
 def short_image(reference: str) -> str:
     """``repository:tag`` (with partitions), or ``repository@`` and a digest prefix: what tells
     images apart on one node, without the registry host and the pinned digest."""
+    from lazy2dfs.registry_client import InvalidReferenceError, parse_reference
+
     try:
         ref = parse_reference(reference)
     except (InvalidReferenceError, Lazy2dfsError):

@@ -7,17 +7,16 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazy2dfs.cli.convert import add_compression_option
 from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.errors import InvalidArgumentError
 from lazy2dfs.estargz import Compression
-from lazy2dfs.progress import Progress, human_bytes
-from lazy2dfs.registry_client import Platform, parse_platform
-from lazy2dfs.tdfs.builder import BuildRequest, build
-from lazy2dfs.tdfs.cache import default_cache_root
-from lazy2dfs.tdfs.encode import EncodeOptions
-from lazy2dfs.tdfs.safetensors_split import split_safetensors
+from lazy2dfs.progress import human_bytes
+
+if TYPE_CHECKING:
+    from lazy2dfs.registry_client import Platform
 
 
 def register(subparsers: Subparsers) -> None:
@@ -63,12 +62,11 @@ def _register_build(subparsers: Subparsers) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help=f"allotment and blob cache (default {default_cache_root()})",
+        help="allotment and blob cache (default $XDG_CACHE_HOME/lazy2dfs, or ~/.cache/lazy2dfs)",
     )
     command.add_argument(
         "--chunk-size",
         type=int,
-        default=EncodeOptions().chunk_size,
         help="eStargz chunk size in bytes (default 4 MiB)",
     )
     command.add_argument(
@@ -88,6 +86,8 @@ def _register_build(subparsers: Subparsers) -> None:
 
 def _platform(text: str) -> Platform:
     """argparse reports only ArgumentTypeError as a usage error, with the usage line."""
+    from lazy2dfs.registry_client import parse_platform
+
     try:
         return parse_platform(text)
     except InvalidArgumentError as err:
@@ -95,6 +95,13 @@ def _platform(text: str) -> Platform:
 
 
 def _build(args: argparse.Namespace) -> int:
+    # Here, not above: every command's parser is built, and building imports the most.
+    from lazy2dfs.progress import Progress
+    from lazy2dfs.tdfs.builder import BuildRequest, build
+    from lazy2dfs.tdfs.cache import default_cache_root
+    from lazy2dfs.tdfs.encode import EncodeOptions
+
+    chunking = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
     request = BuildRequest(
         spec=args.file,
         base=args.base,
@@ -105,7 +112,7 @@ def _build(args: argparse.Namespace) -> int:
         plain_http=args.plain_http,
         cache_root=args.cache_dir or default_cache_root(),
         encode=EncodeOptions(
-            chunk_size=args.chunk_size,
+            **chunking,
             workers=args.workers,
             compression=Compression(args.compression),
         ),
@@ -159,6 +166,8 @@ def _register_field(subparsers: Subparsers) -> None:
 
 
 def _from_safetensors(args: argparse.Namespace) -> int:
+    from lazy2dfs.tdfs.safetensors_split import split_safetensors
+
     result = split_safetensors(args.models, args.rows, args.out, args.dst_dir)
     if args.json:
         rows = [
