@@ -1,8 +1,8 @@
 """The daemon's HTTP face: ``/metrics`` (Prometheus text format), ``/healthz`` (for probes)
 and ``/status`` (JSON, read by ``lazy2dfs status``), on ``metrics_address`` when one is set, and
 always on the control socket (``Config.control_address``, root only), which also answers
-``/registry`` for ``lazy2dfs pull``: how the daemon reaches a registry, and whether it can
-fetch a given manifest there.
+``/registry`` (how the daemon reaches a registry, and whether it can fetch a given manifest
+there) and ``/pull`` (``lazy2dfs pull``, done by the daemon: ``containerd.pull_service``).
 
 The metrics every part counts are declared in ``lazy2dfs.metrics``; what is read at scrape
 time (snapshots by kind, each mounted layer's bytes, the cache's size) is collected here, and
@@ -13,7 +13,8 @@ Each listener serves up to ``MAX_CONNECTIONS`` connections at once, on a fixed p
 thread per request would leak a connection per scrape); one more is answered 503 at once, so a
 flood costs neither threads nor memory. A client has ``CLIENT_TIMEOUT`` in all to send its
 request, and as long again to take the reply: one that sends a byte a second is cut off, as a
-timeout on each read alone would not do.
+timeout on each read alone would not do. A ``/pull`` reply is a stream as long as the pull:
+each of its writes must get through within ``CLIENT_TIMEOUT`` instead.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from prometheus_client.registry import Collector
 from lazy2dfs import __version__, metrics
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.config import Config
+from lazy2dfs.containerd.pull_service import PullService
 from lazy2dfs.errors import InvalidArgumentError, Lazy2dfsError, UnavailableError
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.layers.mounted import EstargzLayers
@@ -82,6 +84,24 @@ BUSY_REPLY = (
 CONNECTION_KEY = "lazy2dfs.connection"
 # The manifest fetch /registry makes, as a lazy layer's resolve would (retries included).
 PROBE_TIMEOUT = 30.0
+# A /pull request's body: a reference and a few paths.
+MAX_PULL_REQUEST = 64 * 1024
+
+
+class Streamed:
+    """A reply sent as it is made (``/pull``'s events), not built whole first."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        """wsgiref calls it when the reply ends or its client is gone."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def config_digest(config: Config) -> str:
@@ -196,11 +216,17 @@ class _BoundedServer(WSGIServer):
             super().set_app(None)
             return
 
-        def replying(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        def replying(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            connection: socket.socket = environ[CONNECTION_KEY]
+            reply = application(environ, start_response)
+            if isinstance(reply, Streamed):
+                self.deadlines.disarm(connection)
+                connection.settimeout(CLIENT_TIMEOUT)
+                return reply
             # The whole reply is built before the client's clock runs again: only the time it
             # takes to read it counts against the client.
-            body = list(application(environ, start_response))
-            self.deadlines.arm(environ[CONNECTION_KEY], CLIENT_TIMEOUT)
+            body = list(reply)
+            self.deadlines.arm(connection, CLIENT_TIMEOUT)
             return body
 
         super().set_app(replying)
@@ -398,6 +424,7 @@ class Observability:
         self._metrics_app = make_wsgi_app()
         self._servers: list[tuple[_BoundedServer, threading.Thread]] = []
         self._registered = False
+        self._pulls = PullService(self, parts.config.registry, parts.registry.credentials)
 
     def start(self) -> Observability:
         # ``*_created`` series double what Prometheus stores and nobody graphs them.
@@ -453,6 +480,7 @@ class Observability:
 
     def stop(self) -> None:
         self._parts.config.control_address.unlink(missing_ok=True)
+        self._pulls.close()
         for server, thread in self._servers:
             server.shutdown()
             thread.join()
@@ -539,7 +567,7 @@ class Observability:
             ],
         )
 
-    def registry(self, registry: str, reference: str) -> RegistryAnswer:
+    def registry(self, registry: str, reference: str = "") -> RegistryAnswer:
         """How this daemon reaches ``registry``, and, given a ``reference`` there, whether it
         can fetch its manifest, as resolving one of its layers would."""
         client = self._parts.registry
@@ -640,6 +668,8 @@ class Observability:
     def _control_app(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") == "/pull":
+            return self._pull(environ, start_response)
         if environ.get("PATH_INFO", "") != "/registry":
             # Root's alone: root sees containerd's images anyway.
             return self._answer(environ, start_response, names=True)
@@ -654,6 +684,23 @@ class Observability:
         return _reply(
             start_response, "200 OK", "application/json", json.dumps(answer, indent=1).encode()
         )
+
+    def _pull(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """``POST /pull``: a ``PullRequest`` in, its ``PullEvent`` lines out as they happen."""
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _reply(start_response, "405 Method Not Allowed", "text/plain", b"POST\n")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            if not 0 < length <= MAX_PULL_REQUEST:
+                raise InvalidArgumentError(f"a pull request has 1 to {MAX_PULL_REQUEST} bytes")
+            events = self._pulls.start(environ["wsgi.input"].read(length))
+        except (InvalidArgumentError, ValueError) as exc:
+            return _reply(start_response, "400 Bad Request", "text/plain", f"{exc}\n".encode())
+        except UnavailableError as exc:
+            status = "503 Service Unavailable"
+            return _reply(start_response, status, "text/plain", f"{exc}\n".encode())
+        start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+        return Streamed(events)
 
 
 def _reply(start_response: StartResponse, status: str, kind: str, body: bytes) -> list[bytes]:

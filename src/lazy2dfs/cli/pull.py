@@ -1,10 +1,12 @@
-"""``lazy2dfs pull``: a lazy pull through containerd's own API (``lazy2dfs.containerd``).
+"""``lazy2dfs pull``: a lazy pull through containerd's own API, done by the daemon.
 
 Its flags follow ctr's: ``-a/--address`` and ``-n/--namespace``, defaulting to
-``CONTAINERD_ADDRESS`` and ``CONTAINERD_NAMESPACE``. It finds the daemon, and how the daemon
-reaches registries, through the daemon's configuration (``--config``, ``LAZY2DFS_*``), and
-reaches the registry the same way: plain HTTP for the daemon's ``registry.plain_http`` hosts
-(and with ``--plain-http``), mirrors from the same ``registry.hosts_dir``.
+``CONTAINERD_ADDRESS`` and ``CONTAINERD_NAMESPACE``. It finds the daemon through the daemon's
+configuration (``--config``, ``LAZY2DFS_*``) and asks it, over its control socket, to pull
+(``lazy2dfs.containerd.pull_service``): the daemon reaches the registry with its own settings
+and credentials, plus ``--plain-http`` and ``--hosts-dir`` when given (and refuses, with the
+fix, when its layer reads would not reach the registry that way). This command prints the
+daemon's progress and report.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ def register(subparsers: Subparsers) -> None:
         description="Pulls REF into containerd: manifest and config are stored, each eStargz"
         " or zstd:chunked layer is mounted lazily by the lazy2dfs daemon, other layers are"
         " downloaded (and the pull says why, and how to make them lazy). Afterwards"
-        " `ctr run --snapshotter lazy2dfs REF …` runs it. Refuses, before anything is"
-        " stored, when the daemon is not running or would not reach the registry as this pull"
-        " does (plain HTTP, mirrors, credentials).\n\n"
+        " `ctr run --snapshotter lazy2dfs REF …` runs it. The daemon does the pull, with its"
+        " registry settings and credentials. Refuses, before anything is stored, when the"
+        " daemon is not running, cannot fetch the image, or would not read its layers as"
+        " --plain-http or --hosts-dir ask.\n\n"
         "REF may name a 2DFS partition: host/model:v1--X1.Y1.X2.Y2 takes rows X1..X2 and"
         " columns Y1..Y2 of the image's field; several suffixes take their union, e.g."
         " model:v1--1.0.2.0--3.0.3.0.",
@@ -76,33 +79,23 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    # Imported here: the gRPC stubs are not needed by other commands.
-    from lazy2dfs.containerd.client import ContainerdClient
-    from lazy2dfs.containerd.pull import Puller
+    # Only what asking the daemon takes: the daemon does the pull (``containerd.pull_service``).
     from lazy2dfs.progress import Progress
-    from lazy2dfs.registry_client import SyncRegistryClient, parse_reference
-    from lazy2dfs.status import ControlClient
+    from lazy2dfs.status import ControlClient, PullRequest
 
     logfmt.configure(args.log_level)
     daemon_config = config.load(args.config)
-    plain_http = list(daemon_config.registry.plain_http)
-    if args.plain_http:
-        plain_http.append(parse_reference(args.reference).registry)
-    hosts_dir = args.hosts_dir or daemon_config.registry.hosts_dir
-    registry = SyncRegistryClient(hosts_dir=hosts_dir, plain_http=plain_http)
-    containerd = ContainerdClient(args.containerd_address, args.namespace)
-    try:
-        report = Puller(
-            containerd,
-            registry,
-            ControlClient(daemon_config.control_address),
-            args.snapshotter,
-            Progress(),
-            str(args.config or config.DEFAULT_CONFIG_PATH),
-        ).pull(args.reference)
-    finally:
-        containerd.close()
+    request = PullRequest(
+        reference=args.reference,
+        containerd_address=str(args.containerd_address.absolute()),
+        namespace=args.namespace,
+        snapshotter=args.snapshotter,
+        plain_http=args.plain_http,
+        hosts_dir=str(args.hosts_dir.absolute()) if args.hosts_dir else "",
+        config_path=str(args.config or config.DEFAULT_CONFIG_PATH),
+    )
+    report = ControlClient(daemon_config.control_address).pull(request, Progress())
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        json.dump(report, sys.stdout, indent=2)
         print()
     return 0

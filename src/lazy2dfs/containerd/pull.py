@@ -8,9 +8,11 @@ serve lazily is downloaded and applied by containerd's diff service, as a normal
 The garbage-collection labels written here are the ones containerd's own unpacker writes, so
 removing the image removes its snapshots.
 
-Before anything is written, the pull asks the daemon whether it reaches the registry as the
-pull does (``containerd.reach``) and refuses with the fix when it does not; afterwards it says,
-for each layer that was downloaded, why, as the daemon recorded it.
+The daemon runs it (``pull_service``, asked by the ``lazy2dfs pull`` command). Before
+anything is written, the pull checks that the daemon reaches the registry as the pull does
+(``containerd.reach``: the command may add ``--plain-http`` or ``--hosts-dir``) and refuses with
+the fix when it does not; afterwards it says, for each layer that was downloaded, why, as the
+daemon recorded it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from lazy2dfs.registry_client import (
     ImageManifest,
     Reference,
     SyncRegistryClient,
+    UnauthorizedError,
     host_platform,
     parse_manifest,
     parse_reference,
@@ -47,7 +50,7 @@ from lazy2dfs.registry_client import (
 )
 from lazy2dfs.snapshotter import labels as L
 from lazy2dfs.snapshotter.remote import NOT_LAZY_FORMAT
-from lazy2dfs.status import RegistryAnswer, StatusReport
+from lazy2dfs.status import ProgressSink, RegistryAnswer, StatusReport
 from lazy2dfs.tdfs import (
     FIELD_MEDIA_TYPE,
     field_descriptor,
@@ -103,7 +106,8 @@ class PullReport:
 
 
 class Daemon(Protocol):
-    """The lazy2dfs daemon, asked over its control socket (``lazy2dfs.status.ControlClient``)."""
+    """What the pull asks of the lazy2dfs daemon: in the daemon, ``Observability``; elsewhere
+    (tests, scripts), its control socket (``lazy2dfs.status.ControlClient``)."""
 
     def registry(self, registry: str, reference: str = "") -> RegistryAnswer: ...
 
@@ -116,8 +120,11 @@ class Puller:
     registry: SyncRegistryClient
     daemon: Daemon
     snapshotter: str = "lazy2dfs"
-    progress: Progress = field(default_factory=Progress)
+    progress: ProgressSink = field(default_factory=Progress)
     daemon_config: str = str(DEFAULT_CONFIG_PATH)  # where the daemon's settings are, for fixes
+    # The pull reaches registries exactly as the daemon's layer reads do (its settings and
+    # credentials, nothing added): its own manifest fetch is the daemon's, not checked twice.
+    daemon_settings: bool = False
 
     def resolve(self, reference: str) -> ResolvedPull:
         """The manifest, config and index to store; for a 2DFS reference, the partition's
@@ -158,13 +165,16 @@ class Puller:
         start = time.monotonic()
         registry = parse_reference(reference).registry
         # Before the network: a daemon that is down, or configured apart, is named at once.
-        reach.check_endpoints(
-            self.registry.pull_endpoints(registry),
-            self.daemon.registry(registry),
-            self.daemon_config,
-        )
-        resolved = self.resolve(reference)
-        reach.check_fetched(reference, self.daemon.registry(registry, str(resolved.pinned)))
+        daemon = self.daemon.registry(registry)
+        reach.check_endpoints(self.registry.pull_endpoints(registry), daemon, self.daemon_config)
+        try:
+            resolved = self.resolve(reference)
+        except UnauthorizedError as exc:
+            if self.daemon_settings:
+                raise reach.refused(reference, daemon, exc) from exc
+            raise
+        if not self.daemon_settings:
+            reach.check_fetched(reference, self.daemon.registry(registry, str(resolved.pinned)))
         ref, manifest = resolved.reference, resolved.manifest
         assert isinstance(manifest.manifest, ImageManifest)
         config_desc = manifest.manifest.config

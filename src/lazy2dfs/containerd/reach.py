@@ -68,17 +68,26 @@ def check_fetched(reference: str, theirs: RegistryAnswer) -> None:
     would all be downloaded."""
     if theirs["fetched"]:
         return
-    registry = theirs["registry"]
-    if theirs["unauthorized"]:
-        have = "its credentials" if theirs["credentials"] else "no credentials"
-        fix = (
-            f"the daemon has {have} for {registry}, read from"
-            f" {theirs['docker_config'] or 'no Docker config'}: log in as the daemon's user"
-            f" (`docker login {registry}` as root), {_RESTART}"
-        )
-    else:
-        fix = "fix what the error names, then pull again"
+    fix = _log_in(theirs) if theirs["unauthorized"] else "fix what the error names, then pull again"
     raise FailedPreconditionError(
         f"refusing to pull: the lazy2dfs daemon cannot fetch {reference} ({theirs['error']}),"
         f" so containerd would download every layer in full. {fix[0].upper()}{fix[1:]}"
+    )
+
+
+def refused(reference: str, theirs: RegistryAnswer, error: Exception) -> FailedPreconditionError:
+    """The error of a pull, made with the daemon's own settings, that the registry refused."""
+    fix = _log_in(theirs)
+    return FailedPreconditionError(
+        f"the lazy2dfs daemon cannot fetch {reference} ({error}). {fix[0].upper()}{fix[1:]}"
+    )
+
+
+def _log_in(theirs: RegistryAnswer) -> str:
+    registry = theirs["registry"]
+    have = "its credentials" if theirs["credentials"] else "no credentials"
+    return (
+        f"the daemon has {have} for {registry}, read from"
+        f" {theirs['docker_config'] or 'no Docker config'}: log in as the daemon's user"
+        f" (`docker login {registry}` as root), {_RESTART}"
     )
