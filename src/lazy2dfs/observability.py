@@ -424,7 +424,9 @@ class Observability:
         self._metrics_app = make_wsgi_app()
         self._servers: list[tuple[_BoundedServer, threading.Thread]] = []
         self._registered = False
-        self._pulls = PullService(self, parts.config.registry, parts.registry.credentials)
+        self._pulls = PullService(
+            self, parts.config.registry, parts.registry.credentials, parts.layers.open_ahead
+        )
 
     def start(self) -> Observability:
         # ``*_created`` series double what Prometheus stores and nobody graphs them.

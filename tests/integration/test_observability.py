@@ -341,6 +341,24 @@ def test_layer_stats_count_every_byte_the_blob_served(
     assert stats.fetch_rate() == pytest.approx(stats.fetched / 10.0, rel=0.01)
 
 
+def test_a_toc_opened_ahead_is_fetched_once_and_counted_once(
+    remote: tuple[EstargzLayers, MemoryLocator],
+) -> None:
+    """``lazy2dfs pull`` has the daemon open every layer's TOC before the first Prepare: the
+    Prepare then fetches nothing, and the layer's stats still count the footer and TOC."""
+    layers, locator = remote
+    layers.open_ahead([REQUEST])
+    deadline = time.monotonic() + 10
+    while locator.blob.served == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    layers.attach(1, layers.resolve(REQUEST))  # waits for the opening under way
+    opened = locator.blob.served
+    assert layers.readers[1].stats.fetched == opened > 0  # fetched once, counted
+    layers.attach(2, layers.resolve(REQUEST))  # the same blob under another parent
+    assert locator.blob.served == opened
+    assert layers.readers[2].stats.fetched == 0
+
+
 def test_a_corrupt_chunk_is_counted_and_logged_with_layer_image_and_reason(
     remote: tuple[EstargzLayers, MemoryLocator], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -125,6 +126,9 @@ class Puller:
     # The pull reaches registries exactly as the daemon's layer reads do (its settings and
     # credentials, nothing added): its own manifest fetch is the daemon's, not checked twice.
     daemon_settings: bool = False
+    # Told the labels of every layer before the first is prepared (the daemon opens their TOCs
+    # at once, instead of one Prepare after another).
+    ahead: Callable[[list[dict[str, str]]], None] | None = None
 
     def resolve(self, reference: str) -> ResolvedPull:
         """The manifest, config and index to store; for a 2DFS reference, the partition's
@@ -193,14 +197,18 @@ class Puller:
         report = PullReport(str(ref), manifest.descriptor.digest)
         self.progress.step(f"{ref}: {len(layers)} layers, manifest {manifest.descriptor.digest}")
         manifest_label = manifest.descriptor.digest if resolved.manifest_in_registry else ""
+        labels = [
+            self._labels(str(resolved.pinned), manifest_label, layer, chain, diff_id)
+            for layer, chain, diff_id in zip(layers, chains, diff_ids, strict=True)
+        ]
+        if self.ahead is not None:
+            self.ahead(labels)
         with self.containerd.lease():
             parent = ""
-            for number, (layer, chain, diff_id) in enumerate(
-                zip(layers, chains, diff_ids, strict=True), 1
+            for number, (layer, chain, layer_labels) in enumerate(
+                zip(layers, chains, labels, strict=True), 1
             ):
-                how = self._unpack(
-                    str(resolved.pinned), manifest_label, layer, chain, parent, diff_id
-                )
+                how = self._unpack(str(resolved.pinned), layer, chain, parent, layer_labels)
                 pulled = PulledLayer(layer.digest, layer.size, how)
                 if how == "downloaded":
                     pulled.reason, pulled.detail = self._why_downloaded(layer, str(resolved.pinned))
@@ -251,18 +259,11 @@ class Puller:
     def _put(self, descriptor: Descriptor, data: bytes, labels: dict[str, str]) -> None:
         self.containerd.write_content(descriptor.digest, data, descriptor.size, labels)
 
-    def _unpack(
-        self,
-        image: str,
-        manifest_digest: str,
-        layer: Descriptor,
-        chain: str,
-        parent: str,
-        diff_id: str,
-    ) -> str:
-        """Makes snapshot ``chain`` exist; says how: lazy, present or downloaded."""
-        if self.containerd.snapshot_exists(self.snapshotter, chain):
-            return "present"
+    @staticmethod
+    def _labels(
+        image: str, manifest_digest: str, layer: Descriptor, chain: str, diff_id: str
+    ) -> dict[str, str]:
+        """The Prepare labels that let the snapshotter serve ``layer`` lazily."""
         labels = {
             L.TARGET_REF: chain,
             L.OWN_REFERENCE: image,
@@ -275,6 +276,14 @@ class Puller:
         toc = (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION)
         if toc:
             labels[L.OWN_TOC_DIGEST] = toc
+        return labels
+
+    def _unpack(
+        self, image: str, layer: Descriptor, chain: str, parent: str, labels: dict[str, str]
+    ) -> str:
+        """Makes snapshot ``chain`` exist; says how: lazy, present or downloaded."""
+        if self.containerd.snapshot_exists(self.snapshotter, chain):
+            return "present"
         key = f"extract-{uuid.uuid4().hex[:16]} {chain}"
         try:
             mounts = self.containerd.prepare(self.snapshotter, key, parent, labels)
@@ -292,6 +301,7 @@ class Puller:
                 )
                 self.containerd.write_content(layer.digest, blob, layer.size, {})
             applied = self.containerd.apply(to_proto(layer), mounts)
+            diff_id = labels[L.OWN_DIFF_ID]
             if applied != diff_id:
                 # containerd's own unpack refuses this too: the layer is not the one the
                 # config (and so the chain ID) names, and must not appear under that name.

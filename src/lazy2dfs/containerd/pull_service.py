@@ -14,7 +14,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydantic
@@ -25,6 +25,7 @@ from lazy2dfs.containerd.pull import Daemon, Puller, PullReport
 from lazy2dfs.errors import InvalidArgumentError, Lazy2dfsError, UnavailableError
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import CredentialStore, SyncRegistryClient, parse_reference
+from lazy2dfs.snapshotter.labels import LayerRequest, layer_request
 from lazy2dfs.status import PULL_HEARTBEAT, PullEvent, PullRequest
 
 log = get_logger(__name__)
@@ -78,11 +79,16 @@ class PullService:
     reach checks hold against the daemon's own)."""
 
     def __init__(
-        self, daemon: Daemon, settings: RegistryConfig, credentials: CredentialStore
+        self,
+        daemon: Daemon,
+        settings: RegistryConfig,
+        credentials: CredentialStore,
+        open_ahead: Callable[[list[LayerRequest]], None],
     ) -> None:
         self._daemon = daemon
         self._settings = settings
         self._credentials = credentials
+        self._open_ahead = open_ahead
         self._slots = threading.BoundedSemaphore(MAX_PULLS)
         self._closing = threading.Event()
 
@@ -140,10 +146,14 @@ class PullService:
                 events,
                 request["config_path"],
                 daemon_settings=not (request["plain_http"] or request["hosts_dir"]),
+                ahead=self._ahead,
             )
             return puller.pull(request["reference"])
         finally:
             containerd.close()
+
+    def _ahead(self, labels: list[dict[str, str]]) -> None:
+        self._open_ahead([r for r in map(layer_request, labels) if r is not None])
 
     def _stream(self, events: _Events) -> Iterator[bytes]:
         quiet = 0.0

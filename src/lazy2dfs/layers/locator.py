@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,6 +14,8 @@ from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION
 from lazy2dfs.registry_client import (
     OCI_MANIFEST,
     BlobReader,
+    Descriptor,
+    ImageIndex,
     ImageManifest,
     Reference,
     RegistryClient,
@@ -27,15 +30,22 @@ from lazy2dfs.tdfs.field import FIELD_MEDIA_TYPE
 from lazy2dfs.tdfs.partition import PartitionedImage
 from lazy2dfs.tdfs.resolve import fetch_partitioned_image
 
+# Manifests and configs kept by digest: containerd prepares an image's layers one after
+# another, and each Prepare of a CRI pull names the same two documents.
+DOCUMENT_CACHE_BYTES = 8 << 20
+
 
 @dataclass(frozen=True)
 class Located:
     """What vouches for a layer's bytes: the TOC digest (``""`` when the manifest has none),
-    the blob's size, and the diff ID the image's config gives it (``""`` when unknown)."""
+    the blob's size, and the diff ID the image's config gives it (``""`` when unknown); and,
+    when the manifest was read, the image's later layers, as requests that carry all that
+    (containerd will ask for them next)."""
 
     toc_digest: str
     size: int
     diff_id: str
+    later: tuple[LayerRequest, ...] = ()
 
 
 class LayerLocator(Protocol):
@@ -62,6 +72,8 @@ class RegistryLocator:
     def __init__(self, client: RegistryClient, computed: ComputedImages | None = None) -> None:
         self._client = client
         self._computed = computed or ComputedImages()
+        self._documents: OrderedDict[str, tuple[bytes, str]] = OrderedDict()  # and media type
+        self._document_bytes = 0
 
     async def locate(self, request: LayerRequest) -> Located:
         if request.layer_size:
@@ -73,8 +85,7 @@ class RegistryLocator:
                 manifest = parse_manifest(partitioned.manifest, OCI_MANIFEST)
                 pinned = ref.with_digest(partitioned.manifest_digest)
             elif request.manifest_digest:
-                fetched = await self._client.get_manifest(ref, request.manifest_digest)
-                manifest = fetched.manifest
+                manifest = await self._manifest(ref, request.manifest_digest)
                 pinned = ref.with_digest(request.manifest_digest)
             else:
                 image = await self._client.get_image(ref)
@@ -92,9 +103,58 @@ class RegistryLocator:
                 f"layer {request.layer_digest} is not in the manifest of {request.reference}",
             )
         layer = manifest.layers[position]
-        toc = request.toc_digest or (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION, "")
-        diff_id = await self._diff_id(pinned, manifest, position, request)
-        return Located(toc, layer.size, diff_id)
+        toc = request.toc_digest or _toc_digest(layer)
+        diff_ids = await self._diff_ids(pinned, manifest, position, request)
+        layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
+        chains = chain_ids(diff_ids)
+        later = tuple(
+            LayerRequest(
+                chain_id=chains[i],
+                reference=str(pinned),
+                layer_digest=d.digest,
+                manifest_digest=request.manifest_digest,
+                toc_digest=_toc_digest(d),
+                layer_size=d.size,
+                diff_id=diff_ids[i],
+            )
+            for i, d in enumerate(layers)
+            if i > position and _toc_digest(d)
+        )
+        return Located(toc, layer.size, diff_ids[position], later)
+
+    async def _manifest(self, ref: Reference, digest: str) -> ImageManifest | ImageIndex:
+        """The manifest ``digest`` names (verified against it when fetched)."""
+        kept = self._kept(ref, digest)
+        if kept is not None:
+            return parse_manifest(*kept)
+        fetched = await self._client.get_manifest(ref, digest)
+        self._keep(ref, digest, fetched.data, fetched.descriptor.media_type)
+        return fetched.manifest
+
+    async def _blob(self, ref: Reference, digest: str) -> bytes:
+        """A small blob (a config), verified against its digest when fetched."""
+        kept = self._kept(ref, digest)
+        if kept is not None:
+            return kept[0]
+        data = await self._client.get_blob(ref, digest)
+        self._keep(ref, digest, data, "")
+        return data
+
+    def _kept(self, ref: Reference, digest: str) -> tuple[bytes, str] | None:
+        key = _document_key(ref, digest)
+        kept = self._documents.get(key)
+        if kept is not None:
+            self._documents.move_to_end(key)
+        return kept
+
+    def _keep(self, ref: Reference, digest: str, data: bytes, media_type: str) -> None:
+        key = _document_key(ref, digest)
+        if key in self._documents or len(data) > DOCUMENT_CACHE_BYTES:
+            return
+        self._documents[key] = (data, media_type)
+        self._document_bytes += len(data)
+        while self._document_bytes > DOCUMENT_CACHE_BYTES:
+            self._document_bytes -= len(self._documents.popitem(last=False)[1][0])
 
     async def _partitioned(self, ref: Reference, manifest_digest: str) -> PartitionedImage | None:
         """The partitioned image CRI pulled through the mirror, or None for other images."""
@@ -111,13 +171,15 @@ class RegistryLocator:
             self._computed.add(image)
         return image
 
-    async def _diff_id(
+    async def _diff_ids(
         self, ref: Reference, manifest: ImageManifest, position: int, request: LayerRequest
-    ) -> str:
+    ) -> list[str]:
+        """The image's diff IDs, once its config is seen to give layer ``position`` the
+        chain ID containerd asked for."""
         try:
             blob = self._computed.config(manifest.config.digest)
             if blob is None:
-                blob = await self._client.get_blob(ref, manifest.config.digest)
+                blob = await self._blob(ref, manifest.config.digest)
             config = json.loads(blob)
             diff_ids = config["rootfs"]["diff_ids"]
         except (Lazy2dfsError, ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -127,14 +189,25 @@ class RegistryLocator:
             raise NotLazyError(
                 "no-config", f"config of {request.reference} does not list a diff ID per layer"
             )
-        chains = chain_ids([str(d) for d in diff_ids[: position + 1]])
+        diff_ids = [str(d) for d in diff_ids]
+        chains = chain_ids(diff_ids[: position + 1])
         if chains[-1] != request.chain_id:
             raise NotLazyError(
                 "chain-mismatch",
                 f"snapshot {request.chain_id} is not layer {position} of {request.reference}"
                 f" (its config gives chain ID {chains[-1]})",
             )
-        return str(diff_ids[position])
+        return diff_ids
 
     def source(self, request: LayerRequest, size: int) -> BlobReader:
         return self._client.blob_reader(request.reference, request.layer_digest, size)
+
+
+def _toc_digest(layer: Descriptor) -> str:
+    return (layer.annotations or {}).get(TOC_DIGEST_ANNOTATION, "")
+
+
+def _document_key(ref: Reference, digest: str) -> str:
+    """Kept per repository: a digest known from another registry or repository must not
+    stand in for a fetch there, which could be refused (the same rule as for blobs)."""
+    return f"{ref.registry}/{ref.repository}@{digest}"

@@ -21,7 +21,7 @@ import functools
 import os
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from lazy2dfs.estargz.toc import EntryType, Toc, TocEntry
 from lazy2dfs.fuse.session import FuseSession
 from lazy2dfs.fuse.tree import Entry, LayerTree
 from lazy2dfs.layers import localtree, saved, verify
-from lazy2dfs.layers.locator import LayerLocator
+from lazy2dfs.layers.locator import LayerLocator, Located
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.retry import on_behalf_of
 from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
@@ -61,6 +61,9 @@ from lazy2dfs.snapshotter.snapshot import Usage
 log = get_logger(__name__)
 
 TREE = "tree"  # a verified blob's local tree, in its cache directory
+# TOCs opened ahead of their Prepares: at most this many layers of an image, this many at once.
+MAX_AHEAD = 256
+AHEAD_AT_ONCE = 4
 DIFF_ID = "diff-id"  # written once the tree is complete and the diff ID checked
 
 
@@ -138,6 +141,7 @@ class _OpenedToc:
     layout: BlobLayout
     layer: saved.SavedLayer
     users: int = 0
+    fetched: int = 0  # bytes opening it took that no snapshot's stats count yet
 
     @property
     def entries(self) -> int:
@@ -176,6 +180,7 @@ class EstargzLayers:
         self._per_registry: dict[str, trio.CapacityLimiter] = {}
         self._tasks: dict[int, trio.CancelScope] = {}
         self._opened: OrderedDict[tuple[str, str], _OpenedToc] = OrderedDict()
+        self._opening: dict[tuple[str, str], trio.Event] = {}
         self._attached: dict[int, _Attached] = {}
 
     @property
@@ -261,30 +266,8 @@ class EstargzLayers:
         try:
             with on_behalf_of(layer=request.layer_digest, image=request.reference):
                 located = await self._locator.locate(request)
-                if not located.toc_digest:
-                    raise NotLazyError(
-                        NOT_LAZY_FORMAT,
-                        "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
-                        " the layer is not eStargz or zstd:chunked (lazy2dfs convert makes it so)",
-                    )
-                key = (request.layer_digest, located.toc_digest)
-                known = self._opened.get(key)
-                if known is not None:
-                    # The same blob under another parent (a 2DFS update, a shared base):
-                    # its verified TOC is reused, nothing is fetched.
-                    self._opened.move_to_end(key)
-                    layer = saved.SavedLayer(
-                        located.toc_digest, located.size, located.diff_id, known.layer.recorded
-                    )
-                    return ResolvedEstargz(request, known.toc, known.layout, layer)
-                recorded = saved.RecordedRanges()
-                source = recorded.recording(self._locator.source(request, located.size))
-                toc = await open_blob_async(
-                    source.read_range,
-                    located.size,
-                    expected_toc_digest=located.toc_digest,
-                    offload=trio.to_thread.run_sync,
-                )
+                self._start_ahead(located.later)
+                opened = await self._open(request, located)
         except TocDigestMismatchError as exc:
             metrics.VERIFICATION_FAILURES.labels("toc").inc()
             log.error(
@@ -300,11 +283,78 @@ class EstargzLayers:
             raise NotLazyError("not-seekable", str(exc)) from exc
         except UnavailableError as exc:
             raise NotLazyError("unreachable", str(exc)) from exc
-        self._make_room(len(toc.entries), request)
-        layout = await trio.to_thread.run_sync(BlobLayout, toc)
-        layer = saved.SavedLayer(located.toc_digest, located.size, located.diff_id, recorded)
-        self._opened[key] = _OpenedToc(toc, layout, layer)
-        return ResolvedEstargz(request, toc, layout, layer, recorded.fetched)
+        # The same blob under another parent (a 2DFS update, a shared base) reuses the TOC;
+        # the bytes opening it took are counted once, by the first snapshot.
+        fetched, opened.fetched = opened.fetched, 0
+        layer = saved.SavedLayer(
+            located.toc_digest, located.size, located.diff_id, opened.layer.recorded
+        )
+        return ResolvedEstargz(request, opened.toc, opened.layout, layer, fetched)
+
+    async def _open(self, request: LayerRequest, located: Located) -> _OpenedToc:
+        """The layer's verified TOC: in memory already (opened for another snapshot, or ahead
+        of this one's Prepare), being opened (then waited for), or fetched now."""
+        if not located.toc_digest:
+            raise NotLazyError(
+                NOT_LAZY_FORMAT,
+                "the manifest has no containerd.io/snapshot/stargz/toc.digest annotation:"
+                " the layer is not eStargz or zstd:chunked (lazy2dfs convert makes it so)",
+            )
+        key = (request.layer_digest, located.toc_digest)
+        while (opening := self._opening.get(key)) is not None:
+            await opening.wait()
+        known = self._opened.get(key)
+        if known is not None:
+            self._opened.move_to_end(key)
+            return known
+        done = self._opening[key] = trio.Event()
+        try:
+            recorded = saved.RecordedRanges()
+            source = recorded.recording(self._locator.source(request, located.size))
+            toc = await open_blob_async(
+                source.read_range,
+                located.size,
+                expected_toc_digest=located.toc_digest,
+                offload=trio.to_thread.run_sync,
+            )
+            self._make_room(len(toc.entries), request)
+            layout = await trio.to_thread.run_sync(BlobLayout, toc)
+            layer = saved.SavedLayer(located.toc_digest, located.size, located.diff_id, recorded)
+            opened = self._opened[key] = _OpenedToc(toc, layout, layer, fetched=recorded.fetched)
+            return opened
+        finally:
+            del self._opening[key]
+            done.set()
+
+    def open_ahead(self, requests: Sequence[LayerRequest]) -> None:
+        """Starts opening the TOCs of layers about to be prepared (from any thread but the
+        FUSE loop's), ``AHEAD_AT_ONCE`` at a time: containerd prepares an image's layers one
+        after another, and each Prepare then finds its TOC open, or being opened. Whatever
+        fails is left for the layer's own Prepare to meet and report."""
+        self._session.call_sync(self._start_ahead, requests)
+
+    def _start_ahead(self, requests: Sequence[LayerRequest]) -> None:
+        """From the loop: ``open_ahead``, or the later layers a Prepare's manifest named."""
+        known = self._opened.keys() | self._opening.keys()
+        unopened = [r for r in requests[:MAX_AHEAD] if (r.layer_digest, r.toc_digest) not in known]
+        if unopened:
+            self._session.spawn("open TOCs ahead", functools.partial(self._open_ahead, unopened))
+
+    async def _open_ahead(self, requests: list[LayerRequest]) -> None:
+        limiter = trio.CapacityLimiter(AHEAD_AT_ONCE)
+
+        async def one(request: LayerRequest) -> None:
+            async with limiter:
+                with trio.move_on_after(self._limits.deadline):
+                    try:
+                        with on_behalf_of(layer=request.layer_digest, image=request.reference):
+                            await self._open(request, await self._locator.locate(request))
+                    except (Lazy2dfsError, TocError, FormatError) as exc:
+                        log.debug("TOC not opened ahead", layer=request.layer_digest, reason=exc)
+
+        async with trio.open_nursery() as nursery:
+            for request in requests:
+                nursery.start_soon(one, request)
 
     def _make_room(self, entries: int, request: LayerRequest) -> None:
         """Drops unused TOCs until ``entries`` more fit in ``max_toc_entries``."""
