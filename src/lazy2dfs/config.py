@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lazy2dfs.errors import InvalidArgumentError
-
-DEFAULT_CONFIG_PATH = Path("/etc/lazy2dfs/config.toml")
-ENV_PREFIX = "LAZY2DFS_"
+from lazy2dfs.locations import DEFAULT_ADDRESS, control_address, read_file
+from lazy2dfs.locations import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
+from lazy2dfs.locations import ENV_PREFIX as ENV_PREFIX
 
 
 class CacheConfig(BaseModel):
@@ -148,7 +147,7 @@ class Config(BaseModel):
         description="Directory holding snapshots, the metadata database and the FUSE mount.",
     )
     address: Path = Field(
-        default=Path("/run/lazy2dfs/lazy2dfs.sock"),
+        default=DEFAULT_ADDRESS,
         description="Unix socket containerd's proxy plugin dials (config.toml `address`). The"
         " control socket `lazy2dfs status` and `lazy2dfs pull` ask is beside it, its `.sock`"
         " replaced by `.control.sock`.",
@@ -209,7 +208,7 @@ class Config(BaseModel):
     def control_address(self) -> Path:
         """The daemon's control socket, beside ``address``: ``lazy2dfs status`` and
         ``lazy2dfs pull`` ask the daemon there (root only, always on while it serves)."""
-        return self.address.with_suffix(".control.sock")
+        return control_address(self.address)
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
@@ -280,16 +279,8 @@ def load(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Builds the configuration; ``path=None`` reads the default file if it exists."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = read_file(path)
     source = str(path or DEFAULT_CONFIG_PATH)
-    file = path or DEFAULT_CONFIG_PATH
-    if path is not None or file.exists():
-        try:
-            values.update(tomllib.loads(file.read_text()))
-        except FileNotFoundError as exc:
-            raise InvalidArgumentError(f"configuration file {file} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidArgumentError(f"configuration file {file} is not TOML: {exc}") from exc
     environ = os.environ if env is None else env
     known = environment_variables()
     _unknown_variables(environ, known)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from devstack.process import lazy2dfs_argv
-from lazy2dfs import config
+from lazy2dfs import config, locations
 from lazy2dfs.errors import InvalidArgumentError
 
 
@@ -98,3 +98,28 @@ def test_the_mirror_refuses_other_addresses_unless_told(address: str) -> None:
 def test_the_mirror_is_off_by_default() -> None:
     assert config.Config().mirror_address is None
     assert config.Config().mirror_host_port is None
+
+
+@pytest.mark.parametrize("in_file", [None, "/srv/file/l2d.sock"])
+@pytest.mark.parametrize("in_env", [None, "/srv/env/l2d.sock"])
+def test_the_commands_find_the_control_socket_where_the_model_puts_it(
+    tmp_path: Path, in_file: str | None, in_env: str | None
+) -> None:
+    """``lazy2dfs pull`` and ``status --health`` read the daemon's address without the model
+    (``locations``): by the same rules, for a given file, the default file, and neither."""
+    given = tmp_path / "config.toml"
+    given.write_text(f'address = "{in_file}"\n' if in_file else 'log_level = "info"\n')
+    env = {"LAZY2DFS_ADDRESS": in_env} if in_env else {}
+    for path in (given, None):
+        assert locations.daemon_control_address(path, env) == (
+            config.load(path, env=env).control_address
+        )
+
+
+def test_the_commands_refuse_a_configuration_file_that_is_not_toml(tmp_path: Path) -> None:
+    broken = tmp_path / "config.toml"
+    broken.write_text("address = \n")
+    with pytest.raises(InvalidArgumentError, match="is not TOML"):
+        locations.daemon_control_address(broken, {})
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        locations.daemon_control_address(tmp_path / "absent.toml", {})

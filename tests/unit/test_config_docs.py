@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lazy2dfs import config
-from lazy2dfs.cli import config as config_docs
-from lazy2dfs.cli import main
+from lazy2dfs.cli import config_docs, main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lazy2dfs import config
 from lazy2dfs.cli.parser import Subparsers
+from lazy2dfs.locations import DEFAULT_CONFIG_PATH
 
 
 def register(subparsers: Subparsers) -> None:
@@ -23,13 +23,14 @@ def register(subparsers: Subparsers) -> None:
     )
     keeper.add_argument("--root", type=Path, help="the daemon's root (default /var/lib/lazy2dfs)")
     keeper.add_argument(
-        "--config", type=Path, help=f"TOML configuration (default {config.DEFAULT_CONFIG_PATH})"
+        "--config", type=Path, help=f"TOML configuration (default {DEFAULT_CONFIG_PATH})"
     )
     keeper.set_defaults(func=_keep)
 
 
 def _keep(args: argparse.Namespace) -> int:
     # Imported here: FUSE, which no other command but serve needs.
+    from lazy2dfs import config
     from lazy2dfs.fuse.session import Keeper
 
     cfg = config.load(args.config, overrides={"root": args.root})

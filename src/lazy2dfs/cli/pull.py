@@ -17,9 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from lazy2dfs import config, logfmt
+from lazy2dfs import logfmt
 from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.cli.serve import LOG_LEVELS
+from lazy2dfs.locations import DEFAULT_CONFIG_PATH, daemon_control_address
 
 DEFAULT_CONTAINERD = "/run/containerd/containerd.sock"
 
@@ -71,7 +72,7 @@ def register(subparsers: Subparsers) -> None:
         "--config",
         type=Path,
         help="the daemon's configuration, for its socket and registry settings"
-        f" (default {config.DEFAULT_CONFIG_PATH})",
+        f" (default {DEFAULT_CONFIG_PATH})",
     )
     pull.add_argument("--json", action="store_true", help="print the pull report as JSON")
     pull.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
@@ -84,7 +85,6 @@ def _pull(args: argparse.Namespace) -> int:
     from lazy2dfs.status import ControlClient, PullRequest
 
     logfmt.configure(args.log_level)
-    daemon_config = config.load(args.config)
     request = PullRequest(
         reference=args.reference,
         containerd_address=str(args.containerd_address.absolute()),
@@ -92,9 +92,9 @@ def _pull(args: argparse.Namespace) -> int:
         snapshotter=args.snapshotter,
         plain_http=args.plain_http,
         hosts_dir=str(args.hosts_dir.absolute()) if args.hosts_dir else "",
-        config_path=str(args.config or config.DEFAULT_CONFIG_PATH),
+        config_path=str(args.config or DEFAULT_CONFIG_PATH),
     )
-    report = ControlClient(daemon_config.control_address).pull(request, Progress())
+    report = ControlClient(daemon_control_address(args.config)).pull(request, Progress())
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lazy2dfs import config, logfmt
+from lazy2dfs import logfmt
 from lazy2dfs.cli.parser import Subparsers
+from lazy2dfs.locations import DEFAULT_CONFIG_PATH
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -26,7 +27,7 @@ def register(subparsers: Subparsers) -> None:
         "--address", type=Path, help="gRPC unix socket (default /run/lazy2dfs/lazy2dfs.sock)"
     )
     serve.add_argument(
-        "--config", type=Path, help=f"TOML configuration (default {config.DEFAULT_CONFIG_PATH})"
+        "--config", type=Path, help=f"TOML configuration (default {DEFAULT_CONFIG_PATH})"
     )
     serve.add_argument(
         "--metrics-address",
@@ -44,6 +45,7 @@ def register(subparsers: Subparsers) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the daemon pulls in FUSE and gRPC, which no other command needs.
+    from lazy2dfs import config
     from lazy2dfs.daemon import Daemon
 
     cfg = config.load(

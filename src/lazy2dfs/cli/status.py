@@ -13,14 +13,12 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TextIO, cast
 
-from lazy2dfs import config
 from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.errors import FailedPreconditionError, Lazy2dfsError, UnavailableError
+from lazy2dfs.locations import DEFAULT_CONFIG_PATH, daemon_control_address
 from lazy2dfs.progress import human_bytes
 from lazy2dfs.status import ControlClient, StatusReport
 
@@ -54,7 +52,7 @@ def register(subparsers: Subparsers) -> None:
     where.add_argument(
         "--config",
         type=Path,
-        help=f"the daemon's TOML configuration (default {config.DEFAULT_CONFIG_PATH})",
+        help=f"the daemon's TOML configuration (default {DEFAULT_CONFIG_PATH})",
     )
     parser.set_defaults(func=_run)
 
@@ -64,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.metrics_address is not None:
             args.command_parser.error("--health asks the control socket: drop --metrics-address")
         healthy, reason = ControlClient(
-            config.load(args.config).control_address, timeout=HEALTH_TIMEOUT
+            daemon_control_address(args.config), timeout=HEALTH_TIMEOUT
         ).health()
         print(
             reason if healthy else f"unhealthy: {reason}",
@@ -83,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
 def read_status(config_path: Path | None, metrics_address: str | None) -> StatusReport:
     """The daemon's report: from ``metrics_address`` when given, else over the control socket,
     else over the metrics address its configuration names."""
+    from lazy2dfs import config
+
     if metrics_address is not None:
         address = config.load(config_path, overrides={"metrics_address": metrics_address})
         assert address.metrics_host_port is not None
@@ -102,6 +102,9 @@ def read_status(config_path: Path | None, metrics_address: str | None) -> Status
 
 
 def fetch_status(host: str, port: int) -> StatusReport:
+    import urllib.error  # here: the other commands start without it
+    import urllib.request
+
     host = _WILDCARDS.get(host, host)
     url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
     try:
