@@ -5,6 +5,7 @@ served by pread, and a stalled registry turned into an error after the deadline.
 import gzip
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from lazy2dfs.errors import UnavailableError
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.layout import BlobLayout
 from lazy2dfs.layers.verify import diff_id
-from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
+from lazy2dfs.remote.fetch import (
+    BACKGROUND_NICE,
+    FetchContext,
+    LayerStats,
+    SegmentFetcher,
+    _at_low_priority,
+)
 from lazy2dfs.remote.flight import Fetch
 from lazy2dfs.remote.reader import LayerReader
 from tests.support.estargz import make_tar, open_bytes, write
@@ -148,3 +155,23 @@ def test_a_stalled_registry_fails_the_read_after_the_deadline_once(tmp_path: Pat
         assert trio.current_time() - start < 5.5
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_background_decoding_runs_lower_and_gives_the_thread_its_priority_back() -> None:
+    """A layer's background fetch must not take the CPU a starting container needs; the
+    worker threads it borrows then decode reads someone waits for, at full priority."""
+    seen: list[tuple[int, int]] = []
+
+    def work() -> None:
+        thread = threading.get_native_id()
+        seen.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
+
+    async def main() -> None:
+        await trio.to_thread.run_sync(_at_low_priority(work))
+        await trio.to_thread.run_sync(work)  # trio's idle worker thread, reused
+
+    trio.run(main)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    (background_thread, background), (read_thread, read) = seen
+    assert background_thread == read_thread
+    assert (background, read) == (base + BACKGROUND_NICE, base)
