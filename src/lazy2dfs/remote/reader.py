@@ -30,7 +30,13 @@ Spawn = Callable[[str, Callable[[], Awaitable[None]]], object]
 class LayerReader:
     """Serves one layer's files (``fuse.FileReader``), by their path in the TOC."""
 
-    def __init__(self, fetcher: SegmentFetcher, spawn: Spawn | None = None) -> None:
+    def __init__(
+        self,
+        fetcher: SegmentFetcher,
+        spawn: Spawn | None = None,
+        read_once: trio.Event | None = None,
+    ) -> None:
+        """``read_once``: set at the first read; the layers of one image share it."""
         self.fetcher = fetcher
         self.name = fetcher.name
         self.image = fetcher.image
@@ -40,6 +46,7 @@ class LayerReader:
         self._spawn = spawn
         self._next_offset: dict[str, int] = {}  # by file: where a sequential read goes on
         self._refused = ""
+        self.read_once = trio.Event() if read_once is None else read_once  # a container runs
 
     def refuse(self, why: str) -> None:
         """Every later read fails: the layer is not what its image says it is."""
@@ -53,6 +60,7 @@ class LayerReader:
         of it is returned, valid until the next call with the same ``into``."""
         if self._refused:
             raise IntegrityError(f"layer {self.name} is refused: {self._refused}")
+        self.read_once.set()
         chunks = self._layout.toc.chunks_for(path, offset, size)
         if not chunks:
             return b""
