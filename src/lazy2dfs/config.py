@@ -44,7 +44,8 @@ class FetchConfig(BaseModel):
 
     background: bool = Field(
         default=True,
-        description="Fetch every chunk of a mounted layer in the background, yielding to reads.",
+        description="Fetch every chunk of a mounted layer in the background, yielding to reads:"
+        " from the first read of its image, or 2 s after the mount.",
     )
     deadline_seconds: float = Field(
         default=60.0,
