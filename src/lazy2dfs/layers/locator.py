@@ -107,6 +107,8 @@ class RegistryLocator:
         diff_ids = await self._diff_ids(pinned, manifest, position, request)
         layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
         chains = chain_ids(diff_ids)
+        # Counted among the layers the diff IDs list: a 2DFS field descriptor is not one.
+        this = next((i for i, d in enumerate(layers) if d is layer), len(layers))
         later = tuple(
             LayerRequest(
                 chain_id=chains[i],
@@ -118,7 +120,7 @@ class RegistryLocator:
                 diff_id=diff_ids[i],
             )
             for i, d in enumerate(layers)
-            if i > position and _toc_digest(d)
+            if i > this and _toc_digest(d)
         )
         return Located(toc, layer.size, diff_ids[position], later)
 
