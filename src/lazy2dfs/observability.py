@@ -28,7 +28,7 @@ import socketserver
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -91,7 +91,7 @@ MAX_PULL_REQUEST = 64 * 1024
 class Streamed:
     """A reply sent as it is made (``/pull``'s events), not built whole first."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Generator[bytes, None, None]) -> None:
         self._chunks = chunks
 
     def __iter__(self) -> Iterator[bytes]:
@@ -99,9 +99,7 @@ class Streamed:
 
     def close(self) -> None:
         """wsgiref calls it when the reply ends or its client is gone."""
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
+        self._chunks.close()
 
 
 def config_digest(config: Config) -> str:
@@ -670,9 +668,10 @@ class Observability:
     def _control_app(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "") == "/pull":
+        path = environ.get("PATH_INFO", "")
+        if path == "/pull":
             return self._pull(environ, start_response)
-        if environ.get("PATH_INFO", "") != "/registry":
+        if path != "/registry":
             # Root's alone: root sees containerd's images anyway.
             return self._answer(environ, start_response, names=True)
         query = parse_qs(environ.get("QUERY_STRING", ""))

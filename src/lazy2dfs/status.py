@@ -178,7 +178,7 @@ class ControlClient:
 
     def health(self) -> tuple[bool, str]:
         """Whether the daemon serves (``/healthz``), and the reason it gives."""
-        status, body = self._request("GET", "/healthz", {})
+        status, body = self._request("/healthz", {})
         return status == 200, body.decode(errors="replace").strip()
 
     def registry(self, registry: str, reference: str = "") -> RegistryAnswer:
@@ -214,18 +214,19 @@ class ControlClient:
     def _connection(self) -> _UnixConnection:
         return _UnixConnection(self.socket, self._timeout)
 
-    def _request(self, method: str, path: str, query: dict[str, str]) -> tuple[int, bytes]:
+    def _request(self, path: str, query: dict[str, str]) -> tuple[int, bytes]:
+        """``GET path?query``: the status and the body."""
         target = path + ("?" + urlencode(query) if query else "")
         with closing(self._connection()) as connection:
             try:
-                connection.request(method, target)
+                connection.request("GET", target)
                 response = connection.getresponse()
                 return response.status, response.read()
             except OSError as exc:
                 raise self._unreachable(exc) from exc
 
     def _get(self, path: str, query: dict[str, str]) -> object:
-        status, body = self._request("GET", path, query)
+        status, body = self._request(path, query)
         if status != 200:
             raise self._refused(path, status, body)
         try:

@@ -14,7 +14,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pydantic
@@ -92,7 +92,7 @@ class PullService:
         self._slots = threading.BoundedSemaphore(MAX_PULLS)
         self._closing = threading.Event()
 
-    def start(self, body: bytes) -> Iterator[bytes]:
+    def start(self, body: bytes) -> Generator[bytes, None, None]:
         """Starts the pull ``body`` asks for; returns its event stream. Raises
         ``InvalidArgumentError`` for a bad request, ``UnavailableError`` when busy."""
         try:
@@ -130,9 +130,10 @@ class PullService:
     def _pull(self, request: PullRequest, events: _Events) -> PullReport:
         registry = parse_reference(request["reference"]).registry
         plain_http = [*self._settings.plain_http, *([registry] if request["plain_http"] else [])]
-        hosts_dir = Path(request["hosts_dir"]) if request["hosts_dir"] else None
         client = SyncRegistryClient(
-            hosts_dir=hosts_dir or self._settings.hosts_dir,
+            hosts_dir=Path(request["hosts_dir"])
+            if request["hosts_dir"]
+            else self._settings.hosts_dir,
             plain_http=plain_http,
             credentials=self._credentials,
         )
@@ -155,7 +156,7 @@ class PullService:
     def _ahead(self, labels: list[dict[str, str]]) -> None:
         self._open_ahead([r for r in map(layer_request, labels) if r is not None])
 
-    def _stream(self, events: _Events) -> Iterator[bytes]:
+    def _stream(self, events: _Events) -> Generator[bytes, None, None]:
         quiet = 0.0
         try:
             while not self._closing.is_set():

@@ -4,11 +4,10 @@ threads → written into the backing files.
 
 Everything runs in the FUSE trio loop; decompression, hashing and disk writes go to worker
 threads (ISA-L, zstandard, hashlib and the file system all release the GIL, so both cores
-work). A layer's background fetch decodes at a lower CPU priority than everything else (nice
-+10 for the thread, while it decodes): it starts the moment a layer is mounted, just as the
-container starts, and on 2 cores it took the CPU the container's start and its first reads
-needed (first tensor of a 1 GiB model, cold: 1.0-1.1 s, was 1.2-1.4 s; the whole model as
-fast as before).
+work). A layer's background fetch decodes at a lower CPU priority than reads someone waits
+for (nice +10 for the thread, while it decodes): on 2 cores it took the CPU a starting
+container and its first reads needed (first tensor of a 1 GiB model, cold: 1.0-1.1 s, was
+1.2-1.4 s; the whole model as fast as before).
 """
 
 from __future__ import annotations
@@ -40,13 +39,13 @@ from lazy2dfs.remote.spans import Span, plan_spans
 
 log = get_logger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 # Background fetches under way at once, over all layers (upstream stargz uses 2).
 BACKGROUND_CONCURRENCY = 2
 # How much lower a background fetch's decoding runs (nice), beside reads someone waits for.
 BACKGROUND_NICE = 10
-
-P = ParamSpec("P")
-T = TypeVar("T")
 # Range requests of one layer in flight at once: one stream cannot fill a fast link while the
 # bytes of the previous one are decoded.
 LAYER_REQUESTS = 3
