@@ -185,11 +185,21 @@ class MirrorFetches:
 
     def done(self, host: str, work: int, seconds: float, first_try: bool) -> None:
         """``host`` was found holding a blob ``seconds`` after it was set fetching it, with
-        ``work`` bytes to fetch; ``first_try``: at the first request after that, so it may be
-        faster than thought (seconds is then an upper bound)."""
-        fetching = max(seconds - work / WARM_STORE_RATE, WARM_FIRST_DELAY)
-        rate = self._rates.get(host, WARM_RATE) * 1.5 if first_try else work / fetching
-        self._rates[host] = min(rate, 100 * WARM_RATE)
+        ``work`` bytes to fetch; ``first_try``: at the first request after that.
+
+        Found late, the blob came at ``work / seconds`` at least: expect that from now on.
+        Found on time says only that it was no slower than expected, so the rate goes back
+        toward ``WARM_RATE`` and never above: a request made too early costs the origin
+        what was in flight of one more copy, one made late costs a read a fraction of the
+        wait. Blobs fetched together are found together; each raising the rate would
+        compound (after a rollout of four blobs, the update's blob was asked for at half
+        the time the mirror needed, twice over)."""
+        rate = self._rates.get(host, WARM_RATE)
+        if first_try:
+            rate = min(rate * 1.5, WARM_RATE)
+        else:
+            rate = min(work / max(seconds - work / WARM_STORE_RATE, WARM_FIRST_DELAY), WARM_RATE)
+        self._rates[host] = rate
 
 
 class BlobRoutes:
@@ -415,6 +425,14 @@ class BlobReader:
                     delay = min(WARM_MAX_DELAY, max(WARM_FIRST_DELAY, waited))
                 await trio.sleep(min(delay, self._routes.warm_seconds - waited))
             waited = trio.current_time() - started
+            log.info(
+                "mirror wait ended",
+                blob=self.digest,
+                host=endpoint.host,
+                outcome="ranges" if route.ranges else "whole",
+                waited=round(waited, 2),
+                requests=probes,
+            )
             if route.ranges and probes > 1:
                 fetches.done(endpoint.host, work, waited, first_try=probes == 2)
             outcome = "ranges" if route.ranges else "whole"

@@ -299,3 +299,35 @@ def test_a_range_answer_longer_than_asked_is_refused_unread(
 
     run(tmp_path, origin, [], call)
     assert origin.sent_bytes < len(BLOB)
+
+
+def test_blobs_a_mirror_held_on_time_do_not_make_the_next_one_expected_sooner() -> None:
+    """A rollout's blobs, fetched together and found together at the first request, are one
+    sign that the mirror was no slower than thought, not one each: the update's blob after
+    them must not be asked for before the mirror can hold it (each early request costs the
+    origin a copy in flight)."""
+    fetches = blobs_module.MirrorFetches()
+    size = 50 << 20
+
+    def expected_alone() -> float:
+        fetches.start("mirror", "sha256:update", size)
+        seconds = fetches.expected("mirror", size)
+        fetches.stop("mirror", "sha256:update")
+        return seconds
+
+    alone = expected_alone()
+    rollout = [f"sha256:{i:064x}" for i in range(4)]
+    for digest in rollout:
+        fetches.start("mirror", digest, size)
+    work = fetches.work("mirror", size)
+    took = fetches.expected("mirror", size)
+    for digest in rollout:
+        fetches.done("mirror", work, took, first_try=True)
+        fetches.stop("mirror", digest)
+    assert expected_alone() >= alone
+    # Found late, the next is expected as late; on time again, back to what it was.
+    fetches.done("mirror", size, 3 * alone, first_try=False)
+    assert expected_alone() >= 2 * alone
+    for _ in range(10):
+        fetches.done("mirror", size, alone, first_try=True)
+    assert expected_alone() == pytest.approx(alone)
