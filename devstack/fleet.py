@@ -84,6 +84,7 @@ class Fleet:
         self.hosts_dir = workdir / "certs.d"
         self.nodes: list[Node] = []
         self.mirror: LocalRegistry | None = None
+        self.emulator: LinkEmulator | None = None
         self._running = ExitStack()
         self._started: list[LocalSnapshotter | LocalContainerd] = []
         self._lock = Lock()
@@ -93,7 +94,8 @@ class Fleet:
             upstream = self.origin.host
             if self.link is not None:
                 mbit, rtt = self.link
-                upstream = self._running.enter_context(LinkEmulator(upstream, mbit, rtt)).host
+                self.emulator = self._running.enter_context(LinkEmulator(upstream, mbit, rtt))
+                upstream = self.emulator.host
             if self.with_mirror:
                 self.mirror = self._running.enter_context(
                     LocalRegistry(self.workdir / "mirror", proxy_remote=f"http://{upstream}")

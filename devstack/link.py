@@ -4,15 +4,23 @@ round-trip delay, so the benchmarks can ask what a real network would change.
 The kernel's netem qdisc would be the natural tool, but it is not built into every kernel (not
 into this one); a proxy needs nothing but loopback. Bandwidth is one token bucket shared by
 all connections (a node's NIC); delay is half the round-trip time each way, applied per chunk
-without holding the stream back (a delay line, not a stop-and-wait). The proxy's socket to the
-target takes no more than the link's bandwidth-delay product (and 64 KiB at least) into its
-receive buffer, as a TCP window on that link would: on loopback the kernel would otherwise let
-the target push megabytes into the connection at once, and a connection closed early would
-seem to have cost it far more than it would over a network.
+without holding the stream back (a delay line, not a stop-and-wait), and to a connection's
+end as well: a peer that closes is heard of a one-way delay later, as a FIN or RST would be.
+
+What a sender has written when its peer goes away is what a closed answer costs a registry,
+so the proxy sends as TCP would on that link: each direction of a connection starts with TCP's
+initial window (10 segments) and doubles it every round trip it used it up (slow start), again
+after an idle spell longer than TCP's minimum retransmission timeout, until the bucket alone
+limits. The proxy reads no more than that from the target, through a small receive buffer: on
+loopback the kernel would otherwise let the target push megabytes into the connection at once
+(its send buffer grows with a congestion window that loopback opens in microseconds), and an
+answer closed after one round trip would seem to have cost the target ~5 MB where a network
+costs it ~100 KB.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from types import TracebackType
@@ -24,6 +32,9 @@ from devstack.registry import free_port
 PIECE = 1024 * 1024
 # Segments as on Ethernet, not loopback's 64 KiB: the target's send buffer grows by segments.
 ETHERNET_MSS = 1448
+INITIAL_WINDOW = 10 * ETHERNET_MSS  # RFC 6928, Linux's default
+RESTART_IDLE = 0.2  # Linux's minimum RTO: an idle connection starts slow again after it
+RECEIVE_BUFFER = 256 * 1024
 
 
 class _Bucket:
@@ -39,6 +50,58 @@ class _Bucket:
             await trio.sleep(self.next_free - now)
 
 
+class _SlowStart:
+    """One direction's congestion window: ``INITIAL_WINDOW`` bytes per round trip, doubled
+    after each round trip that used it all, back to the start after ``RESTART_IDLE`` idle."""
+
+    def __init__(self, rtt: float) -> None:
+        self.rtt = rtt
+        self.window = INITIAL_WINDOW
+        self.left = INITIAL_WINDOW
+        self.round_ends = 0.0
+
+    async def allowance(self) -> int:
+        """Bytes that may go now; waits for the next round trip when this one's are spent."""
+        now = trio.current_time()
+        if self.left <= 0 and now < self.round_ends:
+            await trio.sleep_until(self.round_ends)
+            now = trio.current_time()
+        if now >= self.round_ends:
+            if self.left <= 0:
+                self.window *= 2
+            self.left, self.round_ends = self.window, now + self.rtt
+        return self.left
+
+    def restart(self) -> None:
+        """After an idle spell: TCP's window restarts (RFC 5681, 4.1)."""
+        self.window = self.left = INITIAL_WINDOW
+        self.round_ends = trio.current_time() + self.rtt
+
+    def sent(self, size: int) -> None:
+        self.left -= size
+
+
+class _Line:
+    """Bytes on their way through the delay line, at most ``capacity`` (a window's worth):
+    a receiver that stops reading stops its sender, as TCP's flow control does, instead of
+    the proxy taking in the rest of the answer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self._room = trio.Event()
+
+    async def enter(self, size: int) -> None:
+        while self.held and self.held + size > self.capacity:
+            await self._room.wait()
+        self.held += size
+
+    def leave(self, size: int) -> None:
+        self.held -= size
+        self._room.set()
+        self._room = trio.Event()
+
+
 class LinkEmulator:
     """Forwards ``127.0.0.1:<port>`` to ``target`` at ``mbit`` Mbit/s with ``rtt_ms``."""
 
@@ -47,6 +110,7 @@ class LinkEmulator:
         self.target_port = int(port)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
+        self.from_target = 0  # bytes the target sent onto the link (read from it)
         self._rate = mbit * 1e6 / 8
         self._delay = rtt_ms / 2000
         self._token: trio.lowlevel.TrioToken | None = None
@@ -80,15 +144,14 @@ class LinkEmulator:
                 async with client:
                     server = await self._connect()
                     async with server, trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pipe, client, server, buckets[0], nursery)
-                        nursery.start_soon(self._pipe, server, client, buckets[1], nursery)
+                        nursery.start_soon(self._pipe, client, server, buckets[0], nursery, False)
+                        nursery.start_soon(self._pipe, server, client, buckets[1], nursery, True)
 
             await trio.serve_listeners(handle, listeners)
 
     async def _connect(self) -> trio.SocketStream:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        window = max(64 * 1024, int(self._rate * self._delay * 2))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, ETHERNET_MSS)
         try:
             await sock.connect((self.target_host, self.target_port))
@@ -103,27 +166,47 @@ class LinkEmulator:
         sink: trio.SocketStream,
         bucket: _Bucket,
         nursery: trio.Nursery,
+        from_target: bool,
     ) -> None:
-        send, receive = trio.open_memory_channel[tuple[float, bytes]](1024)
+        """Carries ``source``'s bytes to ``sink`` a one-way delay later, its end too (an empty
+        piece): then the whole connection closes. A sink gone meanwhile stops the delivery
+        only; the source is read on until its own end arrives, as a sender sends until the
+        reset reaches it."""
+        send, receive = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+        line = _Line(max(RECEIVE_BUFFER, int(self._rate * self._delay * 2)))
+        window = _SlowStart(2 * self._delay)
 
         async def deliver() -> None:
             async for due, data in receive:
                 await trio.sleep_until(due)
+                if not data:
+                    break
                 try:
                     await sink.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    nursery.cancel_scope.cancel()
                     return
+                line.leave(len(data))
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(deliver)
         async with send:
             while True:
                 try:
-                    data = await source.receive_some(PIECE)
+                    allowed = await window.allowance()
+                    data = b""
+                    with trio.move_on_after(max(RESTART_IDLE, window.rtt)) as idle:
+                        data = await source.receive_some(min(PIECE, allowed))
+                    if idle.cancelled_caught:
+                        window.restart()
+                        data = await source.receive_some(min(PIECE, await window.allowance()))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    break
+                    data = b""
+                if data:
+                    if from_target:
+                        self.from_target += len(data)
+                    await line.enter(len(data))
+                    window.sent(len(data))
+                    await bucket.take(len(data))
+                await send.send((trio.current_time() + self._delay, data))
                 if not data:
                     break
-                await bucket.take(len(data))
-                await send.send((trio.current_time() + self._delay, data))
