@@ -33,15 +33,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def write_hosts_dir(
-    directory: Path, origin: str, mirror: str | None, server: str | None = None
-) -> Path:
+def write_hosts_dir(directory: Path, origin: str, mirror: str | None) -> Path:
     """``<directory>/<origin>/hosts.toml``: ``origin`` (``host:port``) reached through
-    ``mirror`` first (if any), then at ``server`` (default: ``origin`` itself); all plain HTTP
-    (loopback). Returns ``directory``."""
+    ``mirror`` first (if any), then directly; all plain HTTP (loopback). Returns
+    ``directory``."""
     host_dir = directory / origin
     host_dir.mkdir(parents=True, exist_ok=True)
-    text = f'server = "http://{server or origin}"\n'
+    text = f'server = "http://{origin}"\n'
     if mirror is not None:
         text += f'\n[host."http://{mirror}"]\n  capabilities = ["pull", "resolve"]\n'
     (host_dir / "hosts.toml").write_text(text)
@@ -102,7 +100,9 @@ class Fleet:
                 )
                 write_hosts_dir(self.hosts_dir, self.origin.host, self.mirror.host)
             else:
-                write_hosts_dir(self.hosts_dir, self.origin.host, None, server=upstream)
+                # containerd 1.6 refuses a hosts.toml with a server and no host ("invalid
+                # `host` tree") and goes straight to the origin: the link is a host.
+                write_hosts_dir(self.hosts_dir, self.origin.host, upstream)
             config = f'[registry]\nhosts_dir = "{self.hosts_dir}"\n{self.daemon_config}'
             self.nodes = self.each(lambda i: self._start_node(f"n{i}", config), range(self.count))
         except BaseException:

@@ -102,6 +102,10 @@ WARM_RATE: Final = 125e6
 # How fast a mirror writes what it fetched to its storage before it serves it (docker-registry
 # 2.8 writes and syncs the file: about a second for 4 x 51 MiB on this project's machine).
 WARM_STORE_RATE: Final = 200e6
+# What a mirror spends on a blob besides its bytes: its requests to the origin (a HEAD, then
+# the GET), TCP's slow start, its store's commit. Through the emulated 1 Gbit/s, 20 ms link a
+# 54 MiB blob was held 1.0-1.6 s after the first request, 0.6 s more than its bytes explain.
+WARM_LATENCY: Final = 0.5
 # Blobs from this size up are left to a mirror to fetch; below it, what the origin sends of
 # the whole answers closed meanwhile (up to ~2 MB each through the emulated link of
 # devstack/link.py) would cost more than reading a whole answer.
@@ -178,27 +182,29 @@ class MirrorFetches:
 
     def expected(self, host: str, size: int) -> float:
         """Seconds until ``host`` holds a ``size``-byte blob it was just set fetching: its
-        fetch, then its store's write (a request meanwhile costs the origin a copy at the
-        link's full speed)."""
+        requests to the origin, its fetch, then its store's write (a request meanwhile costs
+        the origin a copy at the link's full speed)."""
         work = self.work(host, size)
-        return work / self._rates.get(host, WARM_RATE) + work / WARM_STORE_RATE
+        return WARM_LATENCY + work / self._rates.get(host, WARM_RATE) + work / WARM_STORE_RATE
 
-    def done(self, host: str, work: int, seconds: float, first_try: bool) -> None:
-        """``host`` was found holding a blob ``seconds`` after it was set fetching it, with
-        ``work`` bytes to fetch; ``first_try``: at the first request after that.
+    def done(self, host: str, work: int, not_yet: float, held: float, first_try: bool) -> None:
+        """``host`` was found holding a blob ``held`` seconds after it was set fetching it,
+        with ``work`` bytes to fetch, and not holding it at ``not_yet``; ``first_try``: at the
+        first request after that, when it was expected.
 
-        Found late, the blob came at ``work / seconds`` at least: expect that from now on.
+        Found late, it took about halfway between the two: expect that rate from now on.
         Found on time says only that it was no slower than expected, so the rate goes back
         toward ``WARM_RATE`` and never above: a request made too early costs the origin
         what was in flight of one more copy, one made late costs a read a fraction of the
         wait. Blobs fetched together are found together; each raising the rate would
-        compound (after a rollout of four blobs, the update's blob was asked for at half
-        the time the mirror needed, twice over)."""
+        compound (after a rollout of four compounded to 5x, the update's blob was asked for
+        twice before the mirror held it)."""
         rate = self._rates.get(host, WARM_RATE)
         if first_try:
             rate = min(rate * 1.5, WARM_RATE)
         else:
-            rate = min(work / max(seconds - work / WARM_STORE_RATE, WARM_FIRST_DELAY), WARM_RATE)
+            took = (not_yet + held) / 2 - WARM_LATENCY - work / WARM_STORE_RATE
+            rate = min(work / max(took, WARM_FIRST_DELAY), WARM_RATE)
         self._rates[host] = rate
 
 
@@ -391,9 +397,11 @@ class BlobReader:
         fetches.start(endpoint.host, self.digest, size)
         work = 0
         probes = 0
+        asked = not_yet = 0.0  # when the last request went, and the last answered 200
         try:
             while True:
                 probes += 1
+                asked = trio.current_time() - started
                 held = await self._transport.policy.run(
                     f"blob {self.digest} from {endpoint.host}",
                     functools.partial(self._holds, endpoint, url),
@@ -403,6 +411,7 @@ class BlobReader:
                     route.ranges = True
                     break
                 metrics.MIRROR_WHOLE_CLOSED.inc()
+                not_yet = asked
                 waited = trio.current_time() - started
                 if waited >= self._routes.warm_seconds:
                     log.warning(
@@ -434,7 +443,7 @@ class BlobReader:
                 requests=probes,
             )
             if route.ranges and probes > 1:
-                fetches.done(endpoint.host, work, waited, first_try=probes == 2)
+                fetches.done(endpoint.host, work, not_yet, asked, first_try=probes == 2)
             outcome = "ranges" if route.ranges else "whole"
             metrics.MIRROR_WARM.labels(outcome).observe(waited)
         except RegistryUnavailableError:

@@ -322,12 +322,12 @@ def test_blobs_a_mirror_held_on_time_do_not_make_the_next_one_expected_sooner() 
     work = fetches.work("mirror", size)
     took = fetches.expected("mirror", size)
     for digest in rollout:
-        fetches.done("mirror", work, took, first_try=True)
+        fetches.done("mirror", work, 0.0, took, first_try=True)
         fetches.stop("mirror", digest)
     assert expected_alone() >= alone
     # Found late, the next is expected as late; on time again, back to what it was.
-    fetches.done("mirror", size, 3 * alone, first_try=False)
+    fetches.done("mirror", size, 2 * alone, 4 * alone, first_try=False)
     assert expected_alone() >= 2 * alone
     for _ in range(10):
-        fetches.done("mirror", size, alone, first_try=True)
+        fetches.done("mirror", size, 0.0, alone, first_try=True)
     assert expected_alone() == pytest.approx(alone)
