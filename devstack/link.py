@@ -11,11 +11,14 @@ What a sender has written when its peer goes away is what a closed answer costs 
 so the proxy sends as TCP would on that link: each direction of a connection starts with TCP's
 initial window (10 segments) and doubles it every round trip it used it up (slow start), again
 after an idle spell longer than TCP's minimum retransmission timeout, until the bucket alone
-limits. The proxy reads no more than that from the target, through a small receive buffer: on
-loopback the kernel would otherwise let the target push megabytes into the connection at once
-(its send buffer grows with a congestion window that loopback opens in microseconds), and an
-answer closed after one round trip would seem to have cost the target ~5 MB where a network
-costs it ~100 KB.
+limits. The proxy reads no more than that from the target, through a small receive buffer,
+and counts it (``from_target``: what the target sent onto the link). What it cannot change
+is the target's own kernel, which sees loopback: it grows the connection's send buffer to
+~2 MB within a round trip, and a registry's access log counts what its handler wrote there
+when the connection closes, though none of it crossed the link. Through the old emulator (a
+2.5 MB window open from the first byte, an unbounded delay line) an answer closed after a
+round trip cost a registry 2-7 MB by its log; through this one ~2 MB by its log and ~100-200
+KB on the link, as slow start would allow on a network.
 """
 
 from __future__ import annotations
