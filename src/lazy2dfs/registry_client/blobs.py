@@ -102,10 +102,12 @@ WARM_RATE: Final = 125e6
 # How fast a mirror writes what it fetched to its storage before it serves it (docker-registry
 # 2.8 writes and syncs the file: about a second for 4 x 51 MiB on this project's machine).
 WARM_STORE_RATE: Final = 200e6
-# What a mirror spends on a blob besides its bytes: its requests to the origin (a HEAD, then
-# the GET), TCP's slow start, its store's commit. Through the emulated 1 Gbit/s, 20 ms link a
-# 54 MiB blob was held 1.0-1.6 s after the first request, 0.6 s more than its bytes explain.
-WARM_LATENCY: Final = 0.5
+# What a mirror spends on a blob besides its bytes once it answers the first request (by then
+# its store has its first bytes too): TCP's slow start, its store's commit. Through the
+# emulated 1 Gbit/s, 20 ms link a 54 MiB blob was held 0.7-0.9 s after an idle mirror's
+# answer (0.13 s after the request), about what its bytes explain; a mirror busy with eight
+# nodes answered after 0.7 s and held it 0.6-0.8 s later.
+WARM_LATENCY: Final = 0.3
 # Blobs from this size up are left to a mirror to fetch; below it, what the origin sends of
 # the whole answers closed meanwhile (up to ~2 MB each through the emulated link of
 # devstack/link.py) would cost more than reading a whole answer.
@@ -181,15 +183,16 @@ class MirrorFetches:
         return sum(min(other, size) for other in self._fetching.get(host, {}).values())
 
     def expected(self, host: str, size: int) -> float:
-        """Seconds until ``host`` holds a ``size``-byte blob it was just set fetching: its
-        requests to the origin, its fetch, then its store's write (a request meanwhile costs
-        the origin a copy at the link's full speed)."""
+        """Seconds until ``host`` holds a ``size``-byte blob from its answer to the first
+        request for it: its fetch, then its store's write (a request meanwhile costs the
+        origin a copy at the link's full speed)."""
         work = self.work(host, size)
         return WARM_LATENCY + work / self._rates.get(host, WARM_RATE) + work / WARM_STORE_RATE
 
     def done(self, host: str, work: int, not_yet: float, held: float, first_try: bool) -> None:
-        """``host`` was found holding a blob ``held`` seconds after it was set fetching it,
-        with ``work`` bytes to fetch, and not holding it at ``not_yet``; ``first_try``: at the
+        """``host`` was found holding a blob ``held`` seconds after it answered the first
+        request for it (and began fetching it), with ``work`` bytes to fetch, and not holding
+        it at ``not_yet``; ``first_try``: at the
         first request after that, when it was expected.
 
         Found late, it took about halfway between the two: expect that rate from now on.
@@ -397,11 +400,14 @@ class BlobReader:
         fetches.start(endpoint.host, self.digest, size)
         work = 0
         probes = 0
-        asked = not_yet = 0.0  # when the last request went, and the last answered 200
+        # Expected times count from the mirror's first answer, when it began fetching: a busy
+        # mirror answers late and fetches late alike. When the last request went, and when
+        # the last one answered 200 went.
+        answered = asked = not_yet = started
         try:
             while True:
                 probes += 1
-                asked = trio.current_time() - started
+                asked = trio.current_time()
                 held = await self._transport.policy.run(
                     f"blob {self.digest} from {endpoint.host}",
                     functools.partial(self._holds, endpoint, url),
@@ -411,6 +417,8 @@ class BlobReader:
                     route.ranges = True
                     break
                 metrics.MIRROR_WHOLE_CLOSED.inc()
+                if probes == 1:
+                    answered = trio.current_time()
                 not_yet = asked
                 waited = trio.current_time() - started
                 if waited >= self._routes.warm_seconds:
@@ -429,9 +437,10 @@ class BlobReader:
                     )
                 # Blobs set fetching since count too; once it is late, back off.
                 work = max(work, fetches.work(endpoint.host, size))
-                delay = fetches.expected(endpoint.host, size) - waited
+                fetching = trio.current_time() - answered
+                delay = fetches.expected(endpoint.host, size) - fetching
                 if delay < WARM_FIRST_DELAY:
-                    delay = min(WARM_MAX_DELAY, max(WARM_FIRST_DELAY, waited))
+                    delay = min(WARM_MAX_DELAY, max(WARM_FIRST_DELAY, fetching))
                 await trio.sleep(min(delay, self._routes.warm_seconds - waited))
             waited = trio.current_time() - started
             log.info(
@@ -443,7 +452,13 @@ class BlobReader:
                 requests=probes,
             )
             if route.ranges and probes > 1:
-                fetches.done(endpoint.host, work, not_yet, asked, first_try=probes == 2)
+                fetches.done(
+                    endpoint.host,
+                    work,
+                    max(not_yet - answered, 0.0),
+                    asked - answered,
+                    first_try=probes == 2,
+                )
             outcome = "ranges" if route.ranges else "whole"
             metrics.MIRROR_WARM.labels(outcome).observe(waited)
         except RegistryUnavailableError:
