@@ -6,12 +6,12 @@ not hold yet with 200 and the whole blob, Range or not, as ``docker-registry`` 2
 ``proxy: remoteurl`` does: such an answer costs its origin what it copies to the client (all
 of the blob for a HEAD, whose body the registry reads and drops; for a GET what went out
 before the client closed) and, for the first one, the blob once more to store it
-(``origin_bytes``); it holds the blob once that store is done (the blob's transfer time after
-the first request) and answers ranges with 206 from then on. As a plain registry it answers
-ranges with 206 at once. Blobs go out at ``rate`` bytes per second, so that requests overlap
-as they do on a network. ``cut_after`` ends the next whole-blob answer after that many bytes
-and stops the server: a mirror that goes down in the middle of a rollout;
-``oversized_ranges`` answers every range with all of the blob.
+(``origin_bytes``); it holds the blob once that store is done (``answer_delay``, then the
+blob's transfer time after the first request) and answers ranges with 206 from then on. As
+a plain registry it answers ranges with 206 at once. Blobs go out at ``rate`` bytes per
+second, so that requests overlap as they do on a network. ``cut_after`` ends the next
+whole-blob answer after that many bytes and stops the server: a mirror that goes down in the
+middle of a rollout; ``oversized_ranges`` answers every range with all of the blob.
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             holds = fake.holds(digest)
             if not holds and digest not in fake.filling:
-                fake.filling[digest] = time.monotonic() + len(data) / fake.rate
+                fake.filling[digest] = time.monotonic() + fake.answer_delay + len(data) / fake.rate
                 fake.origin_bytes += len(data)
+        if not holds:
+            time.sleep(fake.answer_delay)
         if holds and wanted:
             return self._ranges(data, "bytes=0-" if fake.oversized_ranges else wanted)
         if not holds:
@@ -145,6 +147,9 @@ class FakeRegistry:
         self.sent_bytes = 0  # what this server sent its clients
         self.cut_after: int | None = None
         self.oversized_ranges = False  # a 206 of the whole blob, whatever the range asked
+        # Seconds a mirror takes to answer for a blob it does not hold (it asks its origin
+        # first; so does its store, which begins as late).
+        self.answer_delay = 0.0
         self.stopped = False
         self._server = _Server(self)
         self.host = f"127.0.0.1:{self._server.server_address[1]}"

@@ -125,6 +125,18 @@ def test_a_mirror_fetching_the_blob_costs_its_origin_the_blob_about_once(
 
 
 @pytest.mark.usefixtures("small_blobs_warm")
+def test_a_busy_mirror_that_answers_late_is_not_asked_again_before_it_can_hold_the_blob(
+    tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
+) -> None:
+    """A mirror busy with many nodes answers the first request late, and its store (which
+    asks the origin as late) holds the blob as much later: asked again at the expected time
+    counted from the request, it would answer with the whole blob once more."""
+    mirror.answer_delay = 0.4  # holds BLOB ~0.56 s after the request; expected ~0.34 s
+    run(tmp_path, origin, [mirror.host], read_all_at_once)
+    assert mirror.whole_answers == 1
+
+
+@pytest.mark.usefixtures("small_blobs_warm")
 def test_a_mirror_that_never_serves_ranges_has_its_whole_answer_kept_after_the_wait(
     tmp_path: Path, origin: FakeRegistry, mirror: FakeRegistry
 ) -> None:
