@@ -109,9 +109,11 @@ WARM_STORE_RATE: Final = 200e6
 # nodes answered after 0.7 s and held it 0.6-0.8 s later.
 WARM_LATENCY: Final = 0.3
 # Blobs from this size up are left to a mirror to fetch; below it, what the origin sends of
-# the whole answers closed meanwhile (up to ~2 MB each through the emulated link of
-# devstack/link.py) would cost more than reading a whole answer.
-WARM_MIN_BYTES: Final = 16 * 1024 * 1024
+# a whole answer closed (~2 MB by its access log through the emulated link of
+# devstack/link.py) would cost about as much as reading it. At 16 MiB, a model of 10 MB rows
+# cost the origin 2.0x a changed row for one node; at 4 MiB 1.22x (1.02x on the link), each
+# blob's wait ~0.2 s longer than streaming it.
+WARM_MIN_BYTES: Final = 4 * 1024 * 1024
 WARM_FIRST_DELAY: Final = 0.05
 WARM_MAX_DELAY: Final = 2.0
 # How long reads wait for a mirror to hold a blob, unless the client is told otherwise (the
