@@ -5,13 +5,15 @@ ahead, and what was fetched for one repository never stands in for another."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Iterator
 
 import pytest
 import trio
 
-from devstack.images import BuiltImage, build_image, build_layer
+from devstack.images import Blob, BuiltImage, build_image, build_layer
 from devstack.registry import LocalRegistry, Served
 from lazy2dfs.digest import chain_ids
 from lazy2dfs.estargz import TOC_DIGEST_ANNOTATION, WriterOptions
@@ -19,6 +21,7 @@ from lazy2dfs.layers.locator import Located, RegistryLocator
 from lazy2dfs.registry_client import CredentialStore, RegistryClient
 from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
+from lazy2dfs.tdfs.field import FIELD_MEDIA_TYPE
 
 IMAGE = build_image(
     [
@@ -29,10 +32,24 @@ IMAGE = build_image(
 CHAINS = chain_ids([layer.diff_id for layer in IMAGE.layers])
 
 
+def field_first(image: BuiltImage) -> BuiltImage:
+    """``image`` with a 2DFS field descriptor listed before its layers (the config's diff IDs
+    list the layers only)."""
+    with_field = build_image(image.layers, extra=[Blob(FIELD_MEDIA_TYPE, b"{}")])
+    document = json.loads(with_field.manifest.data)
+    document["layers"].insert(0, document["layers"].pop())
+    manifest = Blob(with_field.manifest.media_type, json.dumps(document).encode())
+    return dataclasses.replace(with_field, manifest=manifest)
+
+
+FIELD_FIRST = field_first(IMAGE)
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
     with LocalRegistry(tmp_path_factory.mktemp("locator")) as running:
         running.push("models/m:v1", IMAGE)
+        running.push("models/fielded:v1", FIELD_FIRST)
         yield running
 
 
@@ -105,3 +122,16 @@ def test_a_manifest_seen_in_one_repository_is_not_taken_for_another(
     )
     assert isinstance(found[0], Located)
     assert isinstance(found[1], NotLazyError) and found[1].reason == "no-manifest"
+
+
+def test_a_field_descriptor_before_the_layers_shifts_no_layer_off_its_diff_id(
+    registry: LocalRegistry,
+) -> None:
+    found = locate_all([cri_request(registry, FIELD_FIRST, i, "models/fielded") for i in range(3)])
+    assert [f.diff_id if isinstance(f, Located) else f for f in found] == [
+        layer.diff_id for layer in IMAGE.layers
+    ]
+    assert isinstance(found[0], Located)
+    assert [r.layer_digest for r in found[0].later] == [
+        layer.blob.digest for layer in IMAGE.layers[1:]
+    ]

@@ -94,21 +94,24 @@ class RegistryLocator:
             raise NotLazyError("no-manifest", f"manifest of {request.reference}: {exc}") from exc
         if not isinstance(manifest, ImageManifest):
             raise NotLazyError("no-manifest", f"{request.reference} names an index, not an image")
-        position = next(
-            (i for i, d in enumerate(manifest.layers) if d.digest == request.layer_digest), None
-        )
+        # Counted among the layers the diff IDs list: a 2DFS field descriptor is not one.
+        layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
+        position = next((i for i, d in enumerate(layers) if d.digest == request.layer_digest), None)
         if position is None:
             raise NotLazyError(
                 "not-in-manifest",
                 f"layer {request.layer_digest} is not in the manifest of {request.reference}",
             )
-        layer = manifest.layers[position]
+        layer = layers[position]
         toc = request.toc_digest or _toc_digest(layer)
-        diff_ids = await self._diff_ids(pinned, manifest, position, request)
-        layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
+        diff_ids = await self._diff_ids(pinned, manifest, len(layers), request)
         chains = chain_ids(diff_ids)
-        # Counted among the layers the diff IDs list: a 2DFS field descriptor is not one.
-        this = next((i for i, d in enumerate(layers) if d is layer), len(layers))
+        if chains[position] != request.chain_id:
+            raise NotLazyError(
+                "chain-mismatch",
+                f"snapshot {request.chain_id} is not layer {position} of {request.reference}"
+                f" (its config gives chain ID {chains[position]})",
+            )
         later = tuple(
             LayerRequest(
                 chain_id=chains[i],
@@ -120,7 +123,7 @@ class RegistryLocator:
                 diff_id=diff_ids[i],
             )
             for i, d in enumerate(layers)
-            if i > this and _toc_digest(d)
+            if i > position and _toc_digest(d)
         )
         return Located(toc, layer.size, diff_ids[position], later)
 
@@ -174,10 +177,9 @@ class RegistryLocator:
         return image
 
     async def _diff_ids(
-        self, ref: Reference, manifest: ImageManifest, position: int, request: LayerRequest
+        self, ref: Reference, manifest: ImageManifest, count: int, request: LayerRequest
     ) -> list[str]:
-        """The image's diff IDs, once its config is seen to give layer ``position`` the
-        chain ID containerd asked for."""
+        """The diff IDs the image's config lists, one for each of its ``count`` layers."""
         try:
             blob = self._computed.config(manifest.config.digest)
             if blob is None:
@@ -186,20 +188,11 @@ class RegistryLocator:
             diff_ids = config["rootfs"]["diff_ids"]
         except (Lazy2dfsError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise NotLazyError("no-config", f"config of {request.reference}: {exc!r}") from exc
-        layers = [d for d in manifest.layers if d.media_type != FIELD_MEDIA_TYPE]
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+        if not isinstance(diff_ids, list) or len(diff_ids) != count:
             raise NotLazyError(
                 "no-config", f"config of {request.reference} does not list a diff ID per layer"
             )
-        diff_ids = [str(d) for d in diff_ids]
-        chains = chain_ids(diff_ids[: position + 1])
-        if chains[-1] != request.chain_id:
-            raise NotLazyError(
-                "chain-mismatch",
-                f"snapshot {request.chain_id} is not layer {position} of {request.reference}"
-                f" (its config gives chain ID {chains[-1]})",
-            )
-        return diff_ids
+        return [str(d) for d in diff_ids]
 
     def source(self, request: LayerRequest, size: int) -> BlobReader:
         return self._client.blob_reader(request.reference, request.layer_digest, size)
