@@ -194,8 +194,8 @@ class MirrorFetches:
     def done(self, host: str, work: int, not_yet: float, held: float, first_try: bool) -> None:
         """``host`` was found holding a blob ``held`` seconds after it answered the first
         request for it (and began fetching it), with ``work`` bytes to fetch, and not holding
-        it at ``not_yet``; ``first_try``: at the
-        first request after that, when it was expected.
+        it at ``not_yet``; ``first_try``: at the first request after that, when it was
+        expected.
 
         Found late, it took about halfway between the two: expect that rate from now on.
         Found on time says only that it was no slower than expected, so the rate goes back
@@ -445,11 +445,12 @@ class BlobReader:
                     delay = min(WARM_MAX_DELAY, max(WARM_FIRST_DELAY, fetching))
                 await trio.sleep(min(delay, self._routes.warm_seconds - waited))
             waited = trio.current_time() - started
+            outcome = "ranges" if route.ranges else "whole"
             log.info(
                 "mirror wait ended",
                 blob=self.digest,
                 host=endpoint.host,
-                outcome="ranges" if route.ranges else "whole",
+                outcome=outcome,
                 waited=round(waited, 2),
                 requests=probes,
             )
@@ -461,7 +462,6 @@ class BlobReader:
                     asked - answered,
                     first_try=probes == 2,
                 )
-            outcome = "ranges" if route.ranges else "whole"
             metrics.MIRROR_WARM.labels(outcome).observe(waited)
         except RegistryUnavailableError:
             self._routes.down(endpoint.host)
