@@ -66,7 +66,7 @@ def decode_segment(
     if compression is Compression.GZIP:
         plain = memoryview(inflate_gzip_members(compressed, limit))
     else:
-        plain = memoryview(read_zstd_frames(compressed, limit))
+        plain = memoryview(read_zstd_frames(compressed, limit, segment.decoded_bound))
     if len(plain) < segment.decoded_bound:
         raise CompressedDataError(
             f"segment at {segment.start} holds {len(plain)} bytes, its chunks need"

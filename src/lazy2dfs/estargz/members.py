@@ -24,6 +24,10 @@ class Readable(Protocol):
 
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+# The buffer frames are decoded into: the size expected and room for tar headers and padding
+# after it, or where frames of unknown size start; it doubles from there.
+_SLACK = 64 * 1024
+_FIRST_BUFFER = 1 << 20
 
 # ISA-L inflates 1.7x faster than zlib on x86_64 (`make bench`, codecs), with the same output
 # bound, member end and CRC check; on some ARM cores it is slower, so zlib stays there.
@@ -84,19 +88,36 @@ def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def read_zstd_frames(compressed: bytes | memoryview, limit: int) -> bytes:
+def read_zstd_frames(compressed: bytes | memoryview, limit: int, expected: int = 0) -> bytearray:
     """Every zstd frame in ``compressed`` (skippable frames yield nothing), decoded and joined;
-    more than ``limit`` bytes of output is an error."""
+    more than ``limit`` bytes of output is an error.
+
+    Decoded into one buffer of ``expected`` bytes (grown, up to ``limit``, if they are more;
+    ``expected``: what the frames should hold at least, e.g. the segment's chunks). Reading
+    parts and joining them made a buffer per part and copied every byte once more: 4 MiB of
+    incompressible weights (stored zstd blocks) decoded at 1.6 GB/s, into one buffer at 38;
+    F16 weights that zstd compresses to 92 % decode at 1.2 GB/s either way."""
+    buffer = bytearray(min(limit + 1, expected + _SLACK if expected else _FIRST_BUFFER))
+    have = 0
     try:
         with zstandard.ZstdDecompressor().stream_reader(
             compressed, read_across_frames=True
         ) as reader:
-            data = read_at_most(reader, limit + 1)
+            while True:
+                if have == len(buffer):
+                    if have > limit:
+                        break
+                    buffer += bytes(min(len(buffer), limit + 1 - have))
+                got = reader.readinto(memoryview(buffer)[have:])
+                if not got:
+                    break
+                have += got
     except zstandard.ZstdError as err:
         raise CompressedDataError(f"bad zstd frame: {err}") from None
-    if len(data) > limit:
+    if have > limit:
         raise CompressedDataError(f"frames decode to more than {limit} bytes")
-    return data
+    del buffer[have:]
+    return buffer
 
 
 def read_at_most(reader: Readable, count: int) -> bytes:

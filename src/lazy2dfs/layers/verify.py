@@ -55,7 +55,7 @@ def diff_id(cache: LayerCache, tail: bytes) -> str:
     if toc.compression is Compression.GZIP:
         tail_plain = inflate_gzip_members(tail, limit)
     else:
-        tail_plain = read_zstd_frames(tail, limit)
+        tail_plain = bytes(read_zstd_frames(tail, limit))
     digest = cache.stream_digest()
     if digest is None:  # segments arrived out of order, or a gap was guessed: hash it all
         digest = hashlib.sha256()
