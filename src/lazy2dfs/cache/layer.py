@@ -2,16 +2,18 @@
 
 Each regular file of the layer has a backing file ``data/<n>`` (``n``: its number in the
 layout), created sparse at the file's size on the first write; a segment's verified payloads
-are written at their file offsets. Reading a present range is then a ``pread``: no decoding and
-no second hash. The backing files become the layer's local tree once every segment is present
-(``layers.localtree``), which is what makes a warm start cost what overlayfs costs.
+are written at their file offsets, around the page cache (``cache.direct``), and kept in memory
+a while for the reads that follow (``cache.recent``). Reading a present range is then a copy
+from memory or a read of the disk: no decoding and no second hash. The backing files become
+the layer's local tree once every segment is present (``layers.localtree``), which is what
+makes a warm start cost what overlayfs costs.
 
 Which segments are present is recorded in ``present.log``, an append-only list of records
 (segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
 ``fdatasync``ed, and the log is synced before anyone relies on it, so after a crash or a power
 loss the log lists only segments whose bytes are durable; a torn last record fails its CRC and
-is cut off. Serving does not wait for that: a segment is readable as soon as its bytes are in
-the page cache, and until its record is durable a crash only costs fetching it again.
+is cut off. Serving does not wait for that: a segment is readable as soon as its bytes are
+written, and until its record is durable a crash only costs fetching it again.
 
 A segment's gap (tar padding and headers, see ``estargz.layout``) is kept in its record: with
 the payloads it rebuilds the layer's tar stream, whose digest (the diff ID) is what containerd
@@ -37,6 +39,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazy2dfs.cache import direct
+from lazy2dfs.cache.direct import Descriptors
+from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.errors import IntegrityError, UnavailableError
 from lazy2dfs.estargz.layout import BlobLayout, RegularFile, Segment
 from lazy2dfs.logfmt import get_logger
@@ -62,10 +67,11 @@ class DiskFullError(UnavailableError):
 
 class _StreamDigest:
     """The sha256 of the layer's tar stream, advanced segment by segment in blob order as they
-    are stored: a segment that arrives in order is hashed from the decoded bytes in hand, one
-    that arrived early is read back when its turn comes. Checking the diff ID of a layer the
-    background fetch brought in order then reads nothing back (re-reading a 1 GiB layer was a
-    sixth of the daemon's CPU while loading it, by py-spy)."""
+    are stored, while their payloads are in memory (``cache.recent``); what arrived out of
+    order is read back when the layer is checked, not while a model loads. A model loads in
+    tensor order, not the blob's: reading each segment back when its turn came put a disk
+    read per segment in the load (``cache.direct``), and re-reading the whole layer at the end
+    was a sixth of the daemon's CPU where the background fetch brought it in order."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -84,9 +90,14 @@ class _Pending:
 class LayerCache:
     """The backing files and presence records of one blob, under ``directory``."""
 
-    def __init__(self, directory: Path, layout: BlobLayout) -> None:
+    def __init__(
+        self, directory: Path, layout: BlobLayout, recent: RecentPayloads | None = None
+    ) -> None:
+        """``recent``: where the payloads written last stay for reads (the store's, shared
+        by every blob)."""
         self.directory = directory
         self.layout = layout
+        self._recent = RecentPayloads() if recent is None else recent
         self._data = directory / "data"
         self._data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -97,7 +108,7 @@ class LayerCache:
         self._recording: list[_Pending] = []  # taken by a flush, offsets not yet known
         self._dirty: set[int] = set()  # file numbers written since the last flush
         self._numbered = tuple(layout.files.values())  # a file's number is its index
-        self._files: OrderedDict[int, int] = OrderedDict()  # file number → descriptor
+        self._files: OrderedDict[int, Descriptors] = OrderedDict()  # by file number
         self._created = False  # a backing file was created since the last flush
         self._stored = 0
         self._log_path = directory / "present.log"
@@ -156,46 +167,51 @@ class LayerCache:
             self._dirty.update(self._file_of(c.path).number for c in segment.chunks)
             self._pending.append(_Pending(segment.index, gap, gap_bytes))
             self._stored += len(gap_bytes) + (segment.payload_size if old is None else 0)
-        self._advance_digest(segment, payloads, gap_bytes, learnt=old is not None)
+        self._advance_digest(segment, learnt=old is not None)
 
     def _write_payloads(self, segment: Segment, payloads: Sequence[bytes | memoryview]) -> None:
         try:
             for chunk, payload in zip(segment.chunks, payloads, strict=True):
-                with self._descriptor(self._file_of(chunk.path)) as fd:
-                    written = os.pwrite(fd, payload, chunk.file_offset)
-                if written != len(payload):
-                    raise OSError(errno.ENOSPC, "short write")
+                file = self._file_of(chunk.path)
+                with self._descriptor(file) as files:
+                    direct.write(files, payload, chunk.file_offset)
+                self._recent.put(self, file.number, chunk.file_offset, memoryview(payload))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"cache disk full at {self.directory}: {exc}") from exc
             raise
 
-    def _advance_digest(
-        self,
-        segment: Segment,
-        payloads: Sequence[bytes | memoryview],
-        gap_bytes: bytes,
-        learnt: bool,
-    ) -> None:
+    def _advance_digest(self, segment: Segment, learnt: bool) -> None:
         digest = self._digest
         with digest.lock:
             if learnt and segment.index < digest.next:
                 digest.valid = False  # hashed with the gap assumed empty
-            if digest.next == segment.index and not learnt:
-                _hash_segment(digest.hash, segment, payloads, gap_bytes)
-                digest.next += 1
-            while digest.next < len(self.layout.segments):
-                following = self.layout.segments[digest.next]
-                if not self.present(following):
-                    return
-                stored = [self.read(c.path, c.file_offset, c.size) for c in following.chunks]
-                _hash_segment(digest.hash, following, stored, self.gap_bytes(following))
-                digest.next += 1
+            self._advance_from(digest, in_memory=True)
+
+    def _advance_from(self, digest: _StreamDigest, in_memory: bool) -> None:
+        """Under ``digest.lock``: hashes the present segments that follow, ``in_memory`` only
+        as long as their payloads are still kept (``cache.recent``)."""
+        segments = self.layout.segments
+        while digest.next < len(segments):
+            following = segments[digest.next]
+            if not self.present(following):
+                return
+            if in_memory and any(
+                self._held(c.path, c.file_offset, c.size) is None for c in following.chunks
+            ):
+                return
+            for piece in self._segment_stream(following):
+                digest.hash.update(piece)
+            digest.next += 1
 
     def stream_digest(self) -> hashlib._Hash | None:
-        """A copy of the tar stream's running sha256 if it covers every segment."""
+        """A copy of the tar stream's sha256, once every segment is present: the running one,
+        finished by reading back what arrived out of order (while a model loads, the
+        running one takes only segments in memory: a model loads in tensor order, not the
+        blob's, and reading each back from the disk when its turn came cost the load)."""
         digest = self._digest
         with digest.lock:
+            self._advance_from(digest, in_memory=False)
             if digest.valid and digest.next == len(self.layout.segments):
                 return digest.hash.copy()
         return None
@@ -232,8 +248,8 @@ class LayerCache:
         if not pending:
             return 0
         for number in dirty:
-            with self._descriptor(self._numbered[number]) as fd:
-                os.fdatasync(fd)
+            with self._descriptor(self._numbered[number]) as files:
+                os.fdatasync(files.buffered)
         if created:
             _sync_directory(self._data)
         records = bytearray()
@@ -311,15 +327,45 @@ class LayerCache:
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         """Bytes of the file at ``path``; the caller has checked that they are present."""
-        with self._descriptor(self._file_of(path)) as fd:
-            return os.pread(fd, size, offset)
+        held = self._held(path, offset, size)
+        if held is not None:
+            return b"".join(held)
+        with self._descriptor(self._file_of(path)) as files:
+            return direct.read(files, size, offset)
+
+    def _held(self, path: str, offset: int, size: int) -> list[memoryview] | None:
+        """The range from payloads kept in memory, if they hold all of it."""
+        number = self._file_of(path).number
+        pieces = []
+        end = offset + size
+        for chunk in self.layout.toc.chunks_for(path, offset, size):
+            payload = self._recent.get(self, number, chunk.file_offset)
+            if payload is None:
+                return None
+            low = max(offset, chunk.file_offset) - chunk.file_offset
+            high = min(end, chunk.file_offset + chunk.size) - chunk.file_offset
+            pieces.append(payload[low:high])
+        return pieces
 
     def read_cached(self, path: str, offset: int, into: memoryview) -> bool:
         """Fills ``into`` if the page cache holds all of its bytes (``RWF_NOWAIT``: never
-        waits on the disk, so the event loop may call it); False if it does not."""
-        with self._descriptor(self._file_of(path)) as fd:
+        waits on the disk, so the event loop may call it); False if it does not.
+
+        Never for a file written around the page cache (``cache.direct``): its bytes are not
+        there, and asking would start the kernel's read-ahead into it: only what is kept in
+        memory (``cache.recent``)."""
+        held = self._held(path, offset, len(into))
+        if held is not None:
+            position = 0
+            for piece in held:
+                into[position : position + len(piece)] = piece
+                position += len(piece)
+            return position == len(into)
+        with self._descriptor(self._file_of(path)) as files:
+            if files.direct is not None:
+                return False
             try:
-                got = os.preadv(fd, [into], offset, os.RWF_NOWAIT)
+                got = os.preadv(files.buffered, [into], offset, os.RWF_NOWAIT)
             except BlockingIOError:
                 return False
         return got == len(into)
@@ -345,18 +391,27 @@ class LayerCache:
 
     def stream(self) -> Iterator[bytes | memoryview]:
         """The layer's tar stream up to its TOC, rebuilt from payloads and gaps (complete
-        layers only), in pieces of at most a chunk."""
+        layers only), in pieces that are each valid only until the next is taken."""
         for segment in self.layout.segments:
-            gap = memoryview(self.gap_bytes(segment))
-            taken = 0
-            position = 0
-            for chunk in segment.chunks:
-                before = chunk.inner_offset - position
-                yield gap[taken : taken + before]
-                taken += before
-                yield self.read(chunk.path, chunk.file_offset, chunk.size)
-                position = chunk.inner_offset + chunk.size
-            yield gap[taken:]
+            yield from self._segment_stream(segment)
+
+    def _segment_stream(self, segment: Segment) -> Iterator[bytes | memoryview]:
+        """A present segment's part of the tar stream: its gap around its payloads, which
+        come from memory or the disk."""
+        gap = memoryview(self.gap_bytes(segment))
+        taken = position = 0
+        for chunk in segment.chunks:
+            before = chunk.inner_offset - position
+            yield gap[taken : taken + before]
+            taken += before
+            held = self._held(chunk.path, chunk.file_offset, chunk.size)
+            if held is not None:
+                yield from held
+            else:
+                with self._descriptor(self._file_of(chunk.path)) as files:
+                    yield from direct.pieces(files, chunk.size, chunk.file_offset)
+            position = chunk.inner_offset + chunk.size
+        yield gap[taken:]
 
     def backing_path(self, file: RegularFile) -> Path:
         return self._data / str(file.number)
@@ -370,67 +425,49 @@ class LayerCache:
         return file
 
     @contextmanager
-    def _descriptor(self, file: RegularFile) -> Iterator[int]:
+    def _descriptor(self, file: RegularFile) -> Iterator[Descriptors]:
         """A descriptor of ``file``'s backing file for one call. Open descriptors are kept
         (up to ``_OPEN_FILES``) and lent as duplicates, so closing one never pulls a
         descriptor from under a concurrent reader."""
         with self._lock:
-            fd = self._files.get(file.number)
-            if fd is not None:
+            files = self._files.get(file.number)
+            if files is not None:
                 self._files.move_to_end(file.number)
-                lent = os.dup(fd)
-        if fd is None:
+                lent = files.dup()
+        if files is None:
             opened = self._open(file)
             with self._lock:
                 kept = self._files.setdefault(file.number, opened)
-                lent = os.dup(kept)
-                if kept != opened:
-                    os.close(opened)
+                lent = kept.dup()
+                if kept is not opened:
+                    opened.close()
                 while len(self._files) > _OPEN_FILES:
-                    os.close(self._files.popitem(last=False)[1])
+                    self._files.popitem(last=False)[1].close()
         try:
             yield lent
         finally:
-            os.close(lent)
+            lent.close()
 
-    def _open(self, file: RegularFile) -> int:
+    def _open(self, file: RegularFile) -> Descriptors:
         path = self.backing_path(file)
         try:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            pass
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.ftruncate(fd, file.size)  # sparse: blocks appear as segments arrive
-        with self._lock:
-            self._created = True
-        return fd
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.ftruncate(fd, file.size)  # sparse: blocks appear as segments arrive
+            with self._lock:
+                self._created = True
+        return Descriptors(fd, direct.open_direct(path))
 
     def close(self) -> None:
         """Flushes and releases descriptors; the cache stays on disk."""
         self.flush()
+        self._recent.forget(self)
         with self._lock:
-            for fd in self._files.values():
-                os.close(fd)
+            for files in self._files.values():
+                files.close()
             self._files.clear()
         os.close(self._log)
-
-
-def _hash_segment(
-    digest: hashlib._Hash,
-    segment: Segment,
-    payloads: Sequence[bytes | memoryview],
-    gap: bytes | memoryview,
-) -> None:
-    """Feeds a segment's decoded bytes, in stream order, to ``digest``."""
-    view = memoryview(gap)
-    taken = position = 0
-    for chunk, payload in zip(segment.chunks, payloads, strict=True):
-        before = chunk.inner_offset - position
-        digest.update(view[taken : taken + before])
-        taken += before
-        digest.update(payload)
-        position = chunk.inner_offset + chunk.size
-    digest.update(view[taken:])
 
 
 def _sync_directory(path: Path) -> None:

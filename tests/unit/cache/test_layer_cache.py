@@ -1,5 +1,5 @@
-"""One blob's cache: bytes written at their file offsets, read back with pread, recorded only
-once durable, and what survives a crash."""
+"""One blob's cache: bytes written at their file offsets, read back from memory or the disk,
+recorded only once durable, and what survives a crash."""
 
 import os
 import subprocess
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.model_load import page_cache_bytes
 from lazy2dfs.cache.layer import DiskFullError, Gap, LayerCache
+from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
@@ -184,3 +186,38 @@ def test_a_flush_finding_nothing_waits_for_the_one_under_way(
     check.join(10)
     assert len(checked) == len(layout.segments)
     cache.close()
+
+
+def test_the_backing_files_keep_no_copy_in_the_page_cache(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout]
+) -> None:
+    """Written, read back, hashed for the diff ID: the page cache holds the FUSE files' copy
+    only (here, none), not a second one of the backing files."""
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout, RecentPayloads(0))
+    fill(cache, data, layout, list(reversed(range(len(layout.segments)))))
+    weights = FILES["m/weights.bin"]
+    assert cache.read("m/weights.bin", 0, len(weights)) == weights
+    assert cache.stream_digest() is not None
+    cache.close()
+    # Only the last page of each file (the estargz landmark included): written unaligned.
+    assert page_cache_bytes([tmp_path / "c" / "data"]) <= len(layout.files) * 4096
+
+
+def test_recent_payloads_stay_within_their_bound() -> None:
+    recent = RecentPayloads(max_bytes=10)
+    owner, other = object(), object()
+
+    def kept(who: object, file: int, offset: int) -> bytes | None:
+        view = recent.get(who, file, offset)
+        return None if view is None else bytes(view)
+
+    recent.put(owner, 0, 0, memoryview(b"12345"))
+    recent.put(other, 0, 0, memoryview(b"abcde"))
+    recent.put(owner, 0, 5, memoryview(b"678"))  # 13 bytes: the oldest goes
+    assert kept(owner, 0, 0) is None
+    assert kept(other, 0, 0) == b"abcde" and kept(owner, 0, 5) == b"678"
+    recent.put(owner, 1, 0, memoryview(b"x" * 11))  # larger than the bound: not kept
+    assert kept(owner, 1, 0) is None and kept(other, 0, 0) == b"abcde"
+    recent.forget(other)
+    assert kept(other, 0, 0) is None and kept(owner, 0, 5) == b"678"

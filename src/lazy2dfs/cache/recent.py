@@ -1,0 +1,55 @@
+"""The payloads written last, kept in memory for the reads that follow them.
+
+Backing files are written around the page cache (``cache.direct``), so a read of bytes just
+fetched would otherwise wait on the disk. A model loads in the order the background fetch
+goes, a window behind it: its reads find their bytes here, served without a disk read or a
+worker thread, and the diff ID's running hash takes them from here in blob order. A cold 1 GiB
+gzip eStargz model was ready in 5.4 s against 5.7-5.9 s reading from the disk (daemon 7.0
+against 7.2-7.8 CPU-s/GiB); zstd:chunked, fetched faster than it loads, is the same either way.
+
+Shared by every blob's cache of a daemon and bounded in bytes: least recently stored go first.
+Thread-safe: decoding threads store, the FUSE loop and worker threads read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+# Bytes kept over all blobs: two background groups (``remote.prefetch``), what a model server
+# reads a moment after they arrive. Counted in the daemon's peak RSS (goal: 250 MiB).
+RECENT_BYTES = 32 * 1024 * 1024
+
+
+class RecentPayloads:
+    """Payloads by (owner, file number, file offset), up to ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int = RECENT_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[Hashable, int, int], memoryview] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, owner: Hashable, file: int, offset: int, payload: memoryview) -> None:
+        if len(payload) > self.max_bytes:
+            return
+        key = (owner, file, offset)
+        with self._lock:
+            old = self._kept.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old)
+            self._kept[key] = payload
+            self._bytes += len(payload)
+            while self._bytes > self.max_bytes:
+                self._bytes -= len(self._kept.popitem(last=False)[1])
+
+    def get(self, owner: Hashable, file: int, offset: int) -> memoryview | None:
+        with self._lock:
+            return self._kept.get((owner, file, offset))
+
+    def forget(self, owner: Hashable) -> None:
+        """Drops what ``owner`` stored (its cache closes)."""
+        with self._lock:
+            for key in [k for k in self._kept if k[0] == owner]:
+                self._bytes -= len(self._kept.pop(key))
