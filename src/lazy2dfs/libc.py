@@ -16,6 +16,7 @@ _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 MNT_DETACH = 2
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 
 def _check(result: int, what: str) -> None:
