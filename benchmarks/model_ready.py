@@ -325,9 +325,12 @@ class Phase:
         self.fmt = fmt
         self.served = served
         self.pids = _daemon_pids(stack, fmt)
+        registry = served.registries[0].process
+        self.registry_pid = 0 if registry is None else registry.pid
         drop_page_cache()
         self.drops = page_cache_drops()
         self.cpu = _cpu(self.pids)
+        self.registry_cpu = daemon_usage(self.registry_pid)[0] if self.registry_pid else 0.0
         self.start = time.time()
 
     def measures(
@@ -359,6 +362,14 @@ class Phase:
             "daemon_cpu_s": own,
             "daemon_cpu_s_per_gib": own / (model_mib / 1024),
             "cpu_s": cpu,
+            # The rest of what the machine spent on the load: the registry serving it, and one
+            # container loading it.
+            "registry_cpu_s_per_gib": (
+                (daemon_usage(self.registry_pid)[0] - self.registry_cpu) / (model_mib / 1024)
+                if self.registry_pid
+                else None
+            ),
+            "loader_cpu_s_per_gib": max(c.cpu for c in loaded) / (model_mib / 1024),
             "daemon_peak_rss_mib": daemon_usage(main)[1],
             "page_cache_mib": page_cache_bytes(cached) / MIB,
             "fetched_mib": self.served.bytes() / MIB,

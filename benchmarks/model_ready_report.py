@@ -62,7 +62,9 @@ class Results:
         self.n = self.counts[0] if self.counts else 1  # containers at once in the main tables
 
     def values(self, key: Key, metric: str) -> list[float]:
-        return [float(run[metric]) for run in self.cells.get(key, [])]
+        """The metric of the cell's runs that have it (runs of older code may not)."""
+        runs = self.cells.get(key, [])
+        return [float(run[metric]) for run in runs if run.get(metric) is not None]
 
     def median(self, key: Key, metric: str) -> float | None:
         values = self.values(key, metric)
@@ -177,6 +179,7 @@ def _cost_table(res: Results) -> str:
         "format",
         "cold: pull s / container up s",
         "daemon CPU s/GiB: cold",
+        "registry / loader CPU s/GiB: cold",
         "cold, to the whole image",
         "warm",
         "fetched ÷ needed",
@@ -205,6 +208,7 @@ def _cost_table(res: Results) -> str:
                         res.labels[f],
                         _pair(res, cold, "pull_s", "started_s"),
                         res.spread(cold, "daemon_cpu_s_per_gib"),
+                        _pair(res, cold, "registry_cpu_s_per_gib", "loader_cpu_s_per_gib"),
                         res.spread(any_key, "daemon_cpu_s_per_gib_whole"),
                         res.spread(warm, "daemon_cpu_s_per_gib"),
                         res.spread(any_key, "fetched_ratio", 3),
@@ -351,7 +355,9 @@ def _notes(res: Results) -> list[str]:
         " lazy2dfs daemon and its FUSE keeper, the stargz daemon, or for overlayfs containerd"
         " and the `ctr images pull` client (which fetch and unpack), per GiB of model, from"
         " the phase's start to the last tensor (and, cold, to the whole image on the node:"
-        " lazy2dfs's verification and local tree included). Peak RSS: the daemon's VmHWM"
+        " lazy2dfs's verification and local tree included); registry / loader: the rest of"
+        " what the machine spent on the cold load, the registry serving it and one container"
+        " loading it (its interpreter's start included). Peak RSS: the daemon's VmHWM"
         " (containerd's for overlayfs). Fetched ÷ needed: bytes the registry's access log"
         " served by the time the node held the whole image, over the image's manifest, config"
         " and layer blobs. Page cache: pages of the files under the stack's directories"
