@@ -94,14 +94,14 @@ def _set_allocator_thresholds() -> None:
     mapping was faulted in page by page and returned on free, and a fresh page is dear here (a
     VM whose freed memory goes back to the host: 0.75 CPU-s per GiB of new pages): served from
     glibc's heap instead (mappings from 16 MiB), a cold 1 GiB load took 4.7 daemon CPU-s, not
-    5.4. One heap per thread let every worker thread keep its own freed buffers (peak RSS 402
-    MiB); two heaps in all, 301 MiB (with the bounds on bytes in flight and kept, 242). Socket
-    reads and FUSE replies (up to 1 MiB) stay on the heap and are reused too: at a 128 KiB
-    threshold they were 45 % of the daemon's CPU in a cold load. Freed heap beyond 32 MiB is
-    returned to the system."""
+    5.4. A heap per thread let every worker thread keep its own freed buffers (peak RSS 402
+    MiB); two heaps in all, 301 MiB; one, and the bounds on bytes in flight and kept, 244 MiB
+    loading 4 GiB (goal: 250), at the same speed. Socket reads and FUSE replies (up to 1 MiB)
+    stay on the heap and are reused too: at a 128 KiB threshold they were 45 % of the
+    daemon's CPU in a cold load. Freed heap beyond 32 MiB is returned to the system."""
     libc.mallopt(libc.M_MMAP_THRESHOLD, 16 * 1024 * 1024)
     libc.mallopt(libc.M_TRIM_THRESHOLD, 32 * 1024 * 1024)
-    libc.mallopt(libc.M_ARENA_MAX, 2)
+    libc.mallopt(libc.M_ARENA_MAX, 1)
 
 
 class Daemon:

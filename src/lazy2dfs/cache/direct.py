@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 ALIGN = 4096  # a page: the block of every file system a cache lives on, and mmap's alignment
-STAGE_BYTES = 4 * 1024 * 1024  # one direct read or write; a pread of 1 MiB takes ~0.6 ms
+STAGE_BYTES = 1024 * 1024  # one direct read or write: ~0.6 ms here; a FUSE read is at most 1 MiB
 _KEPT_STAGES = 4  # staging buffers kept for reuse; more are made while more threads need one
 
 
