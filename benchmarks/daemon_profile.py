@@ -27,17 +27,17 @@ def _py_spy() -> str:
 
 
 @contextmanager
-def recorded(
-    pid: int, out: Path, format: str = "flamegraph", native: bool = False
-) -> Iterator[Path]:
+def recorded(pid: int, out: Path, format: str = "flamegraph") -> Iterator[Path]:
     """Profiles process ``pid`` (its threads and child processes) while the block runs;
-    yields the path the profile is written to: ``out`` plus the format's suffix."""
+    yields the path the profile is written to: ``out`` plus the format's suffix.
+
+    Python frames only: py-spy reads C frames only from a process it stops at every sample,
+    and stopping the FUSE daemon so hung a cold run here for good (``--native``, which py-spy
+    refuses with ``--nonblocking``). ``perf record -a -g`` sees the C and kernel frames."""
     path = out.with_name(out.name + FORMATS[format])
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = [_py_spy(), "record", "--pid", str(pid), "--output", str(path)]
     argv += ["--format", format, "--rate", str(RATE), "--subprocesses", "--nonblocking"]
-    if native:
-        argv.append("--native")
     log = path.with_name(path.name + ".log")
     with log.open("wb") as output:
         spy = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)

@@ -152,7 +152,6 @@ class Plan:
     states: tuple[str, ...] = (COLD, WARM)
     profile: Path | None = None
     profile_format: str = "flamegraph"
-    profile_native: bool = False
     registry_dir: Path | None = None
     out: Path = field(default=report.RESULTS_DIR)
 
@@ -389,7 +388,6 @@ def _profiled(plan: Plan, stack: ColdStack, fmt: Format, name: str) -> AbstractC
         stack.daemon.process.pid,
         plan.profile / name,
         plan.profile_format,
-        native=plan.profile_native,
     )
 
 
@@ -609,11 +607,6 @@ def parse_plan(argv: Sequence[str] | None = None) -> Plan:
         help="flamegraph (SVG, default), speedscope (https://speedscope.app) or raw",
     )
     parser.add_argument(
-        "--profile-native",
-        action="store_true",
-        help="py-spy --native: C frames too (inflate, hashing, FUSE)",
-    )
-    parser.add_argument(
         "--registry-dir",
         type=Path,
         metavar="DIR",
@@ -638,7 +631,6 @@ def parse_plan(argv: Sequence[str] | None = None) -> Plan:
         states=states or (COLD, WARM),
         profile=args.profile,
         profile_format=args.profile_format,
-        profile_native=args.profile_native,
         registry_dir=args.registry_dir,
         out=args.out,
     )
