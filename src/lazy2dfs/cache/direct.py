@@ -48,14 +48,24 @@ class Descriptors:
 
 
 def open_direct(path: str | os.PathLike[str]) -> int | None:
-    """An ``O_DIRECT`` descriptor of the backing file at ``path``; None where the
-    file system refuses it."""
+    """An ``O_DIRECT`` descriptor of the backing file at ``path``; None where the file system
+    refuses it, at the open or at a first aligned read (some accept the flag and refuse the
+    I/O: every write would then fail, and the reads waiting for it)."""
     try:
-        return os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return None
         raise
+    try:
+        with _stage() as stage, memoryview(stage) as view:
+            os.preadv(fd, [view[:ALIGN]], 0)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EINVAL:
+            return None
+        raise
+    return fd
 
 
 def write(files: Descriptors, data: bytes | memoryview, offset: int) -> None:
