@@ -44,6 +44,7 @@ from lazy2dfs.cache.direct import Descriptors
 from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.errors import IntegrityError, UnavailableError
 from lazy2dfs.estargz.layout import BlobLayout, RegularFile, Segment
+from lazy2dfs.estargz.toc import Chunk
 from lazy2dfs.logfmt import get_logger
 
 log = get_logger(__name__)
@@ -196,9 +197,7 @@ class LayerCache:
             following = segments[digest.next]
             if not self.present(following):
                 return
-            if in_memory and any(
-                self._held(c.path, c.file_offset, c.size) is None for c in following.chunks
-            ):
+            if in_memory and any(self._kept(c) is None for c in following.chunks):
                 return
             for piece in self._segment_stream(following):
                 digest.hash.update(piece)
@@ -335,17 +334,20 @@ class LayerCache:
 
     def _held(self, path: str, offset: int, size: int) -> list[memoryview] | None:
         """The range from payloads kept in memory, if they hold all of it."""
-        number = self._file_of(path).number
         pieces = []
         end = offset + size
         for chunk in self.layout.toc.chunks_for(path, offset, size):
-            payload = self._recent.get(self, number, chunk.file_offset)
+            payload = self._kept(chunk)
             if payload is None:
                 return None
             low = max(offset, chunk.file_offset) - chunk.file_offset
             high = min(end, chunk.file_offset + chunk.size) - chunk.file_offset
             pieces.append(payload[low:high])
         return pieces
+
+    def _kept(self, chunk: Chunk) -> memoryview | None:
+        """The chunk's payload, if it is still kept in memory (``cache.recent``)."""
+        return self._recent.get(self, self._file_of(chunk.path).number, chunk.file_offset)
 
     def read_cached(self, path: str, offset: int, into: memoryview) -> bool:
         """Fills ``into`` if the page cache holds all of its bytes (``RWF_NOWAIT``: never
@@ -404,9 +406,9 @@ class LayerCache:
             before = chunk.inner_offset - position
             yield gap[taken : taken + before]
             taken += before
-            held = self._held(chunk.path, chunk.file_offset, chunk.size)
-            if held is not None:
-                yield from held
+            payload = self._kept(chunk)
+            if payload is not None:
+                yield payload
             else:
                 with self._descriptor(self._file_of(chunk.path)) as files:
                     yield from direct.pieces(files, chunk.size, chunk.file_offset)
