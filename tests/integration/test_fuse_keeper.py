@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from devstack.process import lazy2dfs_argv
 from devstack.snapshotter import end_keeper, keeper_pids
-from lazy2dfs.fuse.filesystem import LayerFilesystem
+from lazy2dfs.fuse.filesystem import FileReader, LayerFilesystem
+from lazy2dfs.fuse.keeper import stores_mark
 from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.fuse.tree import Entry, LayerTree
 from lazy2dfs.mountinfo import is_mounted
@@ -29,20 +31,47 @@ FILES: dict[str, bytes] = {
 }
 
 
-def serve(root: Path, grace: float) -> FuseSession:
-    """A daemon's FUSE side: the same layer, so the same inode numbers, every time."""
-    session = FuseSession(LayerFilesystem(), Keeper(root, grace_seconds=grace))
-    session.start()
-    tree = LayerTree(
+def layer_tree() -> LayerTree:
+    """The same layer, so the same inode numbers, every time."""
+    return LayerTree(
         7,
         [
             Entry("first.bin", "reg", size=len(FIRST), key="first.bin"),
             Entry("second.bin", "reg", size=len(SECOND), key="second.bin"),
         ],
     )
-    session.call_sync(session.filesystem.add_layer, "7", tree, MemoryReader(FILES))
+
+
+def serve(root: Path, grace: float, reader: FileReader | None = None) -> FuseSession:
+    """A daemon's FUSE side."""
+    session = FuseSession(LayerFilesystem(), Keeper(root, grace_seconds=grace))
+    session.start()
+    reader = reader or MemoryReader(FILES)
+    session.call_sync(session.filesystem.add_layer, "7", layer_tree(), reader)
     session.mount()
     return session
+
+
+class HeldReader(MemoryReader):
+    """Holds every read until ``release`` is set (in the FUSE loop)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(files)
+        self.entered = threading.Event()
+        self.release = trio.Event()
+
+    async def read(self, key: str, offset: int, size: int, into: bytearray | None = None) -> bytes:
+        self.entered.set()
+        await self.release.wait()
+        return await super().read(key, offset, size, into)
+
+
+def abort_connection(device: int) -> None:
+    """Ends a FUSE connection that hangs, so that a failed test does not wedge the machine."""
+    connections = Path("/sys/fs/fuse/connections")
+    if not any(connections.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=False)
+    (connections / str(os.minor(device)) / "abort").write_text("1")
 
 
 class BackgroundRead:
@@ -147,3 +176,43 @@ def test_a_daemon_told_the_keeper_is_external_waits_for_it_and_never_starts_one(
     assert f"lazy2dfs keeper --root {tmp_path / 'root'}" in done.stderr
     assert not keeper_pids(tmp_path / "root") and not is_mounted(tmp_path / "root" / "fuse")
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(root: Path) -> None:
+    """The kernel stores into the page cache page by page, waiting for each page's lock, which
+    a read in flight holds until its reply: a reply queued behind such a store would never
+    come, and the reader (and the keeper) would hang for good."""
+    held = HeldReader(FILES)
+    session = serve(root, grace=30, reader=held)
+    device = os.stat(session.mountpoint).st_dev
+    reader = BackgroundRead(session.mountpoint / "7" / "second.bin")
+    try:
+        assert held.entered.wait(10), "the kernel's read never came"
+        fill = session.page_cache_fill(layer_tree())
+        stored = threading.Event()
+
+        def store() -> None:
+            fill("second.bin", 0, memoryview(SECOND))
+            stored.set()
+
+        threading.Thread(target=store, daemon=True).start()
+        assert stored.wait(10), "a store waited on the kernel in the daemon"
+        time.sleep(0.3)  # the keeper's store meets the pages the read holds
+        session.call_sync(held.release.set)
+        assert reader.finished.wait(10), "a read's reply was held up behind a store"
+        assert reader.result == SECOND
+    finally:
+        if not reader.finished.is_set():
+            abort_connection(device)
+        session.stop()
+
+
+def test_a_daemon_stores_only_through_a_keeper_that_says_it_relays_stores(root: Path) -> None:
+    session = serve(root, grace=30)
+    try:
+        assert session.keeper.relays_stores()
+        # A mark left by another keeper (an older one runs now, which leaves none).
+        stores_mark(session.keeper.socket).write_text(f"{session.keeper.pid}0\n")
+        assert not session.keeper.relays_stores()
+    finally:
+        session.stop()

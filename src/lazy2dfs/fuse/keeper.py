@@ -16,6 +16,13 @@ mount is read-only and a new daemon reproduces every inode number and file handl
 no daemon answers within ``grace`` seconds gets EIO: a stopped daemon means failed reads,
 never a hang.
 
+The daemon also sends notifications (``unique`` 0): stores of fetched bytes into the page
+cache (``FUSE_NOTIFY_STORE``). The kernel writes a store page by page and waits for each
+page's lock, which a read in flight holds until its reply: so stores go to the kernel from a
+thread of their own, never ahead of a reply, and when that thread is behind they are dropped
+(a store only saves a later read). The file ``<socket>.stores`` holds the pid of a keeper that
+does this; a daemon stores nothing through a keeper without it (an older one would deadlock).
+
 The keeper exits when the mount goes away (``/dev/fuse`` reads ENODEV) or on SIGTERM.
 """
 
@@ -54,6 +61,8 @@ FUSE_BATCH_FORGET = 42
 NO_REPLY = frozenset({FUSE_FORGET, FUSE_INTERRUPT, FUSE_BATCH_FORGET})
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; Python's socket module does not name it
+# Stores received but not yet written to the kernel, at most (each in a MESSAGE_BUFFER).
+STORES_QUEUED = 3
 EXPIRY_CHECK_SECONDS = 0.5
 
 
@@ -62,6 +71,11 @@ def mount(device: int, mountpoint: Path, name: str) -> None:
     would for a root-owned, ``allow_other``, ``default_permissions`` file system."""
     data = f"fd={device},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
     libc.mount(name, mountpoint, f"fuse.{name}", MS_RDONLY | MS_NOSUID | MS_NODEV, data)
+
+
+def stores_mark(socket_path: Path) -> Path:
+    """The file in which a keeper that relays stores apart from replies leaves its pid."""
+    return socket_path.with_name(socket_path.name + ".stores")
 
 
 def enlarge_send_buffer(sock: socket.socket) -> None:
@@ -95,10 +109,16 @@ class Relay:
         self._pending: dict[int, _Pending] = {}
         self._connection: _Connection | None = None
         self._gone = threading.Event()
+        self._stores: queue.SimpleQueue[tuple[bytearray, int]] = queue.SimpleQueue()
+        self._spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(STORES_QUEUED):
+            self._spare.put(bytearray(MESSAGE_BUFFER))
+        self.stores_dropped = 0
 
     def run(self) -> None:
         threading.Thread(target=self._from_kernel, name="kernel", daemon=True).start()
         threading.Thread(target=self._expire, name="expire", daemon=True).start()
+        threading.Thread(target=self._store, name="store", daemon=True).start()
         while not self._gone.is_set():
             try:
                 sock, _ = self._listener.accept()
@@ -195,14 +215,17 @@ class Relay:
                 now = time.monotonic()
                 for pending in self._pending.values():
                     pending.since = now
-                log.info("daemon disconnected", pending_requests=len(self._pending))
+                log.info(
+                    "daemon disconnected",
+                    pending_requests=len(self._pending),
+                    stores_dropped=self.stores_dropped,
+                )
             connection.outbox.put(None)
             sender.join()
             sock.close()
 
     def _receive(self, connection: _Connection, replayed_init: int | None) -> None:
         buffer = bytearray(MESSAGE_BUFFER)
-        view = memoryview(buffer)
         while not self._gone.is_set():
             try:
                 size = connection.sock.recv_into(buffer)
@@ -214,13 +237,33 @@ class Relay:
                 log.error("short message from daemon dropped", size=size)
                 continue
             _, _, unique = OUT_HEADER.unpack_from(buffer)
+            if unique == 0:
+                buffer = self._queue_store(buffer, size)
+                continue
             if unique == replayed_init and not connection.ready:
                 with self._lock:
                     self._release(connection)  # the kernel had its INIT reply long ago
                 continue
             with self._lock:
                 self._pending.pop(unique, None)
-            self._reply(view[:size])
+            self._reply(memoryview(buffer)[:size])
+
+    def _queue_store(self, buffer: bytearray, size: int) -> bytearray:
+        """Hands the notification in ``buffer`` to the store thread and returns the buffer to
+        receive into next; drops it if the store thread has all buffers."""
+        try:
+            spare = self._spare.get_nowait()
+        except queue.Empty:
+            self.stores_dropped += 1
+            return buffer
+        self._stores.put((buffer, size))
+        return spare
+
+    def _store(self) -> None:
+        while True:
+            buffer, size = self._stores.get()
+            self._reply(memoryview(buffer)[:size])
+            self._spare.put(buffer)
 
     def _release(self, connection: _Connection) -> None:
         """Lets requests flow to ``connection``, starting with every unanswered one, in order.
@@ -240,7 +283,8 @@ class Relay:
         try:
             os.write(self._device, message)
         except OSError as exc:
-            # ENOENT: the request was interrupted or already answered; nobody waits for it.
+            # ENOENT: the request was interrupted or already answered, nobody waits for it; or
+            # a store names a file the kernel has not looked up (or has forgotten).
             if exc.errno != errno.ENOENT:
                 log.warning("reply to kernel failed", error=exc)
 
@@ -261,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     listener.listen(1)
     relay = Relay(device, listener, args.grace)
     signal.signal(signal.SIGTERM, lambda signum, frame: relay.stop())
+    stores = stores_mark(args.socket)
+    stores.write_text(f"{os.getpid()}\n")
     log.info("fuse keeper serving", mountpoint=args.mountpoint, socket=args.socket, pid=os.getpid())
     relay.run()
     args.socket.unlink(missing_ok=True)
+    stores.unlink(missing_ok=True)
     return 0
 
 

@@ -29,7 +29,8 @@ import trio.lowlevel
 from lazy2dfs import libc
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.keeper import enlarge_send_buffer
+from lazy2dfs.fuse.keeper import MESSAGE_BUFFER, enlarge_send_buffer, stores_mark
+from lazy2dfs.fuse.tree import LayerTree
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.mountinfo import is_mounted, read_mounts
 
@@ -47,6 +48,11 @@ READ_AHEAD_KB = 4096
 # Workers serving FUSE requests concurrently: a read waiting on the network must not block
 # lookups and cached reads behind it.
 MAX_TASKS = 64
+# Bytes per page-cache store: one message, within the keeper's buffer with the headers.
+STORE_BYTES = MESSAGE_BUFFER // 2
+
+# Puts verified bytes of a layer's file (by its key) at an offset into the page cache.
+PageCacheFill = Callable[[str, int, memoryview], None]
 
 
 def detach_stale_mount(path: Path) -> None:
@@ -141,6 +147,14 @@ class Keeper:
         self.pid = PEERCRED.unpack(credentials)[0]
         return sock
 
+    def relays_stores(self) -> bool:
+        """Whether the keeper connected to relays page-cache stores apart from replies (an
+        older external one may not: a store would then wait for a reply queued behind it)."""
+        try:
+            return stores_mark(self.socket).read_text().strip() == str(self.pid)
+        except OSError:
+            return False
+
     def unmount_unless_busy(self) -> bool:
         """Unmounts (the keeper then exits) unless containers still read through the mount;
         returns whether it did."""
@@ -196,7 +210,11 @@ class FuseSession:
     """Serves ``filesystem`` on the keeper's mount: ``start`` the loop (layers can then be
     added), ``mount`` to take requests, ``stop`` to let go."""
 
-    def __init__(self, filesystem: LayerFilesystem, keeper: Keeper) -> None:
+    def __init__(
+        self, filesystem: LayerFilesystem, keeper: Keeper, fill_page_cache: bool = True
+    ) -> None:
+        """``fill_page_cache``: put fetched bytes into their files' page cache as they arrive
+        (``fuse.fill_page_cache``)."""
         self.filesystem = filesystem
         self.keeper = keeper
         self.mountpoint = keeper.mountpoint
@@ -206,6 +224,10 @@ class FuseSession:
         self._error: BaseException | None = None
         self._serving = False
         self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
+        self._fill_page_cache = fill_page_cache
+        # Held by every store, and by stop() while it ends libfuse's session under them.
+        self._store_lock = threading.Lock()
+        self._storing = False
 
     def start(self) -> None:
         self._thread.start()
@@ -220,6 +242,7 @@ class FuseSession:
         # libfuse takes "/dev/fd/N" as an already mounted connection, and closes it at the end.
         pyfuse3.init(self.filesystem, f"/dev/fd/{connection.detach()}", options)
         self._serving = True
+        self._storing = self._fill_page_cache and self.keeper.relays_stores()
         self.call_sync(self._start_serving)
         self._raise_read_ahead()
         log.info("fuse serving", path=self.mountpoint, keeper=self.keeper.socket)
@@ -277,6 +300,37 @@ class FuseSession:
         self._nursery.start_soon(guarded, name=name)
         return scope
 
+    def page_cache_fill(self, tree: LayerTree) -> PageCacheFill:
+        """Puts bytes of ``tree``'s files into the kernel's page cache, from any thread: a
+        model that loads behind the background fetch then finds them there, without a FUSE
+        read (and its trip through the keeper and this daemon) per MiB. Only verified bytes
+        may come here. A store the kernel cannot take (a file nobody has looked up, or the
+        mount is not served) is skipped: it only saves a later read."""
+
+        def fill(key: str, offset: int, data: memoryview) -> None:
+            inode = tree.inode_of(key)
+            if inode is not None:
+                self._store(inode, offset, data)
+
+        return fill
+
+    def _store(self, inode: int, offset: int, data: memoryview) -> None:
+        with self._store_lock:
+            for start in range(0, len(data), STORE_BYTES):
+                if not self._storing:
+                    return
+                try:
+                    # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
+                    piece = data[start : start + STORE_BYTES]
+                    pyfuse3.notify_store(inode, offset + start, piece)  # type: ignore[arg-type]
+                except OSError as exc:
+                    log.warning(
+                        "page cache fill stopped",
+                        error=exc,
+                        action="reads stay correct, each through the daemon",
+                    )
+                    self._storing = False
+
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs async ``fn`` in the FUSE loop from another thread and returns its result."""
         return trio.from_thread.run(fn, *args, trio_token=self._token)
@@ -293,6 +347,8 @@ class FuseSession:
         then holds their requests for the next daemon (``restart_grace_seconds``)."""
         if not self._thread.ident:
             return  # never started
+        with self._store_lock:
+            self._storing = False
         if self.running:
             if self._serving:
                 trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)

@@ -130,6 +130,7 @@ class LayerTree:
             original.nlink += 1
             by_path[name] = original
         self._count_subdirectories()
+        self._by_key = {node.key: node.inode for node in by_path.values() if node.key}
 
     def _new(self, mode: int, uid: int, gid: int, size: int, mtime_ns: int) -> Node:
         if self._next > MAX_ENTRIES:
@@ -195,6 +196,10 @@ class LayerTree:
 
     def lookup(self, inode: int) -> Node | None:
         return self.nodes.get(inode)
+
+    def inode_of(self, key: str) -> int | None:
+        """The inode of the regular file the reader knows as ``key``."""
+        return self._by_key.get(key)
 
 
 def slot_of(inode: int) -> int:
