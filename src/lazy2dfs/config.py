@@ -100,6 +100,14 @@ class FuseConfig(BaseModel):
         " of its own, so that a restart of the daemon's container keeps the mount); the"
         " daemon then waits for it, and leaves the mount to it when stopping.",
     )
+    fill_page_cache: bool = Field(
+        default=True,
+        description="Put fetched, verified bytes into their files' page cache as they arrive,"
+        " so a model loading behind the background fetch reads them without a request"
+        " through the daemon (1 GiB model, cold: 4 of 5 FUSE reads saved). Those pages are"
+        " charged to the keeper's memory cgroup, not the reading container's: turn off where"
+        " the keeper's cgroup is limited below the models the node loads.",
+    )
 
 
 class RegistryConfig(BaseModel):

@@ -138,6 +138,7 @@ class Daemon:
                 self.config.fuse.restart_grace_seconds,
                 external=self.config.fuse.keeper == "external",
             ),
+            fill_page_cache=self.config.fuse.fill_page_cache,
         )
         settings = self.config.registry
         own_mirror = [self.config.mirror_address] if self.config.mirror_address else []

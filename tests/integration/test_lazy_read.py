@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.errors import FailedPreconditionError
@@ -224,6 +225,33 @@ def test_a_complete_layer_is_verified_and_new_mounts_use_its_local_tree(
     again = layers(tmp_path, session, locator)
     again.restore(1, REQUEST)
     assert again.path(1) == local
+
+
+def fuse_reads() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "lazy2dfs_fuse_operations_total", {"operation": "read", "result": "ok"}
+        )
+        or 0.0
+    )
+
+
+def test_bytes_fetched_in_the_background_wait_in_the_page_cache(
+    tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
+) -> None:
+    """A model loading behind the background fetch finds its bytes in the page cache: once the
+    layer is fetched, reading all of it asks the daemon for nothing."""
+    files, locator = model
+    remote = layers(tmp_path, session, locator, background=True)
+    remote.attach(1, remote.resolve(REQUEST))
+    fuse_view = remote.path(1)
+    for name in files:
+        os.stat(fuse_view / name)  # known to the kernel, as a loader's listing makes them
+    wait_for_local_tree(remote, 1, session.mountpoint)
+    before = fuse_reads()
+    for name, data in files.items():
+        assert (fuse_view / name).read_bytes() == data
+    assert fuse_reads() == before
 
 
 def test_a_layer_whose_config_names_another_diff_id_is_quarantined(

@@ -403,7 +403,13 @@ class EstargzLayers:
         source = self._locator.source(request, layer.layer.size)
         stats = LayerStats(size=layer.layer.size)
         fetcher = SegmentFetcher(
-            self._context, request.layer_digest, request.reference, source, cache, stats
+            self._context,
+            request.layer_digest,
+            request.reference,
+            source,
+            cache,
+            stats,
+            on_verified=self._session.page_cache_fill(tree),
         )
         fetcher.count_fetched(fetched, background=False)
         image_read = next(

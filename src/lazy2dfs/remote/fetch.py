@@ -150,6 +150,11 @@ def gap_limits(layout: BlobLayout) -> dict[int, int]:
     }
 
 
+# Called from a worker thread with each payload just verified: its file's TOC path, its offset
+# in the file, its bytes (valid for the call only).
+OnVerified = Callable[[str, int, memoryview], None]
+
+
 class SegmentFetcher:
     """Makes segments of one blob present in its cache."""
 
@@ -161,7 +166,10 @@ class SegmentFetcher:
         source: BlobSource,
         cache: LayerCache,
         stats: LayerStats,
+        on_verified: OnVerified | None = None,
     ) -> None:
+        """``on_verified``: where fetched payloads go besides the cache (the FUSE mount puts
+        them into the page cache, where a loading model finds them)."""
         self.context = context
         self.name = name
         self.image = image
@@ -171,6 +179,7 @@ class SegmentFetcher:
         self.stats = stats
         self._requests = trio.CapacityLimiter(LAYER_REQUESTS)
         self._gap_limits = gap_limits(self.layout)
+        self._on_verified = on_verified
 
     def key(self, segment: Segment) -> tuple[str, int]:
         return (str(self.cache.directory), segment.index)
@@ -334,7 +343,11 @@ class SegmentFetcher:
         decoded = decode_segment(
             segment, piece, self.layout.toc.compression, self._gap_limits[segment.index]
         )
-        return decoded, self._write(segment, decoded.payloads, Gap.KNOWN, decoded.gap)
+        kept = self._write(segment, decoded.payloads, Gap.KNOWN, decoded.gap)
+        if self._on_verified is not None:
+            for chunk, payload in zip(segment.chunks, decoded.payloads, strict=True):
+                self._on_verified(chunk.path, chunk.file_offset, payload)
+        return decoded, kept
 
     def _write(
         self,
