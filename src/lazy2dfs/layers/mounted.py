@@ -46,7 +46,7 @@ from lazy2dfs.layers import localtree, saved, verify
 from lazy2dfs.layers.locator import LayerLocator, Located
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client.retry import on_behalf_of
-from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher
+from lazy2dfs.remote.fetch import FetchContext, LayerStats, SegmentFetcher, at_low_priority
 from lazy2dfs.remote.prefetch import fetch_layer
 from lazy2dfs.remote.reader import LayerReader
 from lazy2dfs.snapshotter.labels import LayerRequest
@@ -494,7 +494,8 @@ class EstargzLayers:
             return known
         tail = await self._tail(attached, fetcher)
         try:
-            known = await trio.to_thread.run_sync(verify.diff_id, cache, tail)
+            # Behind the loading model, whose last reads it met on both cores (perf).
+            known = await trio.to_thread.run_sync(at_low_priority(verify.diff_id), cache, tail)
         except Lazy2dfsError as exc:
             self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")
             return None

@@ -314,7 +314,7 @@ class SegmentFetcher:
         why: Fetch,
     ) -> None:
         work: Callable[[Segment, memoryview], tuple[DecodedSegment, bool]] = (
-            _at_low_priority(self._decode_and_write)
+            at_low_priority(self._decode_and_write)
             if why is Fetch.PREFETCH
             else self._decode_and_write
         )
@@ -444,7 +444,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-def _at_low_priority(work: Callable[P, T]) -> Callable[P, T]:
+def at_low_priority(work: Callable[P, T]) -> Callable[P, T]:
     """``work`` run by its worker thread at ``BACKGROUND_NICE`` more than it had, then given
     back the priority it had: the threads are shared with reads someone waits for. Giving it
     back takes root's privilege (the daemon's); without it, the priority is left alone."""

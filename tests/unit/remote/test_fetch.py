@@ -24,7 +24,7 @@ from lazy2dfs.remote.fetch import (
     FetchContext,
     LayerStats,
     SegmentFetcher,
-    _at_low_priority,
+    at_low_priority,
 )
 from lazy2dfs.remote.flight import Fetch
 from lazy2dfs.remote.reader import LayerReader
@@ -167,7 +167,7 @@ def test_background_decoding_runs_lower_and_gives_the_thread_its_priority_back()
         seen.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
 
     async def main() -> None:
-        await trio.to_thread.run_sync(_at_low_priority(work))
+        await trio.to_thread.run_sync(at_low_priority(work))
         await trio.to_thread.run_sync(work)  # trio's idle worker thread, reused
 
     trio.run(main)
