@@ -16,7 +16,7 @@ import trio
 from devstack.process import lazy2dfs_argv
 from devstack.snapshotter import end_keeper, keeper_pids
 from lazy2dfs.fuse.filesystem import FileReader, LayerFilesystem
-from lazy2dfs.fuse.keeper import stores_mark
+from lazy2dfs.fuse.keeper import notify_mark
 from lazy2dfs.fuse.session import FuseSession, Keeper
 from lazy2dfs.fuse.tree import Entry, LayerTree
 from lazy2dfs.mountinfo import is_mounted
@@ -207,12 +207,14 @@ def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(root: Pat
         session.stop()
 
 
-def test_a_daemon_stores_only_through_a_keeper_that_says_it_relays_stores(root: Path) -> None:
+def test_a_daemon_stores_only_through_a_keeper_that_says_it_relays_notifications(
+    root: Path,
+) -> None:
     session = serve(root, grace=30)
     try:
-        assert session.keeper.relays_stores()
+        assert session.keeper.relays_notifications()
         # A mark left by another keeper (an older one runs now, which leaves none).
-        stores_mark(session.keeper.socket).write_text(f"{session.keeper.pid}0\n")
-        assert not session.keeper.relays_stores()
+        notify_mark(session.keeper.socket).write_text(f"{session.keeper.pid}0\n")
+        assert not session.keeper.relays_notifications()
     finally:
         session.stop()

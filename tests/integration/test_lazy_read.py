@@ -25,6 +25,7 @@ from lazy2dfs.snapshotter.labels import LayerRequest
 from lazy2dfs.snapshotter.remote import NotLazyError
 from tests.support.fuse import mounted_session
 from tests.support.memory import MemoryBlob, MemoryLocator
+from tests.support.pagecache import wait_until_cached
 
 CHUNK = 256 * 1024
 
@@ -248,6 +249,8 @@ def test_bytes_fetched_in_the_background_wait_in_the_page_cache(
     for name in files:
         os.stat(fuse_view / name)  # known to the kernel, as a loader's listing makes them
     wait_for_local_tree(remote, 1, session.mountpoint)
+    # Stores reach the kernel a moment after the fetch (through the keeper's own thread).
+    assert wait_until_cached([fuse_view / name for name in files], timeout=10) == 0
     before = fuse_reads()
     for name, data in files.items():
         assert (fuse_view / name).read_bytes() == data
@@ -261,12 +264,15 @@ def test_a_layer_whose_config_names_another_diff_id_is_quarantined(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An image whose config claims another image's diff ID for its layer: once its bytes are
-    all checked, reads fail and no new container mounts it."""
-    _, locator = model
+    all checked, reads fail (what the page cache held of it too) and no new container mounts
+    it."""
+    files, locator = model
     locator.diff_id = "sha256:" + "d" * 64  # another image's layer
     remote = layers(tmp_path, session, locator, background=True)
     remote.attach(1, remote.resolve(REQUEST))
     fuse_view = session.mountpoint / "1"
+    for name in files:
+        os.stat(fuse_view / name)  # known to the kernel: fetched bytes go to its page cache
     deadline = time.monotonic() + 30
     while "layer is not what its image says" not in caplog.text:
         assert time.monotonic() < deadline

@@ -17,11 +17,13 @@ no daemon answers within ``grace`` seconds gets EIO: a stopped daemon means fail
 never a hang.
 
 The daemon also sends notifications (``unique`` 0): stores of fetched bytes into the page
-cache (``FUSE_NOTIFY_STORE``). The kernel writes a store page by page and waits for each
-page's lock, which a read in flight holds until its reply: so stores go to the kernel from a
-thread of their own, never ahead of a reply, and when that thread is behind they are dropped
-(a store only saves a later read). The file ``<socket>.stores`` holds the pid of a keeper that
-does this; a daemon stores nothing through a keeper without it (an older one would deadlock).
+cache (``FUSE_NOTIFY_STORE``), and invalidations of it. The kernel carries either out page by
+page, waiting for each page's lock, which a read in flight holds until its reply: so
+notifications go to the kernel from a thread of their own, never ahead of a reply. A store
+waits for that thread a moment, then is dropped (it only saves a later read); an
+invalidation is never dropped. The file ``<socket>.notify`` holds the pid of a keeper that
+does this; a daemon sends no notification through a keeper without it (an older one would
+deadlock).
 
 The keeper exits when the mount goes away (``/dev/fuse`` reads ENODEV) or on SIGTERM.
 """
@@ -57,12 +59,16 @@ OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique: struct fuse_out_header
 FUSE_FORGET = 2
 FUSE_INIT = 26
 FUSE_INTERRUPT = 36
+FUSE_NOTIFY_STORE = 4  # enum fuse_notify_code, in the error field of a notification
 FUSE_BATCH_FORGET = 42
 NO_REPLY = frozenset({FUSE_FORGET, FUSE_INTERRUPT, FUSE_BATCH_FORGET})
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; Python's socket module does not name it
-# Stores received but not yet written to the kernel, at most (each in a MESSAGE_BUFFER).
+# Stores received but not yet written to the kernel, at most (each in a MESSAGE_BUFFER); and
+# how long a store waits for room before it is dropped. Not for ever: the store thread may be
+# waiting for a page that a reply behind this store would unlock.
 STORES_QUEUED = 3
+STORE_WAIT_SECONDS = 0.05
 EXPIRY_CHECK_SECONDS = 0.5
 
 
@@ -73,9 +79,10 @@ def mount(device: int, mountpoint: Path, name: str) -> None:
     libc.mount(name, mountpoint, f"fuse.{name}", MS_RDONLY | MS_NOSUID | MS_NODEV, data)
 
 
-def stores_mark(socket_path: Path) -> Path:
-    """The file in which a keeper that relays stores apart from replies leaves its pid."""
-    return socket_path.with_name(socket_path.name + ".stores")
+def notify_mark(socket_path: Path) -> Path:
+    """The file in which a keeper that relays notifications apart from replies leaves its
+    pid."""
+    return socket_path.with_name(socket_path.name + ".notify")
 
 
 def enlarge_send_buffer(sock: socket.socket) -> None:
@@ -109,7 +116,8 @@ class Relay:
         self._pending: dict[int, _Pending] = {}
         self._connection: _Connection | None = None
         self._gone = threading.Event()
-        self._stores: queue.SimpleQueue[tuple[bytearray, int]] = queue.SimpleQueue()
+        # Notifications for the kernel, in order: (message, size, whether it is a spare buffer).
+        self._notes: queue.SimpleQueue[tuple[bytearray, int, bool]] = queue.SimpleQueue()
         self._spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(STORES_QUEUED):
             self._spare.put(bytearray(MESSAGE_BUFFER))
@@ -118,7 +126,7 @@ class Relay:
     def run(self) -> None:
         threading.Thread(target=self._from_kernel, name="kernel", daemon=True).start()
         threading.Thread(target=self._expire, name="expire", daemon=True).start()
-        threading.Thread(target=self._store, name="store", daemon=True).start()
+        threading.Thread(target=self._notify, name="notify", daemon=True).start()
         while not self._gone.is_set():
             try:
                 sock, _ = self._listener.accept()
@@ -236,9 +244,12 @@ class Relay:
             if size < OUT_HEADER.size:
                 log.error("short message from daemon dropped", size=size)
                 continue
-            _, _, unique = OUT_HEADER.unpack_from(buffer)
-            if unique == 0:
+            _, code, unique = OUT_HEADER.unpack_from(buffer)
+            if unique == 0 and code == FUSE_NOTIFY_STORE:
                 buffer = self._queue_store(buffer, size)
+                continue
+            if unique == 0:
+                self._notes.put((buffer[:size], size, False))  # small, and never dropped
                 continue
             if unique == replayed_init and not connection.ready:
                 with self._lock:
@@ -249,21 +260,22 @@ class Relay:
             self._reply(memoryview(buffer)[:size])
 
     def _queue_store(self, buffer: bytearray, size: int) -> bytearray:
-        """Hands the notification in ``buffer`` to the store thread and returns the buffer to
-        receive into next; drops it if the store thread has all buffers."""
+        """Hands the store in ``buffer`` to the notify thread and returns the buffer to receive
+        into next; drops the store if no buffer comes free in time."""
         try:
-            spare = self._spare.get_nowait()
+            spare = self._spare.get(timeout=STORE_WAIT_SECONDS)
         except queue.Empty:
             self.stores_dropped += 1
             return buffer
-        self._stores.put((buffer, size))
+        self._notes.put((buffer, size, True))
         return spare
 
-    def _store(self) -> None:
+    def _notify(self) -> None:
         while True:
-            buffer, size = self._stores.get()
-            self._reply(memoryview(buffer)[:size])
-            self._spare.put(buffer)
+            message, size, spare = self._notes.get()
+            self._reply(memoryview(message)[:size])
+            if spare:
+                self._spare.put(message)
 
     def _release(self, connection: _Connection) -> None:
         """Lets requests flow to ``connection``, starting with every unanswered one, in order.
@@ -302,15 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     args.socket.unlink(missing_ok=True)
     listener.bind(str(args.socket))
     os.chmod(args.socket, 0o600)
+    # Before a daemon can connect: it reads the mark once, when it does.
+    mark = notify_mark(args.socket)
+    mark.write_text(f"{os.getpid()}\n")
     listener.listen(1)
     relay = Relay(device, listener, args.grace)
     signal.signal(signal.SIGTERM, lambda signum, frame: relay.stop())
-    stores = stores_mark(args.socket)
-    stores.write_text(f"{os.getpid()}\n")
     log.info("fuse keeper serving", mountpoint=args.mountpoint, socket=args.socket, pid=os.getpid())
     relay.run()
     args.socket.unlink(missing_ok=True)
-    stores.unlink(missing_ok=True)
+    mark.unlink(missing_ok=True)
     return 0
 
 

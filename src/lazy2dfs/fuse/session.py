@@ -29,7 +29,7 @@ import trio.lowlevel
 from lazy2dfs import libc
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.keeper import MESSAGE_BUFFER, enlarge_send_buffer, stores_mark
+from lazy2dfs.fuse.keeper import MESSAGE_BUFFER, enlarge_send_buffer, notify_mark
 from lazy2dfs.fuse.tree import LayerTree
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.mountinfo import is_mounted, read_mounts
@@ -147,11 +147,12 @@ class Keeper:
         self.pid = PEERCRED.unpack(credentials)[0]
         return sock
 
-    def relays_stores(self) -> bool:
-        """Whether the keeper connected to relays page-cache stores apart from replies (an
-        older external one may not: a store would then wait for a reply queued behind it)."""
+    def relays_notifications(self) -> bool:
+        """Whether the keeper connected to relays notifications (page-cache stores and
+        invalidations) apart from replies; an older external one may not, and one would then
+        wait for a reply queued behind it."""
         try:
-            return stores_mark(self.socket).read_text().strip() == str(self.pid)
+            return notify_mark(self.socket).read_text().strip() == str(self.pid)
         except OSError:
             return False
 
@@ -225,9 +226,11 @@ class FuseSession:
         self._serving = False
         self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
         self._fill_page_cache = fill_page_cache
-        # Held by every store, and by stop() while it ends libfuse's session under them.
-        self._store_lock = threading.Lock()
-        self._storing = False
+        # Notifications may go to the kernel: libfuse's session is up, and the keeper relays
+        # them apart from replies. Held by every notification, and by stop() before it ends
+        # libfuse's session under them.
+        self._notify_lock = threading.Lock()
+        self._notifying = False
 
     def start(self) -> None:
         self._thread.start()
@@ -242,7 +245,7 @@ class FuseSession:
         # libfuse takes "/dev/fd/N" as an already mounted connection, and closes it at the end.
         pyfuse3.init(self.filesystem, f"/dev/fd/{connection.detach()}", options)
         self._serving = True
-        self._storing = self._fill_page_cache and self.keeper.relays_stores()
+        self._notifying = self.keeper.relays_notifications()
         self.call_sync(self._start_serving)
         self._raise_read_ahead()
         log.info("fuse serving", path=self.mountpoint, keeper=self.keeper.socket)
@@ -309,27 +312,42 @@ class FuseSession:
 
         def fill(key: str, offset: int, data: memoryview) -> None:
             inode = tree.inode_of(key)
-            if inode is not None:
+            if inode is not None and self._fill_page_cache:
                 self._store(inode, offset, data)
 
         return fill
 
     def _store(self, inode: int, offset: int, data: memoryview) -> None:
-        with self._store_lock:
+        with self._notify_lock:
             for start in range(0, len(data), STORE_BYTES):
-                if not self._storing:
+                if not self._notifying:
                     return
-                try:
-                    # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
-                    piece = data[start : start + STORE_BYTES]
-                    pyfuse3.notify_store(inode, offset + start, piece)  # type: ignore[arg-type]
-                except OSError as exc:
-                    log.warning(
-                        "page cache fill stopped",
-                        error=exc,
-                        action="reads stay correct, each through the daemon",
-                    )
-                    self._storing = False
+                # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
+                piece = data[start : start + STORE_BYTES]
+                self._notify(pyfuse3.notify_store, inode, offset + start, piece)
+
+    def drop_page_cache(self, tree: LayerTree) -> None:
+        """Drops the kernel's cached contents of ``tree``'s files, read or stored: a refused
+        layer's reads must fail, and pages already cached would still be served."""
+        with self._notify_lock:
+            for inode in tree.file_inodes():
+                if not self._notifying:
+                    return
+                self._notify(pyfuse3.invalidate_inode, inode, False)
+
+    def _notify(self, send: Callable[..., None], *args: Any) -> None:
+        """One notification; called with the lock held. A kernel that does not know the
+        inode (nobody looked it up) answers the keeper, not us: only a broken connection to
+        the keeper fails here, and then every later one would too."""
+        try:
+            send(*args)
+        except OSError as exc:
+            log.warning(
+                "page cache notifications stopped",
+                error=exc,
+                action="reads stay correct, each through the daemon",
+            )
+            self._notifying = False
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs async ``fn`` in the FUSE loop from another thread and returns its result."""
@@ -347,8 +365,8 @@ class FuseSession:
         then holds their requests for the next daemon (``restart_grace_seconds``)."""
         if not self._thread.ident:
             return  # never started
-        with self._store_lock:
-            self._storing = False
+        with self._notify_lock:
+            self._notifying = False
         if self.running:
             if self._serving:
                 trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)

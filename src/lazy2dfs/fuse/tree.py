@@ -201,6 +201,10 @@ class LayerTree:
         """The inode of the regular file the reader knows as ``key``."""
         return self._by_key.get(key)
 
+    def file_inodes(self) -> list[int]:
+        """The inodes of the layer's regular files."""
+        return list(self._by_key.values())
+
 
 def slot_of(inode: int) -> int:
     return inode >> SLOT_SHIFT

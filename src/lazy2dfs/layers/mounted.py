@@ -519,6 +519,7 @@ class EstargzLayers:
         request = attached.layer.request
         attached.refused = why
         attached.reader.refuse(why)
+        self._session.drop_page_cache(attached.tree)
         metrics.VERIFICATION_FAILURES.labels("diff_id").inc()
         log.error(
             "layer is not what its image says",
