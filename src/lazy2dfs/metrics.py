@@ -76,6 +76,12 @@ BYTES_FETCHED = Counter(
     "lazy2dfs_fetched_bytes", "Compressed bytes fetched from registries for lazily served layers."
 )
 BYTES_SERVED = Counter("lazy2dfs_served_bytes", "File bytes served to readers through FUSE.")
+PAGE_CACHE_FILLED = Counter(
+    "lazy2dfs_page_cache_filled_bytes",
+    "Fetched, verified bytes offered to the kernel for their files' page cache as they"
+    " arrived (fuse.fill_page_cache); it keeps those of files it has looked up, which readers"
+    " then read without a FUSE request.",
+)
 READ_WAIT = Histogram(
     "lazy2dfs_read_network_wait_seconds",
     "Time a reader waited on a registry range request.",

@@ -243,6 +243,7 @@ def test_bytes_fetched_in_the_background_wait_in_the_page_cache(
     """A model loading behind the background fetch finds its bytes in the page cache: once the
     layer is fetched, reading all of it asks the daemon for nothing."""
     files, locator = model
+    filled = REGISTRY.get_sample_value("lazy2dfs_page_cache_filled_bytes_total") or 0.0
     remote = layers(tmp_path, session, locator, background=True)
     remote.attach(1, remote.resolve(REQUEST))
     fuse_view = remote.path(1)
@@ -255,6 +256,8 @@ def test_bytes_fetched_in_the_background_wait_in_the_page_cache(
     for name, data in files.items():
         assert (fuse_view / name).read_bytes() == data
     assert fuse_reads() == before
+    now_filled = REGISTRY.get_sample_value("lazy2dfs_page_cache_filled_bytes_total")
+    assert now_filled == filled + sum(len(data) for data in files.values())
 
 
 def test_a_layer_whose_config_names_another_diff_id_is_quarantined(

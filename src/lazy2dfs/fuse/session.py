@@ -26,7 +26,7 @@ import pyfuse3
 import trio
 import trio.lowlevel
 
-from lazy2dfs import libc
+from lazy2dfs import libc, metrics
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
 from lazy2dfs.fuse.keeper import MESSAGE_BUFFER, enlarge_send_buffer, notify_mark
@@ -324,7 +324,8 @@ class FuseSession:
                     return
                 # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
                 piece = data[start : start + STORE_BYTES]
-                self._notify(pyfuse3.notify_store, inode, offset + start, piece)
+                if self._notify(pyfuse3.notify_store, inode, offset + start, piece):
+                    metrics.PAGE_CACHE_FILLED.inc(len(piece))
 
     def drop_page_cache(self, tree: LayerTree) -> None:
         """Drops the kernel's cached contents of ``tree``'s files, read or stored: a refused
@@ -335,10 +336,10 @@ class FuseSession:
                     return
                 self._notify(pyfuse3.invalidate_inode, inode, False)
 
-    def _notify(self, send: Callable[..., None], *args: Any) -> None:
-        """One notification; called with the lock held. A kernel that does not know the
-        inode (nobody looked it up) answers the keeper, not us: only a broken connection to
-        the keeper fails here, and then every later one would too."""
+    def _notify(self, send: Callable[..., None], *args: Any) -> bool:
+        """One notification, called with the lock held; whether it went to the keeper. A
+        kernel that does not know the inode (nobody looked it up) answers the keeper, not us:
+        only a broken connection to the keeper fails here, and then every later one would."""
         try:
             send(*args)
         except OSError as exc:
@@ -348,6 +349,8 @@ class FuseSession:
                 action="reads stay correct, each through the daemon",
             )
             self._notifying = False
+            return False
+        return True
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs async ``fn`` in the FUSE loop from another thread and returns its result."""
