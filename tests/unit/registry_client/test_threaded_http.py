@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -32,9 +33,12 @@ class Server(ThreadingHTTPServer):
         self.stall = threading.Event()  # set: bodies stop after their first MiB until cleared
         self.chunked = False
 
-    def process_request(self, request: socket.socket, client_address: object) -> None:
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        assert isinstance(request, socket.socket)
         self.connections.append(request)
-        super().process_request(request, client_address)  # type: ignore[arg-type]
+        super().process_request(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
