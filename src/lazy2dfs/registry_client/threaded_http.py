@@ -99,7 +99,7 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method not in ("GET", "HEAD") or request.headers.get("content-length"):
             return await self._fallback.handle_async_request(request)
-        exchange = _Exchange(self, request)
+        exchange = _Exchange(request, self._idle, self._connect)
         response = await exchange.run(exchange.send, self._sending)
         return httpx.Response(
             response.status,
@@ -115,7 +115,7 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
         self._idle.close()
         await self._fallback.aclose()
 
-    def connect(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
+    def _connect(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
         """A new connection to ``origin``, connected, with the read timeout set."""
         scheme, host, port = origin
         connection = (
@@ -140,9 +140,15 @@ class _Exchange:
     a step the caller gives up on (cancelled) is abandoned: its socket is shut down, which
     wakes the thread, and the thread closes the connection."""
 
-    def __init__(self, transport: ThreadedTransport, request: httpx.Request) -> None:
-        self._transport = transport
+    def __init__(
+        self,
+        request: httpx.Request,
+        idle: _Idle,
+        connect: Callable[[tuple[str, str, int]], http.client.HTTPConnection],
+    ) -> None:
         self._request = request
+        self._idle = idle
+        self._connect = connect
         url = request.url
         self._origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         self._target = url.raw_path.decode("ascii")
@@ -194,14 +200,14 @@ class _Exchange:
 
     def send(self) -> http.client.HTTPResponse:
         """The response, its headers read; on a kept-alive connection if one is idle."""
-        connection = self._transport._idle.take(self._origin)
+        connection = self._idle.take(self._origin)
         if connection is not None:
             try:
                 return self._send_on(connection)
             except _STALE:
                 connection.close()
         try:
-            connection = self._transport.connect(self._origin)
+            connection = self._connect(self._origin)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc) or "timed out", request=self._request) from exc
         except OSError as exc:
@@ -228,7 +234,7 @@ class _Exchange:
                 return  # the thread still at work closes it
             self._connection = None
         if response.isclosed() and not response.will_close:
-            self._transport._idle.give(self._origin, connection)
+            self._idle.give(self._origin, connection)
         else:
             connection.close()
 
