@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import math
 import re
 import socket
 import ssl
@@ -99,8 +100,21 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method not in ("GET", "HEAD") or request.headers.get("content-length"):
             return await self._fallback.handle_async_request(request)
-        exchange = _Exchange(request, self._idle, self._connect)
-        response = await exchange.run(exchange.send, self._sending)
+        url = request.url
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        exchange = _Exchange(request)
+        response = None
+        idle = self._idle.take(origin)
+        if idle is not None:
+            response = await exchange.run(functools.partial(exchange.send, idle), self._sending)
+        if response is None:
+            connection = await self._open(origin, request)
+            response = await exchange.run(
+                functools.partial(exchange.send, connection, fresh=True), self._sending
+            )
+        if response is None:
+            raise httpx.RemoteProtocolError("connection closed before an answer", request=request)
+        exchange.keep_in(self._idle, origin)
         return httpx.Response(
             response.status,
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.getheaders()],
@@ -115,23 +129,36 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
         self._idle.close()
         await self._fallback.aclose()
 
-    def _connect(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
-        """A new connection to ``origin``, connected, with the read timeout set."""
+    async def _open(
+        self, origin: tuple[str, str, int], request: httpx.Request
+    ) -> http.client.HTTPConnection:
+        """A new connection to ``origin``, its socket made in the event loop's thread (a
+        thread's network namespace is its own, and worker threads are shared), handed to
+        ``http.client`` as a blocking socket with the read timeout."""
         scheme, host, port = origin
-        connection = (
-            http.client.HTTPSConnection(
-                host, port, timeout=self._connect_timeout, context=self._ssl
-            )
-            if scheme == "https"
-            else http.client.HTTPConnection(host, port, timeout=self._connect_timeout)
-        )
         try:
-            connection.connect()
-        except BaseException:
-            connection.close()
-            raise
-        assert connection.sock is not None
-        connection.sock.settimeout(self._read_timeout)
+            with trio.fail_after(self._connect_timeout or math.inf):
+                stream = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError as exc:
+            raise httpx.ConnectTimeout(
+                f"no connection in {self._connect_timeout}s", request=request
+            ) from exc
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
+        sock = socket.socket(fileno=stream.socket.detach())
+        sock.settimeout(self._read_timeout)
+        if scheme != "https":
+            connection = http.client.HTTPConnection(host, port)
+            connection.sock = sock
+            return connection
+        wrap = functools.partial(self._ssl.wrap_socket, sock, server_hostname=host)
+        try:
+            secure = await trio.to_thread.run_sync(wrap, limiter=self._sending)
+        except OSError as exc:  # ssl.SSLError among them
+            sock.close()
+            raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
+        connection = http.client.HTTPSConnection(host, port, context=self._ssl)
+        connection.sock = secure
         return connection
 
 
@@ -140,22 +167,18 @@ class _Exchange:
     a step the caller gives up on (cancelled) is abandoned: its socket is shut down, which
     wakes the thread, and the thread closes the connection."""
 
-    def __init__(
-        self,
-        request: httpx.Request,
-        idle: _Idle,
-        connect: Callable[[tuple[str, str, int]], http.client.HTTPConnection],
-    ) -> None:
+    def __init__(self, request: httpx.Request) -> None:
         self._request = request
-        self._idle = idle
-        self._connect = connect
-        url = request.url
-        self._origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        self._target = url.raw_path.decode("ascii")
+        self._target = request.url.raw_path.decode("ascii")
         self._connection: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
         self._busy = False  # a worker thread runs a step
         self._abandoned = False
+        self._idle: tuple[_Idle, tuple[str, str, int]] | None = None
+
+    def keep_in(self, idle: _Idle, origin: tuple[str, str, int]) -> None:
+        """Where the connection goes when the response is done with, if it may be kept."""
+        self._idle = (idle, origin)
 
     async def run(self, step: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
         with self._lock:
@@ -198,32 +221,27 @@ class _Exchange:
             self._connection.close()
             self._connection = None
 
-    def send(self) -> http.client.HTTPResponse:
-        """The response, its headers read; on a kept-alive connection if one is idle."""
-        connection = self._idle.take(self._origin)
-        if connection is not None:
-            try:
-                return self._send_on(connection)
-            except _STALE:
-                connection.close()
-        try:
-            connection = self._connect(self._origin)
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc) or "timed out", request=self._request) from exc
-        except OSError as exc:
-            raise httpx.ConnectError(str(exc) or repr(exc), request=self._request) from exc
-        return self._send_on(connection)
-
-    def _send_on(self, connection: http.client.HTTPConnection) -> http.client.HTTPResponse:
+    def send(
+        self, connection: http.client.HTTPConnection, fresh: bool = False
+    ) -> http.client.HTTPResponse | None:
+        """The response, its headers read; None if ``connection``, kept alive, turns out
+        closed by the server while idle (it is closed here; a fresh one is wanted)."""
         with self._lock:
             self._connection = connection
-        connection.putrequest(
-            self._request.method, self._target, skip_host=True, skip_accept_encoding=True
-        )
-        for name, value in self._request.headers.raw:  # as httpx would send them
-            connection.putheader(name, value)
-        connection.endheaders()
-        return connection.getresponse()
+        try:
+            connection.putrequest(
+                self._request.method, self._target, skip_host=True, skip_accept_encoding=True
+            )
+            for name, value in self._request.headers.raw:  # as httpx would send them
+                connection.putheader(name, value)
+            connection.endheaders()
+            return connection.getresponse()
+        except _STALE:
+            if fresh:
+                raise
+            with self._lock:
+                self._close()
+            return None
 
     def finish(self, response: http.client.HTTPResponse) -> None:
         """The caller is done with the response: its connection is kept for the next request
@@ -233,8 +251,9 @@ class _Exchange:
             if self._busy or self._abandoned or connection is None:
                 return  # the thread still at work closes it
             self._connection = None
-        if response.isclosed() and not response.will_close:
-            self._idle.give(self._origin, connection)
+        if response.isclosed() and not response.will_close and self._idle is not None:
+            idle, origin = self._idle
+            idle.give(origin, connection)
         else:
             connection.close()
 
