@@ -78,14 +78,9 @@ BYTES_FETCHED = Counter(
 BYTES_SERVED = Counter("lazy2dfs_served_bytes", "File bytes served to readers through FUSE.")
 PAGE_CACHE_FILLED = Counter(
     "lazy2dfs_page_cache_filled_bytes",
-    "Fetched, verified bytes put into their files' page cache as they arrived"
-    " (fuse.fill_page_cache), which readers then read without a FUSE request; the kernel takes"
-    " them for files it has looked up only.",
-)
-PAGE_CACHE_DROPPED = Counter(
-    "lazy2dfs_page_cache_dropped_bytes",
-    "Fetched bytes not put into the page cache because the stores before them still waited"
-    " for the kernel (pages under reads in flight): those are read through the daemon.",
+    "Fetched, verified bytes offered to the kernel for their files' page cache as they"
+    " arrived (fuse.fill_page_cache); it keeps those of files it has looked up, which readers"
+    " then read without a FUSE request.",
 )
 READ_WAIT = Histogram(
     "lazy2dfs_read_network_wait_seconds",

@@ -26,11 +26,10 @@ import pyfuse3
 import trio
 import trio.lowlevel
 
-from lazy2dfs import libc
+from lazy2dfs import libc, metrics
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.keeper import DEVICE_MESSAGE, device_socket, enlarge_send_buffer
-from lazy2dfs.fuse.pagecache import PageCache
+from lazy2dfs.fuse.keeper import MESSAGE_BUFFER, enlarge_send_buffer, notify_mark
 from lazy2dfs.fuse.tree import LayerTree
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.mountinfo import is_mounted, read_mounts
@@ -49,6 +48,8 @@ READ_AHEAD_KB = 4096
 # Workers serving FUSE requests concurrently: a read waiting on the network must not block
 # lookups and cached reads behind it.
 MAX_TASKS = 64
+# Bytes per page-cache store: one message, within the keeper's buffer with the headers.
+STORE_BYTES = MESSAGE_BUFFER // 2
 
 # Puts verified bytes of a layer's file (by its key) at an offset into the page cache.
 PageCacheFill = Callable[[str, int, memoryview], None]
@@ -146,23 +147,14 @@ class Keeper:
         self.pid = PEERCRED.unpack(credentials)[0]
         return sock
 
-    def device(self) -> int | None:
-        """A duplicate of the keeper's ``/dev/fuse`` descriptor, on which to send the kernel
-        notifications; None from a keeper older than this hand-over."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with sock:
-            sock.settimeout(START_TIMEOUT)
-            try:
-                sock.connect(str(device_socket(self.socket)))
-                message, fds, _, _ = socket.recv_fds(sock, len(DEVICE_MESSAGE), 1)
-            except OSError:
-                return None
-        if message != DEVICE_MESSAGE or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            return None
-        os.set_inheritable(fds[0], False)
-        return fds[0]
+    def relays_notifications(self) -> bool:
+        """Whether the keeper connected to relays notifications (page-cache stores and
+        invalidations) apart from replies; an older external one may not, and one would then
+        wait for a reply queued behind it."""
+        try:
+            return notify_mark(self.socket).read_text().strip() == str(self.pid)
+        except OSError:
+            return False
 
     def unmount_unless_busy(self) -> bool:
         """Unmounts (the keeper then exits) unless containers still read through the mount;
@@ -234,7 +226,11 @@ class FuseSession:
         self._serving = False
         self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
         self._fill_page_cache = fill_page_cache
-        self._page_cache: PageCache | None = None  # while serving, from a keeper that can
+        # Notifications may go to the kernel: libfuse's session is up, and the keeper relays
+        # them apart from replies. Held by every notification, and by stop() before it ends
+        # libfuse's session under them.
+        self._notify_lock = threading.Lock()
+        self._notifying = False
 
     def start(self) -> None:
         self._thread.start()
@@ -249,16 +245,7 @@ class FuseSession:
         # libfuse takes "/dev/fd/N" as an already mounted connection, and closes it at the end.
         pyfuse3.init(self.filesystem, f"/dev/fd/{connection.detach()}", options)
         self._serving = True
-        device = self.keeper.device()
-        if device is None:
-            log.warning(
-                "fuse keeper hands over no device: page cache neither filled nor invalidated",
-                keeper=self.keeper.socket,
-                action="restart the keeper (when no container reads through the mount) to"
-                " upgrade it",
-            )
-        else:
-            self._page_cache = PageCache(device)
+        self._notifying = self.keeper.relays_notifications()
         self.call_sync(self._start_serving)
         self._raise_read_ahead()
         log.info("fuse serving", path=self.mountpoint, keeper=self.keeper.socket)
@@ -317,26 +304,53 @@ class FuseSession:
         return scope
 
     def page_cache_fill(self, tree: LayerTree) -> PageCacheFill:
-        """Puts bytes of ``tree``'s files into the kernel's page cache, from any thread,
-        without waiting for the kernel (``fuse.pagecache``). Only verified bytes may come
-        here. A store the kernel cannot take (a file nobody has looked up) is skipped, as is
-        one the kernel is behind on: it only saves a later read."""
+        """Puts bytes of ``tree``'s files into the kernel's page cache, from any thread: a
+        model that loads behind the background fetch then finds them there, without a FUSE
+        read (and its trip through the keeper and this daemon) per MiB. Only verified bytes
+        may come here. A store the kernel cannot take (a file nobody has looked up, or the
+        mount is not served) is skipped: it only saves a later read."""
 
         def fill(key: str, offset: int, data: memoryview) -> None:
-            page_cache = self._page_cache
             inode = tree.inode_of(key)
-            if inode is not None and page_cache is not None and self._fill_page_cache:
-                page_cache.store(inode, offset, data)
+            if inode is not None and self._fill_page_cache:
+                self._store(inode, offset, data)
 
         return fill
+
+    def _store(self, inode: int, offset: int, data: memoryview) -> None:
+        with self._notify_lock:
+            for start in range(0, len(data), STORE_BYTES):
+                if not self._notifying:
+                    return
+                # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
+                piece = data[start : start + STORE_BYTES]
+                if self._notify(pyfuse3.notify_store, inode, offset + start, piece):
+                    metrics.PAGE_CACHE_FILLED.inc(len(piece))
 
     def drop_page_cache(self, tree: LayerTree) -> None:
         """Drops the kernel's cached contents of ``tree``'s files, read or stored: a refused
         layer's reads must fail, and pages already cached would still be served."""
-        page_cache = self._page_cache
-        if page_cache is not None:
+        with self._notify_lock:
             for inode in tree.file_inodes():
-                page_cache.invalidate(inode)
+                if not self._notifying:
+                    return
+                self._notify(pyfuse3.invalidate_inode, inode, False)
+
+    def _notify(self, send: Callable[..., None], *args: Any) -> bool:
+        """One notification, called with the lock held; whether it went to the keeper. A
+        kernel that does not know the inode (nobody looked it up) answers the keeper, not us:
+        only a broken connection to the keeper fails here, and then every later one would."""
+        try:
+            send(*args)
+        except OSError as exc:
+            log.warning(
+                "page cache notifications stopped",
+                error=exc,
+                action="reads stay correct, each through the daemon",
+            )
+            self._notifying = False
+            return False
+        return True
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs async ``fn`` in the FUSE loop from another thread and returns its result."""
@@ -354,8 +368,8 @@ class FuseSession:
         then holds their requests for the next daemon (``restart_grace_seconds``)."""
         if not self._thread.ident:
             return  # never started
-        if self._page_cache is not None:
-            self._page_cache.close()
+        with self._notify_lock:
+            self._notifying = False
         if self.running:
             if self._serving:
                 trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
