@@ -7,8 +7,9 @@ was copied five times in the event loop (the socket's bytes, h11's buffer, two s
 chunk handed up) before the range's pieces were joined: 1.7 CPU-s per GiB in the FUSE loop's
 thread, holding the GIL. ``http.client`` reads a body of known length straight into the bytes
 it returns, in a worker thread, GIL released while it waits: 0.8 CPU-s per GiB, at 745 MiB/s
-instead of 500 (16 MiB ranges from the loopback registry); a cold 1 GiB model, ready in 3.63 s
-against 3.91 (medians of 5, side by side). Requests with a body (uploads, token forms) go to
+instead of 500 (16 MiB ranges from the loopback registry); a cold 1 GiB zstd:chunked model
+ready in 4.26 s against 4.61, the daemon at 4.52 CPU-s per GiB against 4.90 (medians of 5,
+alternating). Requests with a body (uploads, token forms) go to
 httpx's own transport.
 """
 
