@@ -189,6 +189,7 @@ def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(root: Pat
     try:
         assert held.entered.wait(10), "the kernel's read never came"
         fill = session.page_cache_fill(layer_tree())
+        assert fill is not None, "filling the page cache is the default"
         stored = threading.Event()
 
         def store() -> None:

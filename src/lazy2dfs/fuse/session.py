@@ -303,16 +303,19 @@ class FuseSession:
         self._nursery.start_soon(guarded, name=name)
         return scope
 
-    def page_cache_fill(self, tree: LayerTree) -> PageCacheFill:
+    def page_cache_fill(self, tree: LayerTree) -> PageCacheFill | None:
         """Puts bytes of ``tree``'s files into the kernel's page cache, from any thread: a
         model that loads behind the background fetch then finds them there, without a FUSE
         read (and its trip through the keeper and this daemon) per MiB. Only verified bytes
         may come here. A store the kernel cannot take (a file nobody has looked up, or the
-        mount is not served) is skipped: it only saves a later read."""
+        mount is not served) is skipped: it only saves a later read. None when
+        ``fuse.fill_page_cache`` is off, so that the fetch hands nothing over."""
+        if not self._fill_page_cache:
+            return None
 
         def fill(key: str, offset: int, data: memoryview) -> None:
             inode = tree.inode_of(key)
-            if inode is not None and self._fill_page_cache:
+            if inode is not None:
                 self._store(inode, offset, data)
 
         return fill

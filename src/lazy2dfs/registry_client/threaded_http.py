@@ -273,7 +273,7 @@ class _Body(httpx.AsyncByteStream):
         self._whole = whole
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        step = functools.partial(self._response.read) if self._whole else self._piece
+        step = self._response.read if self._whole else self._piece
         while not self._response.isclosed():
             data = await self._exchange.run(step, self._limiter)
             if not data:
