@@ -104,7 +104,8 @@ class FuseConfig(BaseModel):
         default=True,
         description="Put fetched, verified bytes into their files' page cache as they arrive,"
         " so a model loading behind the background fetch reads them without a request"
-        " through the daemon (1 GiB model, cold: 3 of 4 FUSE reads saved). Those pages are"
+        " through the daemon (1 GiB model, cold: about half its bytes come this way, the"
+        " rest in reads already asked for, which stores leave out). Those pages are"
         " charged to the keeper's memory cgroup, not the reading container's: turn off where"
         " the keeper's cgroup is limited below the models the node loads.",
     )

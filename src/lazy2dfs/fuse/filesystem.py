@@ -22,6 +22,7 @@ import pyfuse3
 
 from lazy2dfs import metrics
 from lazy2dfs.errors import Lazy2dfsError
+from lazy2dfs.fuse.reads_in_flight import ReadsInFlight
 from lazy2dfs.fuse.tree import LayerTree, Node, slot_of
 from lazy2dfs.logfmt import get_logger
 
@@ -99,6 +100,7 @@ class LayerFilesystem(pyfuse3.Operations):
         # One buffer for every read reply: pyfuse3 copies a reply into its FUSE message as soon
         # as the handler returns, before any other handler runs (handlers.pxi, fuse_read_async).
         self._reply = bytearray(REPLY_BYTES)
+        self.reads_in_flight = ReadsInFlight()
 
     # Layer management, called from the daemon (inside the trio loop).
 
@@ -220,6 +222,7 @@ class LayerFilesystem(pyfuse3.Operations):
             return b""
         size = min(size, node.size - off)
         reader = self._layers[slot_of(fh)].reader
+        token = self.reads_in_flight.begin(fh, off, off + size)
         try:
             if size > len(self._reply):
                 self._reply = bytearray(size)
@@ -236,6 +239,8 @@ class LayerFilesystem(pyfuse3.Operations):
                 exc_info=not isinstance(exc, Lazy2dfsError),
             )
             raise pyfuse3.FUSEError(errno.EIO) from exc
+        finally:
+            self.reads_in_flight.end(fh, token)
 
     async def release(self, fh: int) -> None:
         return None

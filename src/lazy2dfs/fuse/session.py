@@ -308,7 +308,8 @@ class FuseSession:
         model that loads behind the background fetch then finds them there, without a FUSE
         read (and its trip through the keeper and this daemon) per MiB. Only verified bytes
         may come here. A store the kernel cannot take (a file nobody has looked up, or the
-        mount is not served) is skipped: it only saves a later read. None when
+        mount is not served) is skipped: it only saves a later read. So are the ranges of the
+        file's reads in flight, whose replies bring the same bytes. None when
         ``fuse.fill_page_cache`` is off, so that the fetch hands nothing over."""
         if not self._fill_page_cache:
             return None
@@ -321,14 +322,16 @@ class FuseSession:
         return fill
 
     def _store(self, inode: int, offset: int, data: memoryview) -> None:
+        reads = self.filesystem.reads_in_flight
         with self._notify_lock:
-            for start in range(0, len(data), STORE_BYTES):
-                if not self._notifying:
-                    return
-                # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
-                piece = data[start : start + STORE_BYTES]
-                if self._notify(pyfuse3.notify_store, inode, offset + start, piece):
-                    metrics.PAGE_CACHE_FILLED.inc(len(piece))
+            for first, end in reads.outside(inode, offset, offset + len(data)):
+                for start in range(first, end, STORE_BYTES):
+                    if not self._notifying:
+                        return
+                    # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
+                    piece = data[start - offset : min(end, start + STORE_BYTES) - offset]
+                    if self._notify(pyfuse3.notify_store, inode, start, piece):
+                        metrics.PAGE_CACHE_FILLED.inc(len(piece))
 
     def drop_page_cache(self, tree: LayerTree) -> None:
         """Drops the kernel's cached contents of ``tree``'s files, read or stored: a refused
