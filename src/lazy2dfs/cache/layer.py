@@ -349,28 +349,32 @@ class LayerCache:
         """The chunk's payload, if it is still kept in memory (``cache.recent``)."""
         return self._recent.get(self, self._file_of(chunk.path).number, chunk.file_offset)
 
-    def read_cached(self, path: str, offset: int, into: memoryview) -> bool:
-        """Fills ``into`` if the page cache holds all of its bytes (``RWF_NOWAIT``: never
-        waits on the disk, so the event loop may call it); False if it does not.
+    def read_cached(self, path: str, offset: int, into: memoryview) -> memoryview | None:
+        """The bytes at ``offset``, as many as ``into`` holds, if memory or the page cache
+        holds all of them (``RWF_NOWAIT``: never waits on the disk, so the event loop may call
+        it); None if not. Within one payload kept in memory (``cache.recent``), a view of it:
+        a cold load's reads at the fetch's heels are then answered without a copy (they were
+        half of a cold GiB). Otherwise ``into``, filled.
 
-        Never for a file written around the page cache (``cache.direct``): its bytes are not
-        there, and asking would start the kernel's read-ahead into it: only what is kept in
-        memory (``cache.recent``)."""
+        Never from a file written around the page cache (``cache.direct``): its bytes are not
+        there, and asking would start the kernel's read-ahead into it."""
         held = self._held(path, offset, len(into))
         if held is not None:
+            if len(held) == 1:
+                return held[0]
             position = 0
             for piece in held:
                 into[position : position + len(piece)] = piece
                 position += len(piece)
-            return position == len(into)
+            return into if position == len(into) else None
         with self._descriptor(self._file_of(path)) as files:
             if files.direct is not None:
-                return False
+                return None
             try:
                 got = os.preadv(files.buffered, [into], offset, os.RWF_NOWAIT)
             except BlockingIOError:
-                return False
-        return got == len(into)
+                return None
+        return into if got == len(into) else None
 
     def gap_bytes(self, segment: Segment) -> bytes:
         """The recorded gap of a present segment (empty when assumed empty)."""

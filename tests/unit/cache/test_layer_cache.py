@@ -53,6 +53,21 @@ def test_present_ranges_read_back_as_written(
     cache.close()
 
 
+def test_bytes_just_written_read_back_from_memory(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout]
+) -> None:
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout)
+    fill(cache, data, layout, list(range(len(layout.segments))))
+    weights = FILES["m/weights.bin"]
+    into = memoryview(bytearray(CHUNK))
+    within = cache.read_cached("m/weights.bin", CHUNK, into[:100])
+    assert within is not None and within.tobytes() == weights[CHUNK : CHUNK + 100]
+    across = cache.read_cached("m/weights.bin", CHUNK - 3, into[:10])
+    assert across is not None and across.tobytes() == weights[CHUNK - 3 : CHUNK + 7]
+    cache.close()
+
+
 def test_only_flushed_segments_survive_a_restart(
     tmp_path: Path, blob: tuple[bytes, BlobLayout]
 ) -> None:
