@@ -101,6 +101,7 @@ FAILED = re.compile(
     r"(sha256:[0-9a-f]+)"
 )
 PULL_TIMEOUT = 3600.0
+WARM_LOADS = 3
 WARM_ATTEMPTS = 3
 # Images kept with --registry-dir are reused while this matches; change it when the model or
 # the writer changes.
@@ -438,28 +439,47 @@ def _run(
             "fetched_ratio": served.bytes() / image["needed"],
             "layers_verified": verified,
         }
-        # A warm phase is cheap to repeat: again while other work's cache drops spoil it.
-        for attempt in range(WARM_ATTEMPTS if WARM in plan.states else 0):
-            warm = Phase(stack, fmt, Served(registry))
-            try:
-                with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
-                    loaded = load_model(
-                        stack.containerd,
-                        ref,
-                        fmt.snapshotter,
-                        spec.containers,
-                        warm.start,
-                        fmt.namespace,
-                    )
-            except LoadFailed as exc:
-                result["warm"] = failed_load(work, spec.slug, WARM, exc)
-                break
-            result["warm"] = warm.measures(spec.size_mib, loaded, 0.0, 0.0) | {
-                "attempt": attempt + 1
-            }
-            if not result["warm"]["foreign_drops"]:
-                break
+        if WARM in plan.states:
+            result["warm"] = _warm(plan, stack, fmt, spec, ref, registry, work)
     return result
+
+
+def _warm(
+    plan: Plan,
+    stack: ColdStack,
+    fmt: Format,
+    spec: RunSpec,
+    ref: str,
+    registry: LocalRegistry,
+    work: Path,
+) -> dict[str, Any]:
+    """The warm phase: ``WARM_LOADS`` loads, each in new containers with the page cache
+    dropped, and the one of median ready time. A warm 1 GiB load takes about a second, read
+    from this VM's disk, whose speed drifts: overlayfs's took 0.82 to 1.15 s within an hour,
+    and single loads put lazy2dfs at 0.97x to 1.39x the overlayfs load beside them. A load
+    during which other work dropped the page cache is run again (up to ``WARM_ATTEMPTS`` more)."""
+    loads: list[dict[str, Any]] = []
+    for attempt in range(WARM_LOADS + WARM_ATTEMPTS):
+        warm = Phase(stack, fmt, Served(registry))
+        try:
+            with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
+                loaded = load_model(
+                    stack.containerd,
+                    ref,
+                    fmt.snapshotter,
+                    spec.containers,
+                    warm.start,
+                    fmt.namespace,
+                )
+        except LoadFailed as exc:
+            return failed_load(work, spec.slug, WARM, exc)
+        measured = warm.measures(spec.size_mib, loaded, 0.0, 0.0) | {"attempt": attempt + 1}
+        if not measured["foreign_drops"] or attempt == WARM_LOADS + WARM_ATTEMPTS - 1:
+            loads.append(measured)
+        if len(loads) == WARM_LOADS:
+            break
+    loads.sort(key=lambda load: float(load["ready_s"]))
+    return loads[len(loads) // 2] | {"ready_s_loads": [load["ready_s"] for load in loads]}
 
 
 def failed_load(work: Path, slug: str, state: str, exc: LoadFailed) -> dict[str, Any]:

@@ -346,7 +346,9 @@ def _notes(res: Results) -> list[str]:
         " `safetensors.safe_open` (memory-mapped, `get_tensor` for every key); first tensor: to"
         " the first. Cold: fresh containerd and daemons, nothing cached, page cache dropped;"
         " warm: the same node once it holds the whole image (lazy2dfs: every layer verified),"
-        " page cache dropped, new containers. Medians of the trials, (min-max) when more than"
+        " page cache dropped, new containers; each trial's warm figure is the median of 3"
+        " such loads (one load varies with the disk by a fifth). Medians of the trials,"
+        " (min-max) when more than"
         f" one (trials with {res.n} container(s) at once, per size: {trials}); ratios are"
         " against overlayfs in the same run: the median of the trials' ratios (trial k of every"
         " format runs within minutes, so drifting load on the machine falls on all alike).",
@@ -366,7 +368,7 @@ def _notes(res: Results) -> list[str]:
         " overlay lower directories were the snapshotter's FUSE directories. Page cache"
         " figures leave out runs during which another process on the machine dropped the page"
         " cache (/proc/vmstat drop_pagecache), marked *, a dash when none was left (a warm"
-        " phase so spoiled is run again, up to 3 times):"
+        " load so spoiled is run again, up to 3 more times):"
         f" {res.disturbed[0]} of {res.disturbed[1]} phases in this run.",
         "## Costs\n\n" + _cost_table(res),
     ]
