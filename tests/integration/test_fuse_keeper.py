@@ -1,6 +1,7 @@
 """The FUSE keeper holds the mount while no daemon serves it: a reader blocked across a daemon
 restart gets its bytes from the next daemon, and after the grace period an EIO, never a hang."""
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -183,16 +184,31 @@ def test_a_daemon_told_the_keeper_is_external_waits_for_it_and_never_starts_one(
     assert not (tmp_path / "s.sock").exists()
 
 
+@contextlib.contextmanager
+def read_held_in_the_daemon(
+    root: Path, name: str
+) -> Iterator[tuple[FuseSession, HeldReader, BackgroundRead]]:
+    """A daemon serving, a whole-file read of ``name`` under way and held in the daemon (the
+    kernel's pages locked under it) until the test sets ``release``. A read still unfinished
+    at the end is aborted, so that a failed test does not leave the reader hanging."""
+    held = HeldReader(FILES)
+    session = serve(root, grace=30, reader=held)
+    device = os.stat(session.mountpoint).st_dev
+    reader = BackgroundRead(session.mountpoint / "7" / name)
+    try:
+        assert held.entered.wait(10), "the kernel's read never came"
+        yield session, held, reader
+    finally:
+        if not reader.finished.is_set():
+            abort_connection(device)
+        session.stop()
+
+
 def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(root: Path) -> None:
     """The kernel stores into the page cache page by page, waiting for each page's lock, which
     a read in flight holds until its reply: a reply queued behind such a store would never
     come, and the reader (and the keeper) would hang for good."""
-    held = HeldReader(FILES)
-    session = serve(root, grace=30, reader=held)
-    device = os.stat(session.mountpoint).st_dev
-    reader = BackgroundRead(session.mountpoint / "7" / "second.bin")
-    try:
-        assert held.entered.wait(10), "the kernel's read never came"
+    with read_held_in_the_daemon(root, "second.bin") as (session, held, reader):
         inode = layer_tree().inode_of("second.bin")
         assert inode is not None
         stored = threading.Event()
@@ -209,21 +225,12 @@ def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(root: Pat
         session.call_sync(held.release.set)
         assert reader.finished.wait(10), "a read's reply was held up behind a store"
         assert reader.result == SECOND
-    finally:
-        if not reader.finished.is_set():
-            abort_connection(device)
-        session.stop()
 
 
 def test_a_store_leaves_out_the_bytes_a_read_in_flight_brings(root: Path) -> None:
     """In a cold load the model reads at the fetch's heels: what its reads in flight will
     bring is not sent to the kernel a second time."""
-    held = HeldReader(FILES)
-    session = serve(root, grace=30, reader=held)
-    device = os.stat(session.mountpoint).st_dev
-    reader = BackgroundRead(session.mountpoint / "7" / "large.bin")
-    try:
-        assert held.entered.wait(10), "the kernel's read never came"
+    with read_held_in_the_daemon(root, "large.bin") as (session, held, reader):
         fill = session.page_cache_fill(layer_tree())
         assert fill is not None, "filling the page cache is the default"
         before = REGISTRY.get_sample_value("lazy2dfs_page_cache_filled_bytes_total") or 0.0
@@ -233,10 +240,6 @@ def test_a_store_leaves_out_the_bytes_a_read_in_flight_brings(root: Path) -> Non
         session.call_sync(held.release.set)
         assert reader.finished.wait(10), "the read never finished"
         assert reader.result == LARGE
-    finally:
-        if not reader.finished.is_set():
-            abort_connection(device)
-        session.stop()
 
 
 def test_a_daemon_stores_only_through_a_keeper_that_says_it_relays_notifications(
