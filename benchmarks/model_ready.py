@@ -462,7 +462,7 @@ def _warm(
     for attempt in range(WARM_LOADS + WARM_ATTEMPTS):
         warm = Phase(stack, fmt, Served(registry))
         try:
-            with _profiled(plan, stack, fmt, f"{spec.slug}-warm"):
+            with _profiled(plan, stack, fmt, f"{spec.slug}-warm-{attempt + 1}"):
                 loaded = load_model(
                     stack.containerd,
                     ref,
