@@ -67,8 +67,9 @@ class DiskFullError(UnavailableError):
 
 
 class _StreamDigest:
-    """The sha256 of the layer's tar stream, advanced segment by segment in blob order as they
-    are stored, while their payloads are in memory (``cache.recent``); what arrived out of
+    """The sha256 of the layer's tar stream, advanced segment by segment in blob order as the
+    background fetch stores them, while their payloads are in memory (``cache.recent``,
+    ``LayerCache.hash_in_memory``); what arrived out of
     order is read back when the layer is checked, not while a model loads. A model loads in
     tensor order, not the blob's: reading each segment back when its turn came put a disk
     read per segment in the load (``cache.direct``), and re-reading the whole layer at the end
@@ -168,7 +169,10 @@ class LayerCache:
             self._dirty.update(self._file_of(c.path).number for c in segment.chunks)
             self._pending.append(_Pending(segment.index, gap, gap_bytes))
             self._stored += len(gap_bytes) + (segment.payload_size if old is None else 0)
-        self._advance_digest(segment, learnt=old is not None)
+        if old is not None:
+            with self._digest.lock:
+                if segment.index < self._digest.next:
+                    self._digest.valid = False  # hashed with the gap assumed empty
 
     def _write_payloads(self, segment: Segment, payloads: Sequence[bytes | memoryview]) -> None:
         try:
@@ -182,12 +186,13 @@ class LayerCache:
                 raise DiskFullError(f"cache disk full at {self.directory}: {exc}") from exc
             raise
 
-    def _advance_digest(self, segment: Segment, learnt: bool) -> None:
-        digest = self._digest
-        with digest.lock:
-            if learnt and segment.index < digest.next:
-                digest.valid = False  # hashed with the gap assumed empty
-            self._advance_from(digest, in_memory=True)
+    def hash_in_memory(self) -> None:
+        """Advances the tar stream's running sha256 over the segments that follow it, are
+        present and are still in memory (``cache.recent``). The fetcher calls it once the
+        readers waiting for a segment are on their way, not while they wait (``store`` used
+        to: a sha256 of every segment stood between its verification and its readers)."""
+        with self._digest.lock:
+            self._advance_from(self._digest, in_memory=True)
 
     def _advance_from(self, digest: _StreamDigest, in_memory: bool) -> None:
         """Under ``digest.lock``: hashes the present segments that follow, ``in_memory`` only
