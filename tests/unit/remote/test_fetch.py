@@ -13,14 +13,19 @@ import pytest
 import trio
 import trio.testing
 
+from lazy2dfs.cache import direct
 from lazy2dfs.cache.layer import Gap
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.estargz import WriterOptions
-from lazy2dfs.estargz.layout import BlobLayout
+from lazy2dfs.estargz.decode import DecodedSegment, decode_segment
+from lazy2dfs.estargz.layout import BlobLayout, Segment
+from lazy2dfs.estargz.toc import Compression
 from lazy2dfs.layers.verify import diff_id
+from lazy2dfs.remote import fetch
 from lazy2dfs.remote.fetch import (
     BACKGROUND_NICE,
+    DECODED_SEGMENTS,
     FetchContext,
     LayerStats,
     SegmentFetcher,
@@ -133,6 +138,56 @@ def test_a_file_another_blob_holds_is_copied_not_fetched(tmp_path: Path) -> None
         assert (
             diff_id(new.cache, tail) == "sha256:" + hashlib.sha256(tar_stream(new_data)).hexdigest()
         )
+
+    trio.run(main)
+
+
+def test_a_stalled_disk_holds_only_a_few_decoded_segments_and_not_the_decoders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache's disk stops answering: the decoders go on past the writes waiting for it
+    (more segments decoded than there are decoding threads), but only so far, so memory stays
+    bounded; once the disk answers, every byte arrives."""
+    weights = os.urandom(12 * CHUNK)
+    data, layout = blob({"w.bin": weights})
+    disk = threading.Event()
+    decoded: list[int] = []
+    write = direct.write
+
+    def stalled_write(files: direct.Descriptors, data: bytes | memoryview, offset: int) -> None:
+        assert disk.wait(timeout=30)
+        write(files, data, offset)
+
+    def counted_decode(
+        segment: Segment, compressed: memoryview, compression: Compression, gap_limit: int
+    ) -> DecodedSegment:
+        decoded.append(segment.index)
+        return decode_segment(segment, compressed, compression, gap_limit)
+
+    monkeypatch.setattr(direct, "write", stalled_write)
+    monkeypatch.setattr(fetch, "decode_segment", counted_decode)
+
+    async def main() -> None:
+        context = FetchContext(CacheStore(tmp_path, 1 << 30), deadline=60)
+        fetcher, _ = fetcher_for(context, digest(1), data, layout)
+        with_payloads = sum(1 for s in layout.segments if s.chunks)
+        assert with_payloads > DECODED_SEGMENTS
+
+        def waiting_for_the_disk() -> int:
+            return sum(1 for i in decoded if layout.segments[i].chunks)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.ensure, list(layout.segments), Fetch.PREFETCH)
+            try:
+                with trio.fail_after(10):
+                    while waiting_for_the_disk() < DECODED_SEGMENTS:
+                        await trio.sleep(0.01)
+                await trio.sleep(0.3)
+                assert waiting_for_the_disk() == DECODED_SEGMENTS
+            finally:
+                disk.set()
+        assert fetcher.cache.complete
+        assert fetcher.cache.read("w.bin", 0, len(weights)) == weights
 
     trio.run(main)
 
