@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
 import os
 import struct
 import threading
@@ -66,22 +65,6 @@ class DiskFullError(UnavailableError):
     """The cache's disk refused a write; the bytes are served without being kept."""
 
 
-class _StreamDigest:
-    """The sha256 of the layer's tar stream, advanced segment by segment in blob order as the
-    background fetch stores them, while their payloads are in memory (``cache.recent``,
-    ``LayerCache.hash_in_memory``); what arrived out of
-    order is read back when the layer is checked, not while a model loads. A model loads in
-    tensor order, not the blob's: reading each segment back when its turn came put a disk
-    read per segment in the load (``cache.direct``), and re-reading the whole layer at the end
-    was a sixth of the daemon's CPU where the background fetch brought it in order."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.hash = hashlib.sha256()
-        self.next = 0
-        self.valid = True  # false once a gap hashed as assumed-empty turned out otherwise
-
-
 @dataclass
 class _Pending:
     segment: int
@@ -116,7 +99,6 @@ class LayerCache:
         self._log_path = directory / "present.log"
         self._log = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._load_log()
-        self._digest = _StreamDigest()
 
     # Presence.
 
@@ -169,10 +151,6 @@ class LayerCache:
             self._dirty.update(self._file_of(c.path).number for c in segment.chunks)
             self._pending.append(_Pending(segment.index, gap, gap_bytes))
             self._stored += len(gap_bytes) + (segment.payload_size if old is None else 0)
-        if old is not None:
-            with self._digest.lock:
-                if segment.index < self._digest.next:
-                    self._digest.valid = False  # hashed with the gap assumed empty
 
     def _write_payloads(self, segment: Segment, payloads: Sequence[bytes | memoryview]) -> None:
         try:
@@ -186,40 +164,6 @@ class LayerCache:
                 raise DiskFullError(f"cache disk full at {self.directory}: {exc}") from exc
             raise
 
-    def hash_in_memory(self) -> None:
-        """Advances the tar stream's running sha256 over the segments that follow it, are
-        present and are still in memory (``cache.recent``). The fetcher calls it once the
-        readers waiting for a segment are on their way, not while they wait (``store`` used
-        to: a sha256 of every segment stood between its verification and its readers)."""
-        with self._digest.lock:
-            self._advance_from(self._digest, in_memory=True)
-
-    def _advance_from(self, digest: _StreamDigest, in_memory: bool) -> None:
-        """Under ``digest.lock``: hashes the present segments that follow, ``in_memory`` only
-        as long as their payloads are still kept (``cache.recent``)."""
-        segments = self.layout.segments
-        while digest.next < len(segments):
-            following = segments[digest.next]
-            if not self.present(following):
-                return
-            if in_memory and any(self._kept(c) is None for c in following.chunks):
-                return
-            for piece in self._segment_stream(following):
-                digest.hash.update(piece)
-            digest.next += 1
-
-    def stream_digest(self) -> hashlib._Hash | None:
-        """A copy of the tar stream's sha256, once every segment is present: the running one,
-        finished by reading back what arrived out of order (while a model loads, the
-        running one takes only segments in memory: a model loads in tensor order, not the
-        blob's, and reading each back from the disk when its turn came cost the load)."""
-        digest = self._digest
-        with digest.lock:
-            self._advance_from(digest, in_memory=False)
-            if digest.valid and digest.next == len(self.layout.segments):
-                return digest.hash.copy()
-        return None
-
     def drop_assumptions(self) -> list[Segment]:
         """Forgets the gaps assumed empty (they become unknown, so the background fetch
         decodes them); returns those segments."""
@@ -228,9 +172,6 @@ class LayerCache:
             for index in assumed:
                 self._gaps[index] = Gap.UNKNOWN
                 self._pending.append(_Pending(index, Gap.UNKNOWN, b""))
-        if assumed:
-            with self._digest.lock:
-                self._digest.valid = False
         return [self.layout.segments[i] for i in assumed]
 
     def flush(self) -> int:

@@ -3,7 +3,7 @@
 Backing files are written around the page cache (``cache.direct``), so a read of bytes just
 fetched would otherwise wait on the disk. A model loads in the order the background fetch
 goes, a window behind it: its reads find their bytes here, served without a disk read or a
-worker thread, and the diff ID's running hash takes them from here in blob order. A cold 1 GiB
+worker thread. A cold 1 GiB
 gzip eStargz model was ready in 5.4 s against 5.7-5.9 s reading from the disk (daemon 7.0
 against 7.2-7.8 CPU-s/GiB); zstd:chunked, fetched faster than it loads, is the same either way.
 

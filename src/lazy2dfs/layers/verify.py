@@ -49,18 +49,24 @@ class LayerMismatchError(IntegrityError):
 
 def diff_id(cache: LayerCache, tail: bytes) -> str:
     """The sha256 of the layer's tar stream, after checking its headers against the TOC.
-    ``tail`` is the blob from the TOC on (recorded when the layer was opened)."""
+    ``tail`` is the blob from the TOC on (recorded when the layer was opened).
+
+    Hashed once the layer is complete, its payloads read from memory where ``cache.recent``
+    still holds them and from the disk otherwise; the caller runs it at low priority, behind
+    the model loading. A running hash, advanced as segments arrived, never got past the
+    first segment: the tar headers no file needs, which the background fetch brings last.
+    Fetched first, they let it run, but it then hashed the whole layer inside the load: a cold
+    1 GiB zstd:chunked model was ready in 8.3 s against 7.75 (medians of 4 each, taking
+    turns)."""
     toc = cache.layout.toc
     limit = DEFAULT_LIMITS.max_toc_bytes + (1 << 20)
     if toc.compression is Compression.GZIP:
         tail_plain = inflate_gzip_members(tail, limit)
     else:
         tail_plain = bytes(read_zstd_frames(tail, limit))
-    digest = cache.stream_digest()
-    if digest is None:  # segments arrived out of order, or a gap was guessed: hash it all
-        digest = hashlib.sha256()
-        for piece in cache.stream():
-            digest.update(piece)
+    digest = hashlib.sha256()
+    for piece in cache.stream():
+        digest.update(piece)
     digest.update(tail_plain)
     _check_headers(cache, tail_plain)
     return "sha256:" + digest.hexdigest()

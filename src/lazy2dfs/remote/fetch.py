@@ -344,16 +344,6 @@ class SegmentFetcher:
             uncached[segment.index] = decoded
         # Readers waiting for this segment go on now, not when the rest of its span is done.
         self.context.flights.release(self.key(segment))
-        if kept and why is Fetch.PREFETCH:
-            await self._hash_in_memory()
-
-    async def _hash_in_memory(self) -> None:
-        """The diff ID's running hash takes what is present and still in memory: after the
-        readers waiting for a segment went on, at low priority, and only in the background
-        fetch, whose caller waits for nobody (a reader's own fetch returns when its segments
-        are written; what it stored is hashed by the background fetch's next call, or read
-        back when the layer is checked)."""
-        await trio.to_thread.run_sync(at_low_priority(self.cache.hash_in_memory))
 
     def _decode(self, segment: Segment, piece: memoryview) -> DecodedSegment:
         """In a worker thread: decode, verify, hand the payloads on. Handed on before the
@@ -414,8 +404,6 @@ class SegmentFetcher:
                 copied.add(segment.index)
                 store.stored(self.cache, segment.chunks)
                 metrics.CACHE_EVENTS.labels("copied").inc()
-        if copied and why is Fetch.PREFETCH:
-            await self._hash_in_memory()
         return copied
 
     def _copy(

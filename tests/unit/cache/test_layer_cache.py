@@ -213,41 +213,10 @@ def test_the_backing_files_keep_no_copy_in_the_page_cache(
     fill(cache, data, layout, list(reversed(range(len(layout.segments)))))
     weights = FILES["m/weights.bin"]
     assert cache.read("m/weights.bin", 0, len(weights)) == weights
-    assert cache.stream_digest() is not None
+    assert sum(len(piece) for piece in cache.stream()) > len(weights)
     cache.close()
     # Only the last page of each file (the estargz landmark included): written unaligned.
     assert page_cache_bytes([tmp_path / "c" / "data"]) <= len(layout.files) * 4096
-
-
-def test_the_diff_id_hash_takes_payloads_from_memory_when_asked(
-    tmp_path: Path, blob: tuple[bytes, BlobLayout]
-) -> None:
-    """Hashed while in memory, a layer is checked without reading its bytes back; stored, not
-    hashed, and gone from memory, it is read back. A backing file changed on disk after the
-    fetch tells which of the two the check did."""
-    data, layout = blob
-    everything = list(range(len(layout.segments)))
-    reference = LayerCache(tmp_path / "reference", layout)
-    fill(reference, data, layout, everything)
-    expected = reference.stream_digest()
-    assert expected is not None
-    reference.close()
-
-    def checked(name: str, hash_in_memory: bool) -> str | None:
-        recent = RecentPayloads(1 << 20)
-        cache = LayerCache(tmp_path / name, layout, recent)
-        fill(cache, data, layout, everything)
-        if hash_in_memory:
-            cache.hash_in_memory()
-        recent.forget(cache)
-        with open(cache.backing_path(layout.files["m/weights.bin"]), "r+b") as backing:
-            backing.write(b"changed")
-        digest = cache.stream_digest()
-        cache.close()
-        return None if digest is None else digest.hexdigest()
-
-    assert checked("hashed", hash_in_memory=True) == expected.hexdigest()
-    assert checked("read-back", hash_in_memory=False) != expected.hexdigest()
 
 
 def test_recent_payloads_stay_within_their_bound() -> None:

@@ -65,8 +65,8 @@ def test_the_rebuilt_stream_hashes_to_the_writers_diff_id(
 
 @pytest.mark.parametrize("kept", [0, 1 << 30], ids=["read-back", "in-memory"])
 def test_segments_stored_out_of_order_hash_to_the_diff_id(tmp_path: Path, kept: int) -> None:
-    """Last segment first, as a model loaded in tensor order brings them: the running hash
-    waits, then takes them from memory or, where memory kept none, from the disk."""
+    """Last segment first, as a model loaded in tensor order brings them: the stream is
+    rebuilt in blob order from memory or, where memory kept none, from the disk."""
     blob, result = write(tar_with_everything(), WriterOptions(chunk_size=CHUNK))
     layout = BlobLayout(open_bytes(blob, result.toc_digest))
     cache = complete_cache(
