@@ -73,12 +73,18 @@ def test_nodes_through_a_mirror_cost_the_origin_what_plain_pulls_do(
     origin: Origin, tmp_path: Path
 ) -> None:
     with Fleet(tmp_path, origin.registry, NODES, link=LINK) as fleet:
-        assert fleet.mirror is not None
-        sent, relayed = Served(origin.registry), Served(fleet.mirror)
+        assert fleet.mirror is not None and fleet.emulator is not None
+        relayed = Served(fleet.mirror)
+        before = fleet.emulator.from_target
         assert roll_out(fleet, origin.ref) == [expected_sums()] * NODES
         # The mirror fetches a blob for its store and once per request before it holds it: a
-        # plain pull by each node costs the origin at most NODES + 1 times the image.
-        assert sent.bytes(origin.digests) <= (NODES + 1) * origin.size * (1 + BYPASS_SHARE)
+        # plain pull by each node costs the origin at most NODES + 1 times the image. Counted
+        # as what crossed the origin's link (1.4-1.5 times the image): its access log also
+        # counts what it wrote into loopback's send buffer for each answer closed early, ~2 MB
+        # that never left (devstack/link.py), and so swung with the machine's speed from 2.9
+        # to 3.3 times the image, past the bound in a third of the runs on a slow day.
+        crossed = fleet.emulator.from_target - before
+        assert crossed <= (NODES + 1) * origin.size * (1 + BYPASS_SHARE)
         # Each node took each blob from the mirror once (whole, or as ranges once the mirror
         # held it), plus what the mirror had written into a whole answer the node closed.
         closed = len(origin.digests) * (1 << 20)
