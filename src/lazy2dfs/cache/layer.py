@@ -21,7 +21,8 @@ names the layer by. A segment copied from another layer, rather than decoded, ho
 payloads; its gap is *assumed* empty when none of its chunks ends a file (only then can tar
 bytes follow a payload in a member) and *unknown* otherwise.
 
-Thread-safe: writes come from decoding threads, reads from the FUSE loop's worker threads.
+Thread-safe: writes come from the fetch's worker threads, reads from the FUSE loop and its
+worker threads.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 Backing files are written around the page cache (``cache.direct``), so a read of bytes just
 fetched would otherwise wait on the disk. A model loads in the order the background fetch
 goes, a window behind it: its reads find their bytes here, served without a disk read or a
-worker thread. A cold 1 GiB
-gzip eStargz model was ready in 5.4 s against 5.7-5.9 s reading from the disk (daemon 7.0
-against 7.2-7.8 CPU-s/GiB); zstd:chunked, fetched faster than it loads, is the same either way.
+worker thread. A cold 1 GiB gzip eStargz model was ready in 5.4 s against 5.7-5.9 s reading
+from the disk (daemon 7.0 against 7.2-7.8 CPU-s/GiB); zstd:chunked, fetched faster than it
+loads, is the same either way.
 
 Shared by every blob's cache of a daemon and bounded in bytes: least recently stored go first.
-Thread-safe: decoding threads store, the FUSE loop and worker threads read.
+Thread-safe: the worker threads writing segments store, the FUSE loop and worker threads read.
 """
 
 from __future__ import annotations
