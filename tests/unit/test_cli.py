@@ -105,3 +105,27 @@ def test_bash_completion_offers_commands_flags_and_choices(tmp_path: Path) -> No
     assert offered == [f"{tmp_path}/model.toml"]
     zsh = lazy2dfs("completion", "zsh").stdout
     assert "bashcompinit" in zsh and script in zsh
+
+
+def test_the_command_line_starts_without_the_daemons_or_the_formats_libraries() -> None:
+    """Every command's parser is built at each start, ``lazy2dfs pull``'s too, which a
+    container's first tensor waits for: on a cold page cache the format library (``estargz``,
+    zstandard, tarfile) and the status client (http.client) cost it about 0.15 s."""
+    heavy = (
+        "lazy2dfs.estargz",
+        "lazy2dfs.status",
+        "lazy2dfs.config",
+        "http.client",
+        "zstandard",
+        "tarfile",
+        "pydantic",
+        "trio",
+        "grpc",
+        "pyfuse3",
+    )
+    probe = "import sys, lazy2dfs.cli; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [*lazy2dfs_argv()[:-2], "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(set(done.stdout.split()) & set(heavy)) == []

@@ -6,9 +6,8 @@ import argparse
 import json
 import os
 
+from lazy2dfs.chunking import DEFAULT_CHUNK_SIZE, Compression
 from lazy2dfs.cli.parser import Subparsers
-from lazy2dfs.estargz import Compression
-from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
 
 
 def add_compression_option(command: argparse.ArgumentParser) -> None:

@@ -14,13 +14,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.errors import FailedPreconditionError, Lazy2dfsError, UnavailableError
 from lazy2dfs.locations import DEFAULT_CONFIG_PATH, daemon_control_address
 from lazy2dfs.progress import human_bytes
-from lazy2dfs.status import ControlClient, StatusReport
+
+if TYPE_CHECKING:
+    from lazy2dfs.status import StatusReport
 
 TIMEOUT = 10.0
 # --health: past the daemon's own FUSE loop check (2 s), within a probe's timeout.
@@ -58,6 +60,9 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Here, not above: every command's parser is built at each start (http.client, ~0.1 s).
+    from lazy2dfs.status import ControlClient
+
     if args.health:
         if args.metrics_address is not None:
             args.command_parser.error("--health asks the control socket: drop --metrics-address")
@@ -82,6 +87,7 @@ def read_status(config_path: Path | None, metrics_address: str | None) -> Status
     """The daemon's report: from ``metrics_address`` when given, else over the control socket,
     else over the metrics address its configuration names."""
     from lazy2dfs import config
+    from lazy2dfs.status import ControlClient
 
     if metrics_address is not None:
         address = config.load(config_path, overrides={"metrics_address": metrics_address})

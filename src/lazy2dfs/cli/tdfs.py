@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lazy2dfs.chunking import Compression
 from lazy2dfs.cli.convert import add_compression_option
 from lazy2dfs.cli.parser import Subparsers
 from lazy2dfs.errors import InvalidArgumentError
-from lazy2dfs.estargz import Compression
 from lazy2dfs.progress import human_bytes
 
 if TYPE_CHECKING:

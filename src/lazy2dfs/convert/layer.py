@@ -13,9 +13,9 @@ from typing import Final, Protocol
 
 import zstandard
 
+from lazy2dfs.chunking import DEFAULT_CHUNK_SIZE, Compression
 from lazy2dfs.convert.errors import UnsupportedImageError
-from lazy2dfs.estargz import Compression, WriteResult, WriterOptions, open_blob, write_blob_from_tar
-from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
+from lazy2dfs.estargz import WriteResult, WriterOptions, open_blob, write_blob_from_tar
 from lazy2dfs.progress import ReadProgress
 from lazy2dfs.registry_client import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 

@@ -10,6 +10,7 @@ them in, or passes a ``read_range(offset, length)`` callable to :func:`open_blob
 :func:`decode_chunk` verifies the chunk digest and raises rather than return unverified bytes.
 """
 
+from lazy2dfs.chunking import Compression
 from lazy2dfs.digest import DigestMismatchError
 from lazy2dfs.estargz.blob import open_blob, open_blob_async
 from lazy2dfs.estargz.decode import decode_chunk
@@ -30,7 +31,6 @@ from lazy2dfs.estargz.toc import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     Chunk,
-    Compression,
     EntryType,
     Toc,
     TocEntry,

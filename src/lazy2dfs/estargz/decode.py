@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from lazy2dfs.chunking import Compression
 from lazy2dfs.estargz.errors import ChunkDigestMismatchError, CompressedDataError
 from lazy2dfs.estargz.layout import Segment
 from lazy2dfs.estargz.members import (
@@ -19,7 +20,7 @@ from lazy2dfs.estargz.members import (
     read_zstd_frame,
     read_zstd_frames,
 )
-from lazy2dfs.estargz.toc import Chunk, Compression
+from lazy2dfs.estargz.toc import Chunk
 
 
 def decode_chunk(chunk: Chunk, compressed: bytes) -> bytes:

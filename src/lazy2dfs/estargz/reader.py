@@ -11,12 +11,12 @@ import hashlib
 import hmac
 import tarfile
 
+from lazy2dfs.chunking import Compression
 from lazy2dfs.estargz.errors import TocDigestMismatchError, TocError, TocTooLargeError
 from lazy2dfs.estargz.members import inflate_gzip_member
 from lazy2dfs.estargz.toc import (
     DEFAULT_LIMITS,
     TOC_TAR_NAME,
-    Compression,
     Toc,
     TocLimits,
     build_toc,

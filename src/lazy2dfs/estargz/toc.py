@@ -22,6 +22,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from lazy2dfs.chunking import Compression
 from lazy2dfs.digest import is_sha256_digest
 from lazy2dfs.errors import InvalidArgumentError, NotFoundError
 from lazy2dfs.estargz.errors import TocError, TocTooLargeError, UnsafePathError
@@ -43,13 +44,6 @@ class EntryType(StrEnum):
     BLOCK = "block"
     FIFO = "fifo"
     CHUNK = "chunk"
-
-
-class Compression(StrEnum):
-    """How each chunk's member is compressed; decides how :func:`decode_chunk` reads it."""
-
-    GZIP = "gzip"
-    ZSTD = "zstd"
 
 
 @dataclass(frozen=True, slots=True)

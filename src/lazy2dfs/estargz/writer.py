@@ -35,6 +35,7 @@ from typing import IO
 
 import zstandard
 
+from lazy2dfs.chunking import DEFAULT_CHUNK_SIZE, Compression
 from lazy2dfs.estargz.errors import SourceError
 from lazy2dfs.estargz.footer import build_footer
 from lazy2dfs.estargz.members import read_at_most
@@ -44,7 +45,6 @@ from lazy2dfs.estargz.toc import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TOC_TAR_NAME,
-    Compression,
     EntryType,
     TocEntry,
     clean_name,
@@ -57,7 +57,6 @@ from lazy2dfs.estargz.zstdchunked import (
     skippable_frame,
 )
 
-DEFAULT_CHUNK_SIZE = 4 << 20
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from lazy2dfs.chunking import Compression
 from lazy2dfs.estargz.errors import FooterError, TocError, TocTooLargeError
 from lazy2dfs.estargz.members import read_zstd_frame
 from lazy2dfs.estargz.reader import check_toc_digest
-from lazy2dfs.estargz.toc import DEFAULT_LIMITS, Compression, Toc, TocLimits, build_toc
+from lazy2dfs.estargz.toc import DEFAULT_LIMITS, Toc, TocLimits, build_toc
 
 ZSTD_FOOTER_SIZE = 40
 ZSTD_FOOTER_SIZE_CONTAINERS = 64

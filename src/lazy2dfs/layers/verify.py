@@ -18,13 +18,13 @@ import tarfile
 from collections.abc import Iterator
 
 from lazy2dfs.cache.layer import LayerCache
+from lazy2dfs.chunking import Compression
 from lazy2dfs.errors import IntegrityError
 from lazy2dfs.estargz.members import inflate_gzip_members, read_zstd_frames
 from lazy2dfs.estargz.pieces import Piece, PieceStream
 from lazy2dfs.estargz.toc import (
     DEFAULT_LIMITS,
     TOC_TAR_NAME,
-    Compression,
     EntryType,
     TocEntry,
     clean_name,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from lazy2dfs.estargz import Compression, WriterOptions, write_blob_from_tar
-from lazy2dfs.estargz.writer import DEFAULT_CHUNK_SIZE
+from lazy2dfs.chunking import DEFAULT_CHUNK_SIZE, Compression
+from lazy2dfs.estargz import WriterOptions, write_blob_from_tar
 from lazy2dfs.progress import ReadProgress
 from lazy2dfs.tdfs.cache import AllotmentCache, EncodedBlob
 from lazy2dfs.tdfs.field import Allotment

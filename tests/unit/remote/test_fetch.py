@@ -16,11 +16,11 @@ import trio.testing
 from lazy2dfs.cache import direct
 from lazy2dfs.cache.layer import Gap
 from lazy2dfs.cache.store import CacheStore
+from lazy2dfs.chunking import Compression
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.decode import DecodedSegment, decode_segment
 from lazy2dfs.estargz.layout import BlobLayout, Segment
-from lazy2dfs.estargz.toc import Compression
 from lazy2dfs.layers.verify import diff_id
 from lazy2dfs.remote import fetch
 from lazy2dfs.remote.fetch import (
