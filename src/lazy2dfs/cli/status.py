@@ -115,7 +115,7 @@ def fetch_status(host: str, port: int) -> StatusReport:
     url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            return cast(StatusReport, json.load(response))
+            return cast("StatusReport", json.load(response))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise UnavailableError(
             f"no lazy2dfs status at {url}: {exc}; is the daemon running with this metrics_address?"
