@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from devstack.process import lazy2dfs_argv
 from devstack.snapshotter import end_keeper, keeper_pids
+from lazy2dfs.fuse import store_ring
 from lazy2dfs.fuse.filesystem import FileReader, LayerFilesystem
 from lazy2dfs.fuse.keeper import notify_mark
 from lazy2dfs.fuse.session import FuseSession, Keeper
@@ -204,24 +205,80 @@ def read_held_in_the_daemon(
         session.stop()
 
 
-def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(root: Path) -> None:
+def cut_as_if_no_read_were_in_flight(session: FuseSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read can still come between a store's cutting and the keeper's writing it."""
+
+    def whole(inode: int, start: int, end: int) -> list[tuple[int, int]]:
+        return [(start, end)]
+
+    monkeypatch.setattr(session.filesystem.reads_in_flight, "outside", whole)
+
+
+def filled_bytes() -> float:
+    return REGISTRY.get_sample_value("lazy2dfs_page_cache_filled_bytes_total") or 0.0
+
+
+def test_a_store_into_pages_a_read_is_filling_never_holds_up_that_read(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The kernel stores into the page cache page by page, waiting for each page's lock, which
     a read in flight holds until its reply: a reply queued behind such a store would never
     come, and the reader (and the keeper) would hang for good."""
     with read_held_in_the_daemon(root, "second.bin") as (session, held, reader):
-        inode = layer_tree().inode_of("second.bin")
-        assert inode is not None
+        cut_as_if_no_read_were_in_flight(session, monkeypatch)
+        fill = session.page_cache_fill(layer_tree())
+        assert fill is not None
         stored = threading.Event()
 
         def store() -> None:
-            # Straight to libfuse: page_cache_fill would leave out what the read brings, but a
-            # read can still come between a store's sending and the keeper's writing it.
-            pyfuse3.notify_store(inode, 0, SECOND)
+            fill("second.bin", 0, memoryview(SECOND))
             stored.set()
 
         threading.Thread(target=store, daemon=True).start()
         assert stored.wait(10), "a store waited on the kernel in the daemon"
         time.sleep(0.3)  # the keeper's store meets the pages the read holds
+        session.call_sync(held.release.set)
+        assert reader.finished.wait(10), "a read's reply was held up behind a store"
+        assert reader.result == SECOND
+
+
+def test_stores_that_find_every_slot_waiting_are_dropped_and_the_slots_come_back(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's writes wait on pages that a read in flight holds: the daemon drops what
+    finds no room rather than wait, and stores again once the keeper has written."""
+    with read_held_in_the_daemon(root, "second.bin") as (session, held, reader):
+        cut_as_if_no_read_were_in_flight(session, monkeypatch)
+        fill = session.page_cache_fill(layer_tree())
+        assert fill is not None
+        before = filled_bytes()
+        for _ in range(3):  # 12 slots' worth, against 8
+            fill("second.bin", 0, memoryview(SECOND))
+        assert filled_bytes() - before < 3 * len(SECOND), "no store was dropped"
+        session.call_sync(held.release.set)
+        assert reader.finished.wait(10), "the read never finished"
+        # The keeper writes the stores that waited and frees their slots: a ring's worth of
+        # stores goes through again.
+        os.stat(session.mountpoint / "7" / "large.bin")
+        ring_full = memoryview(LARGE)[: store_ring.SLOTS * store_ring.SLOT_BYTES]
+        deadline = time.monotonic() + 10
+        while True:
+            before = filled_bytes()
+            fill("large.bin", 0, ring_full)
+            if filled_bytes() - before == len(ring_full):
+                break
+            assert time.monotonic() < deadline, "the ring's slots never came back"
+            time.sleep(0.1)
+
+
+def test_an_older_daemons_stores_in_the_socket_are_dropped(root: Path) -> None:
+    """Sent in the socket, stores would queue in the keeper without bound (an older daemon
+    sends them so); the reads they meet are not held up either."""
+    with read_held_in_the_daemon(root, "second.bin") as (session, held, reader):
+        inode = layer_tree().inode_of("second.bin")
+        assert inode is not None
+        pyfuse3.notify_store(inode, 0, SECOND[: 1 << 20])
+        time.sleep(0.3)
         session.call_sync(held.release.set)
         assert reader.finished.wait(10), "a read's reply was held up behind a store"
         assert reader.result == SECOND
@@ -248,8 +305,11 @@ def test_a_daemon_stores_only_through_a_keeper_that_says_it_relays_notifications
     session = serve(root, grace=30)
     try:
         assert session.keeper.relays_notifications()
-        # A mark left by another keeper (an older one runs now, which leaves none).
+        assert session.keeper.takes_store_ring()
+        # Marks left by another keeper (an older one runs now, which leaves none).
         notify_mark(session.keeper.socket).write_text(f"{session.keeper.pid}0\n")
+        store_ring.mark(session.keeper.socket).write_text(f"{session.keeper.pid}0\n")
         assert not session.keeper.relays_notifications()
+        assert not session.keeper.takes_store_ring()
     finally:
         session.stop()

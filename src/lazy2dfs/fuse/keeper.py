@@ -17,18 +17,21 @@ no daemon answers within ``grace`` seconds gets EIO: a stopped daemon means fail
 never a hang.
 
 The daemon also sends notifications (``unique`` 0): stores of fetched bytes into the page
-cache (``FUSE_NOTIFY_STORE``), and invalidations of it. The kernel carries either out page by
-page, waiting for each page's lock, which a read in flight holds until its reply: so
-notifications go to the kernel from a thread of their own, never ahead of a reply. A store
-that finds that thread behind is dropped (it only saves a later read); an invalidation is
-never dropped. They are the keeper's to write, not the daemon's, though each stored byte then
-crosses the keeper's socket (0.5 CPU-s per cold GiB): a daemon that wrote them itself, on a
-duplicate of this descriptor, could not die while one waited for a page. Killed, its process
-stayed with that thread in D state, its socket to the keeper stayed open, so the keeper never
-gave the read that held the page to the next daemon, and the reader and the daemon hung for
-good (``tests/e2e/test_restart_under_containers.py``). The file ``<socket>.notify`` holds
-the pid of a keeper that does this; a daemon sends no notification through a keeper without
-it (an older one would deadlock).
+cache, and invalidations of it. The kernel carries either out page by page, waiting for each
+page's lock, which a read in flight holds until its reply: so notifications go to the kernel
+from a thread of their own, never ahead of a reply. A store's bytes wait in a ring of slots
+the daemon shares with the keeper (``fuse/store_ring.py``), not in the socket; a daemon that
+finds no slot free drops the store (it only saves a later read); an invalidation is never
+dropped. They are the keeper's to write, not the daemon's: a daemon that wrote them itself,
+on a duplicate of this descriptor, could not die while one waited for a page. Killed, its
+process stayed with that thread in D state, its socket to the keeper stayed open, so the
+keeper never gave the read that held the page to the next daemon, and the reader and the
+daemon hung for good (``tests/e2e/test_restart_under_containers.py``). The file
+``<socket>.notify`` holds the pid of a keeper that does this, ``<socket>.ring`` that of one
+that takes stores in a ring; a daemon sends no notification through a keeper without the
+first (an older one would deadlock), and no store without the second. Stores sent in the
+socket itself (by an older daemon) are dropped: queued without bound, they would take the
+keeper's memory.
 
 The keeper exits when the mount goes away (``/dev/fuse`` reads ENODEV) or on SIGTERM.
 """
@@ -50,6 +53,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazy2dfs import libc
+from lazy2dfs.fuse import store_ring
+from lazy2dfs.fuse.store_ring import StoreRing
+from lazy2dfs.fuse.wire import (
+    FUSE_BATCH_FORGET,
+    FUSE_FORGET,
+    FUSE_INIT,
+    FUSE_INTERRUPT,
+    FUSE_NOTIFY_STORE,
+    IN_HEADER,
+    OUT_HEADER,
+)
 from lazy2dfs.logfmt import configure, get_logger
 
 # By name: run as ``python -m``, this module is __main__, outside the lazy2dfs logger tree.
@@ -59,20 +73,11 @@ log = get_logger("lazy2dfs.fuse.keeper")
 # the largest reply (1 MiB of read data plus its header).
 MESSAGE_BUFFER = 2 * 1024 * 1024
 SOCKET_BUFFER = 8 * 1024 * 1024
-IN_HEADER = struct.Struct("<IIQ")  # len, opcode, unique: the start of struct fuse_in_header
-OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique: struct fuse_out_header
-FUSE_FORGET = 2
-FUSE_INIT = 26
-FUSE_INTERRUPT = 36
-FUSE_NOTIFY_STORE = 4  # enum fuse_notify_code, in the error field of a notification
-FUSE_BATCH_FORGET = 42
 NO_REPLY = frozenset({FUSE_FORGET, FUSE_INTERRUPT, FUSE_BATCH_FORGET})
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; Python's socket module does not name it
-# Stores received but not yet written to the kernel, at most (each in a MESSAGE_BUFFER). With
-# 3, a cold 1 GiB load dropped 200 of its 1030 stores (400 FUSE reads left); with 8, next to
-# none (250 left, those that catch up with the fetch); 16 did no better.
-STORES_QUEUED = 8
+# Room for the descriptors a message may carry: the daemon's ring, in one.
+ANCILLARY_BYTES = socket.CMSG_SPACE(4 * struct.calcsize("i"))
 EXPIRY_CHECK_SECONDS = 0.5
 
 
@@ -106,6 +111,16 @@ class _Connection:
     sock: socket.socket
     outbox: queue.SimpleQueue[bytes | None] = field(default_factory=queue.SimpleQueue)
     ready: bool = False  # INIT answered: requests may flow
+    ring: StoreRing | None = None  # where the daemon's stores wait
+
+
+@dataclass
+class _Note:
+    """A notification for the kernel, in pieces; a store's slot is freed once it is written."""
+
+    pieces: list[bytes | memoryview]
+    ring: StoreRing | None = None
+    slot: int = 0
 
 
 class Relay:
@@ -120,12 +135,8 @@ class Relay:
         self._pending: dict[int, _Pending] = {}
         self._connection: _Connection | None = None
         self._gone = threading.Event()
-        # Notifications for the kernel, in order: (message, size, whether it is a spare buffer).
-        self._notes: queue.SimpleQueue[tuple[bytearray, int, bool]] = queue.SimpleQueue()
-        self._spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(STORES_QUEUED):
-            self._spare.put(bytearray(MESSAGE_BUFFER))
-        self.stores_dropped = 0
+        self._notes: queue.SimpleQueue[_Note] = queue.SimpleQueue()  # for the kernel, in order
+        self.stores_dropped = 0  # sent in the socket, by an older daemon
 
     def run(self) -> None:
         threading.Thread(target=self._from_kernel, name="kernel", daemon=True).start()
@@ -240,20 +251,26 @@ class Relay:
         buffer = bytearray(MESSAGE_BUFFER)
         while not self._gone.is_set():
             try:
-                size = connection.sock.recv_into(buffer)
+                size, ancillary, _, _ = connection.sock.recvmsg_into([buffer], ANCILLARY_BYTES)
             except OSError:
                 return
             if size == 0:
                 return
+            descriptors = _descriptors(ancillary)
             if size < OUT_HEADER.size:
                 log.error("short message from daemon dropped", size=size)
                 continue
             _, code, unique = OUT_HEADER.unpack_from(buffer)
-            if unique == 0 and code == FUSE_NOTIFY_STORE:
-                buffer = self._queue_store(buffer, size)
+            if unique == 0 and code == store_ring.ATTACH and len(descriptors) == 1:
+                connection.ring = self._attach(descriptors[0])
+                continue
+            for fd in descriptors:
+                os.close(fd)
+            if unique == 0 and code in (store_ring.STORE, FUSE_NOTIFY_STORE):
+                self._queue_store(connection, memoryview(buffer)[OUT_HEADER.size : size], code)
                 continue
             if unique == 0:
-                self._notes.put((buffer[:size], size, False))  # small, and never dropped
+                self._notes.put(_Note([bytes(memoryview(buffer)[:size])]))  # small, never dropped
                 continue
             if unique == replayed_init and not connection.ready:
                 with self._lock:
@@ -263,25 +280,34 @@ class Relay:
                 self._pending.pop(unique, None)
             self._reply(memoryview(buffer)[:size])
 
-    def _queue_store(self, buffer: bytearray, size: int) -> bytearray:
-        """Hands the store in ``buffer`` to the notify thread and returns the buffer to receive
-        into next; drops the store if no buffer is free. Not waiting for one: the notify
-        thread may be waiting for a page that a reply behind this store unlocks (waiting 50 ms
-        made a cold 1 GiB load 10.7 s instead of 4.2)."""
+    @staticmethod
+    def _attach(fd: int) -> StoreRing | None:
         try:
-            spare = self._spare.get_nowait()
-        except queue.Empty:
+            return StoreRing(fd)
+        except (OSError, ValueError) as exc:
+            log.error("daemon's store ring refused", error=exc, action="stores are dropped")
+            return None
+        finally:
+            os.close(fd)
+
+    def _queue_store(self, connection: _Connection, body: memoryview, code: int) -> None:
+        """Hands a store in the daemon's ring to the notify thread, which frees its slot once
+        written; a store sent in the socket, or a malformed one, is dropped."""
+        store = None
+        if code == store_ring.STORE and connection.ring is not None:
+            store = connection.ring.slot(body)
+        if store is None:
             self.stores_dropped += 1
-            return buffer
-        self._notes.put((buffer, size, True))
-        return spare
+            return
+        header, data, slot = store
+        self._notes.put(_Note([header, data], connection.ring, slot))
 
     def _notify(self) -> None:
         while True:
-            message, size, spare = self._notes.get()
-            self._reply(memoryview(message)[:size])
-            if spare:
-                self._spare.put(message)
+            note = self._notes.get()
+            self._reply(note.pieces)
+            if note.ring is not None:
+                note.ring.free(note.slot)
 
     def _release(self, connection: _Connection) -> None:
         """Lets requests flow to ``connection``, starting with every unanswered one, in order.
@@ -297,14 +323,27 @@ class Relay:
             except OSError:
                 return  # the receiving side sees the same failure and ends the connection
 
-    def _reply(self, message: bytes | memoryview) -> None:
+    def _reply(self, message: bytes | memoryview | list[bytes | memoryview]) -> None:
         try:
-            os.write(self._device, message)
+            if isinstance(message, list):
+                os.writev(self._device, message)
+            else:
+                os.write(self._device, message)
         except OSError as exc:
             # ENOENT: the request was interrupted or already answered, nobody waits for it; or
             # a store names a file the kernel has not looked up (or has forgotten).
             if exc.errno != errno.ENOENT:
                 log.warning("reply to kernel failed", error=exc)
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors a message carried (``SCM_RIGHTS``)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % struct.calcsize("i")
+            fds.extend(struct.unpack(f"{usable // struct.calcsize('i')}i", data[:usable]))
+    return fds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,15 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     listener.bind(str(args.socket))
     os.chmod(args.socket, 0o600)
     # Before a daemon can connect: it reads the mark once, when it does.
-    mark = notify_mark(args.socket)
-    mark.write_text(f"{os.getpid()}\n")
+    marks = [notify_mark(args.socket), store_ring.mark(args.socket)]
+    for mark in marks:
+        mark.write_text(f"{os.getpid()}\n")
     listener.listen(1)
     relay = Relay(device, listener, args.grace)
     signal.signal(signal.SIGTERM, lambda signum, frame: relay.stop())
     log.info("fuse keeper serving", mountpoint=args.mountpoint, socket=args.socket, pid=os.getpid())
     relay.run()
     args.socket.unlink(missing_ok=True)
-    mark.unlink(missing_ok=True)
+    for mark in marks:
+        mark.unlink(missing_ok=True)
     return 0
 
 

@@ -28,9 +28,12 @@ import trio.lowlevel
 
 from lazy2dfs import libc, metrics
 from lazy2dfs.errors import UnavailableError
+from lazy2dfs.fuse import store_ring
 from lazy2dfs.fuse.filesystem import LayerFilesystem
-from lazy2dfs.fuse.keeper import MESSAGE_BUFFER, enlarge_send_buffer, notify_mark
+from lazy2dfs.fuse.keeper import enlarge_send_buffer, notify_mark
+from lazy2dfs.fuse.store_ring import StoreRing
 from lazy2dfs.fuse.tree import LayerTree
+from lazy2dfs.fuse.wire import OUT_HEADER
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.mountinfo import is_mounted, read_mounts
 
@@ -48,8 +51,6 @@ READ_AHEAD_KB = 4096
 # Workers serving FUSE requests concurrently: a read waiting on the network must not block
 # lookups and cached reads behind it.
 MAX_TASKS = 64
-# Bytes per page-cache store: one message, within the keeper's buffer with the headers.
-STORE_BYTES = MESSAGE_BUFFER // 2
 
 # Puts verified bytes of a layer's file (by its key) at an offset into the page cache.
 PageCacheFill = Callable[[str, int, memoryview], None]
@@ -151,8 +152,16 @@ class Keeper:
         """Whether the keeper connected to relays notifications (page-cache stores and
         invalidations) apart from replies; an older external one may not, and one would then
         wait for a reply queued behind it."""
+        return self._marked(notify_mark(self.socket))
+
+    def takes_store_ring(self) -> bool:
+        """Whether the keeper connected to takes page-cache stores in a shared ring (an older
+        external one drops the ring's messages)."""
+        return self._marked(store_ring.mark(self.socket))
+
+    def _marked(self, mark: Path) -> bool:
         try:
-            return notify_mark(self.socket).read_text().strip() == str(self.pid)
+            return mark.read_text().strip() == str(self.pid)
         except OSError:
             return False
 
@@ -231,6 +240,10 @@ class FuseSession:
         # libfuse's session under them.
         self._notify_lock = threading.Lock()
         self._notifying = False
+        # Stores go into the ring, and its slots' numbers to the keeper on this socket (a
+        # duplicate of libfuse's); None without a keeper that takes them.
+        self._ring: StoreRing | None = None
+        self._stores: socket.socket | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -241,6 +254,8 @@ class FuseSession:
         """Connects to the keeper and serves requests. Call once every layer is added: a
         restarted daemon first answers the requests its predecessor left unanswered."""
         connection = self.keeper.connect()
+        if self._fill_page_cache and self.keeper.takes_store_ring():
+            self._attach_ring(connection)
         options = set(pyfuse3.default_options) | {"fsname=lazy2dfs", "subtype=lazy2dfs"}
         # libfuse takes "/dev/fd/N" as an already mounted connection, and closes it at the end.
         pyfuse3.init(self.filesystem, f"/dev/fd/{connection.detach()}", options)
@@ -249,6 +264,18 @@ class FuseSession:
         self.call_sync(self._start_serving)
         self._raise_read_ahead()
         log.info("fuse serving", path=self.mountpoint, keeper=self.keeper.socket)
+
+    def _attach_ring(self, connection: socket.socket) -> None:
+        """Hands the keeper a new ring for this connection's stores, before any request."""
+        ring, fd = StoreRing.create()
+        try:
+            attach = OUT_HEADER.pack(OUT_HEADER.size, store_ring.ATTACH, 0)
+            fds = struct.pack("i", fd)
+            connection.sendmsg([attach], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        finally:
+            os.close(fd)
+        self._ring = ring
+        self._stores = connection.dup()
 
     def _start_serving(self) -> None:
         assert self._nursery is not None
@@ -324,13 +351,16 @@ class FuseSession:
     def _store(self, inode: int, offset: int, data: memoryview) -> None:
         reads = self.filesystem.reads_in_flight
         with self._notify_lock:
+            ring, stores = self._ring, self._stores
+            if ring is None or stores is None:
+                return
             for first, end in reads.outside(inode, offset, offset + len(data)):
-                for start in range(first, end, STORE_BYTES):
+                for start in range(first, end, store_ring.SLOT_BYTES):
                     if not self._notifying:
                         return
-                    # pyfuse3 takes any buffer (PyObject_GetBuffer); its stub says bytes.
-                    piece = data[start - offset : min(end, start + STORE_BYTES) - offset]
-                    if self._notify(pyfuse3.notify_store, inode, start, piece):
+                    piece = data[start - offset : min(end, start + store_ring.SLOT_BYTES) - offset]
+                    message = ring.put(inode, start, piece)
+                    if message is not None and self._notify(stores.send, message):
                         metrics.PAGE_CACHE_FILLED.inc(len(piece))
 
     def drop_page_cache(self, tree: LayerTree) -> None:
@@ -342,7 +372,7 @@ class FuseSession:
                     return
                 self._notify(pyfuse3.invalidate_inode, inode, False)
 
-    def _notify(self, send: Callable[..., None], *args: Any) -> bool:
+    def _notify(self, send: Callable[..., object], *args: Any) -> bool:
         """One notification, called with the lock held; whether it went to the keeper. A
         kernel that does not know the inode (nobody looked it up) answers the keeper, not us:
         only a broken connection to the keeper fails here, and then every later one would."""
@@ -385,6 +415,8 @@ class FuseSession:
         if not self._serving:
             return
         pyfuse3.close(unmount=False)
+        if self._stores is not None:
+            self._stores.close()  # the keeper sees the daemon go once both are closed
         if self.keeper.external:
             log.info(
                 "fuse mount left to its keeper",
