@@ -136,7 +136,7 @@ class Relay:
         self._connection: _Connection | None = None
         self._gone = threading.Event()
         self._notes: queue.SimpleQueue[_Note] = queue.SimpleQueue()  # for the kernel, in order
-        self.stores_dropped = 0  # sent in the socket, by an older daemon
+        self.stores_dropped = 0  # sent in the socket (an older daemon's), or malformed
 
     def run(self) -> None:
         threading.Thread(target=self._from_kernel, name="kernel", daemon=True).start()
@@ -259,13 +259,13 @@ class Relay:
             descriptors = _descriptors(ancillary)
             if size < OUT_HEADER.size:
                 log.error("short message from daemon dropped", size=size)
+                _close(descriptors)
                 continue
             _, code, unique = OUT_HEADER.unpack_from(buffer)
             if unique == 0 and code == store_ring.ATTACH and len(descriptors) == 1:
                 connection.ring = self._attach(descriptors[0])
                 continue
-            for fd in descriptors:
-                os.close(fd)
+            _close(descriptors)  # none other is ever sent
             if unique == 0 and code in (store_ring.STORE, FUSE_NOTIFY_STORE):
                 self._queue_store(connection, memoryview(buffer)[OUT_HEADER.size : size], code)
                 continue
@@ -344,6 +344,11 @@ def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
             usable = len(data) - len(data) % struct.calcsize("i")
             fds.extend(struct.unpack(f"{usable // struct.calcsize('i')}i", data[:usable]))
     return fds
+
+
+def _close(descriptors: list[int]) -> None:
+    for fd in descriptors:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
