@@ -82,6 +82,12 @@ PAGE_CACHE_FILLED = Counter(
     " arrived (fuse.fill_page_cache); it keeps those of files it has looked up, which readers"
     " then read without a FUSE request.",
 )
+PAGE_CACHE_SKIPPED = Counter(
+    "lazy2dfs_page_cache_skipped_bytes",
+    "Verified bytes not offered to the page cache because the FUSE keeper was still writing"
+    " the earlier ones (every slot of the ring they share taken); readers get them through"
+    " FUSE reads instead.",
+)
 READ_WAIT = Histogram(
     "lazy2dfs_read_network_wait_seconds",
     "Time a reader waited on a registry range request.",

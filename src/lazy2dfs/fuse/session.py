@@ -360,7 +360,9 @@ class FuseSession:
                         return
                     piece = data[start - offset : min(end, start + store_ring.SLOT_BYTES) - offset]
                     message = ring.put(inode, start, piece)
-                    if message is not None and self._notify(stores.send, message):
+                    if message is None:
+                        metrics.PAGE_CACHE_SKIPPED.inc(len(piece))
+                    elif self._notify(stores.send, message):
                         metrics.PAGE_CACHE_FILLED.inc(len(piece))
 
     def drop_page_cache(self, tree: LayerTree) -> None:
