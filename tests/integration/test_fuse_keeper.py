@@ -277,6 +277,27 @@ def test_stores_that_find_every_slot_waiting_are_dropped_and_the_slots_come_back
             time.sleep(0.1)
 
 
+def test_a_daemon_that_cannot_make_a_ring_serves_without_stores(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(name: str, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "memfd_create refused")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    session = serve(root, grace=30)
+    try:
+        fill = session.page_cache_fill(layer_tree())
+        assert fill is not None
+        path = session.mountpoint / "7" / "second.bin"
+        os.stat(path)
+        before = filled_bytes()
+        fill("second.bin", 0, memoryview(SECOND))
+        assert filled_bytes() == before
+        assert path.read_bytes() == SECOND
+    finally:
+        session.stop()
+
+
 def test_an_older_daemons_stores_in_the_socket_are_dropped(root: Path) -> None:
     """Sent in the socket, stores would queue in the keeper without bound (an older daemon
     sends them so); the reads they meet are not held up either."""
