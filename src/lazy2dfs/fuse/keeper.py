@@ -39,6 +39,7 @@ The keeper exits when the mount goes away (``/dev/fuse`` reads ENODEV) or on SIG
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import errno
 import os
@@ -338,12 +339,11 @@ class Relay:
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     """The descriptors a message carried (``SCM_RIGHTS``)."""
-    fds: list[int] = []
+    fds = array.array("i")
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % struct.calcsize("i")
-            fds.extend(struct.unpack(f"{usable // struct.calcsize('i')}i", data[:usable]))
-    return fds
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def _close(descriptors: list[int]) -> None:

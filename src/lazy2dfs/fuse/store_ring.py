@@ -99,7 +99,3 @@ class StoreRing:
 
     def free(self, slot: int) -> None:
         self._view[slot] = FREE
-
-    def taken(self) -> int:
-        """Slots taken and not yet freed."""
-        return SLOTS - self._view[:SLOTS].tobytes().count(FREE)
