@@ -344,12 +344,10 @@ class Phase:
             else sum(used for role, used in cpu.items() if role != "pull client")
         )
         fuse = {"lazy2dfs": self.stack.daemon.root / "fuse"}
-        cached = [self.stack.daemon.workdir.parent]
         if self.stack.stargz is not None:
             fuse["stargz"] = self.stack.stargz.root
         if self.stack.soci is not None:
             fuse["soci"] = self.stack.soci.root
-            cached.append(self.stack.soci.root)  # its FUSE mounts are there only
         mount_root = fuse.get(self.fmt.snapshotter)
         main = self.pids.get("daemon", self.pids.get("containerd", 0))
         return {
@@ -371,7 +369,7 @@ class Phase:
             ),
             "loader_cpu_s_per_gib": max(c.cpu for c in loaded) / (model_mib / 1024),
             "daemon_peak_rss_mib": daemon_usage(main)[1],
-            "page_cache_mib": page_cache_bytes(cached) / MIB,
+            "page_cache_mib": self.page_cache_mib(),
             "fetched_mib": self.served.bytes() / MIB,
             "lowers": len(loaded[0].lowers),
             "lowers_on_fuse": lowers_under(loaded, mount_root) if mount_root else 0,
@@ -379,6 +377,13 @@ class Phase:
             # figure is then too low.
             "foreign_drops": page_cache_drops() - self.drops,
         }
+
+    def page_cache_mib(self) -> float:
+        """The page cache the stack's files take (content store, snapshots, caches, mounts)."""
+        cached = [self.stack.daemon.workdir.parent]
+        if self.stack.soci is not None:
+            cached.append(self.stack.soci.root)  # its FUSE mounts are there only
+        return page_cache_bytes(cached) / MIB
 
 
 def _profiled(plan: Plan, stack: ColdStack, fmt: Format, name: str) -> AbstractContextManager[Any]:
@@ -438,6 +443,9 @@ def _run(
             "fetched_total_mib": served.bytes() / MIB,
             "fetched_ratio": served.bytes() / image["needed"],
             "layers_verified": verified,
+            # Once the node holds the whole image: lazy2dfs's cache has flushed the copy its
+            # files kept until then.
+            "page_cache_whole_mib": cold.page_cache_mib(),
         }
         if WARM in plan.states:
             result["warm"] = _warm(plan, stack, fmt, spec, ref, registry, work)

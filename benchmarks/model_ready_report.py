@@ -187,6 +187,7 @@ def _cost_table(res: Results) -> str:
         "whole image on the node s",
         "warm lower dirs on FUSE",
         "page cache MiB: cold",
+        "whole image",
         "warm",
     ]
     rows = []
@@ -216,6 +217,7 @@ def _cost_table(res: Results) -> str:
                         res.spread(any_key, "complete_s") + _unverified(res.cells[any_key]),
                         lowers,
                         res.page_cache(cold),
+                        res.spread(any_key, "page_cache_whole_mib", 0),
                         res.page_cache(warm),
                     ]
                 )
@@ -363,9 +365,11 @@ def _notes(res: Results) -> list[str]:
         " (containerd's for overlayfs). Fetched ÷ needed: bytes the registry's access log"
         " served by the time the node held the whole image, over the image's manifest, config"
         " and layer blobs. Page cache: pages of the files under the stack's directories"
-        " (content store, snapshots, caches, FUSE mounts) after the load, each inode once"
-        " (`cachestat`). Warm lower dirs on FUSE: how many of the container's"
-        " overlay lower directories were the snapshotter's FUSE directories. Page cache"
+        " (content store, snapshots, caches, FUSE mounts) after the load, and once the node"
+        " holds the whole image (lazy2dfs's cache has then made its files durable and dropped"
+        " their pages), each inode once (`cachestat`). Warm lower dirs on FUSE: how many of"
+        " the container's overlay lower directories were the snapshotter's FUSE directories."
+        " Page cache"
         " figures leave out runs during which another process on the machine dropped the page"
         " cache (/proc/vmstat drop_pagecache), marked *, a dash when none was left (a warm"
         " load so spoiled is run again, up to 3 more times):"

@@ -2,11 +2,20 @@
 
 Each regular file of the layer has a backing file ``data/<n>`` (``n``: its number in the
 layout), created sparse at the file's size on the first write; a segment's verified payloads
-are written at their file offsets, around the page cache (``cache.direct``), and kept in memory
-a while for the reads that follow (``cache.recent``). Reading a present range is then a copy
-from memory or a read of the disk: no decoding and no second hash. The backing files become
-the layer's local tree once every segment is present (``layers.localtree``), which is what
-makes a warm start cost what overlayfs costs.
+are written at their file offsets, and kept in memory a while for the reads that follow
+(``cache.recent``). Reading a present range is then a copy from memory, the page cache or the
+disk: no decoding and no second hash. The backing files become the layer's local tree once
+every segment is present (``layers.localtree``), which is what makes a warm start cost what
+overlayfs costs.
+
+Written through the page cache, and made durable late (``remote.fetch.FLUSH_SECONDS``, and when
+the layer is complete): a cold load's writes then reach the disk after it, not during it. Written
+around the page cache (``O_DIRECT``, until 64caaed) they went to the disk as they came, and held
+up the registry's reads and a starting container's own (cold 1 GiB zstd:chunked: ready 4.9-5.1 s
+against 5.8-6.5, first tensor 0.69-0.85 s against 0.96-1.40). The price: fresh pages, which on
+the benchmark's VM cost 0.5-1 CPU-s more per GiB (gzip, short of CPU, gained nothing), and a
+second copy of the model in the page cache until the flush, which drops it
+(``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers map.
 
 Which segments are present is recorded in ``present.log``, an append-only list of records
 (segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
@@ -39,8 +48,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazy2dfs.cache import direct
-from lazy2dfs.cache.direct import Descriptors
 from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.errors import IntegrityError, UnavailableError
 from lazy2dfs.estargz.layout import BlobLayout, RegularFile, Segment
@@ -94,7 +101,7 @@ class LayerCache:
         self._recording: list[_Pending] = []  # taken by a flush, offsets not yet known
         self._dirty: set[int] = set()  # file numbers written since the last flush
         self._numbered = tuple(layout.files.values())  # a file's number is its index
-        self._files: OrderedDict[int, Descriptors] = OrderedDict()  # by file number
+        self._files: OrderedDict[int, int] = OrderedDict()  # descriptors by file number
         self._created = False  # a backing file was created since the last flush
         self._stored = 0
         self._log_path = directory / "present.log"
@@ -157,8 +164,8 @@ class LayerCache:
         try:
             for chunk, payload in zip(segment.chunks, payloads, strict=True):
                 file = self._file_of(chunk.path)
-                with self._descriptor(file) as files:
-                    direct.write(files, payload, chunk.file_offset)
+                with self._descriptor(file) as fd:
+                    _write_all(fd, memoryview(payload).cast("B"), chunk.file_offset)
                 self._recent.put(self, file.number, chunk.file_offset, memoryview(payload))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -194,8 +201,10 @@ class LayerCache:
         if not pending:
             return 0
         for number in dirty:
-            with self._descriptor(self._numbered[number]) as files:
-                os.fdatasync(files.buffered)
+            with self._descriptor(self._numbered[number]) as fd:
+                os.fdatasync(fd)
+                # Clean now: the FUSE file's pages are the copy readers map.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if created:
             _sync_directory(self._data)
         records = bytearray()
@@ -276,8 +285,8 @@ class LayerCache:
         held = self._held(path, offset, size)
         if held is not None:
             return b"".join(held)
-        with self._descriptor(self._file_of(path)) as files:
-            return direct.read(files, size, offset)
+        with self._descriptor(self._file_of(path)) as fd:
+            return os.pread(fd, size, offset)
 
     def _held(self, path: str, offset: int, size: int) -> list[memoryview] | None:
         """The range from payloads kept in memory, if they hold all of it."""
@@ -301,10 +310,7 @@ class LayerCache:
         holds all of them (``RWF_NOWAIT``: never waits on the disk, so the event loop may call
         it); None if not. Within one payload kept in memory (``cache.recent``), a view of it:
         a cold load's reads at the fetch's heels are then answered without a copy (they were
-        half of a cold GiB). Otherwise ``into``, filled.
-
-        Never from a file written around the page cache (``cache.direct``): its bytes are not
-        there, and asking would start the kernel's read-ahead into it."""
+        half of a cold GiB). Otherwise ``into``, filled."""
         held = self._held(path, offset, len(into))
         if held is not None:
             if len(held) == 1:
@@ -314,11 +320,9 @@ class LayerCache:
                 into[position : position + len(piece)] = piece
                 position += len(piece)
             return into if position == len(into) else None
-        with self._descriptor(self._file_of(path)) as files:
-            if files.direct is not None:
-                return None
+        with self._descriptor(self._file_of(path)) as fd:
             try:
-                got = os.preadv(files.buffered, [into], offset, os.RWF_NOWAIT)
+                got = os.preadv(fd, [into], offset, os.RWF_NOWAIT)
             except BlockingIOError:
                 return None
         return into if got == len(into) else None
@@ -361,8 +365,8 @@ class LayerCache:
             if payload is not None:
                 yield payload
             else:
-                with self._descriptor(self._file_of(chunk.path)) as files:
-                    yield from direct.pieces(files, chunk.size, chunk.file_offset)
+                with self._descriptor(self._file_of(chunk.path)) as fd:
+                    yield os.pread(fd, chunk.size, chunk.file_offset)
             position = chunk.inner_offset + chunk.size
         yield gap[taken:]
 
@@ -378,30 +382,30 @@ class LayerCache:
         return file
 
     @contextmanager
-    def _descriptor(self, file: RegularFile) -> Iterator[Descriptors]:
+    def _descriptor(self, file: RegularFile) -> Iterator[int]:
         """A descriptor of ``file``'s backing file for one call. Open descriptors are kept
         (up to ``_OPEN_FILES``) and lent as duplicates, so closing one never pulls a
         descriptor from under a concurrent reader."""
         with self._lock:
-            files = self._files.get(file.number)
-            if files is not None:
+            kept = self._files.get(file.number)
+            if kept is not None:
                 self._files.move_to_end(file.number)
-                lent = files.dup()
-        if files is None:
+                lent = os.dup(kept)
+        if kept is None:
             opened = self._open(file)
             with self._lock:
                 kept = self._files.setdefault(file.number, opened)
-                lent = kept.dup()
-                if kept is not opened:
-                    opened.close()
+                lent = os.dup(kept)
+                if kept != opened:
+                    os.close(opened)
                 while len(self._files) > _OPEN_FILES:
-                    self._files.popitem(last=False)[1].close()
+                    os.close(self._files.popitem(last=False)[1])
         try:
             yield lent
         finally:
-            lent.close()
+            os.close(lent)
 
-    def _open(self, file: RegularFile) -> Descriptors:
+    def _open(self, file: RegularFile) -> int:
         path = self.backing_path(file)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -410,17 +414,23 @@ class LayerCache:
             os.ftruncate(fd, file.size)  # sparse: blocks appear as segments arrive
             with self._lock:
                 self._created = True
-        return Descriptors(fd, direct.open_direct(path))
+        return fd
 
     def close(self) -> None:
         """Flushes and releases descriptors; the cache stays on disk."""
         self.flush()
         self._recent.forget(self)
         with self._lock:
-            for files in self._files.values():
-                files.close()
+            for fd in self._files.values():
+                os.close(fd)
             self._files.clear()
         os.close(self._log)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    """Raises ``OSError`` (ENOSPC on a short write: a full disk)."""
+    if os.pwrite(fd, view, offset) != len(view):
+        raise OSError(errno.ENOSPC, "short write")
 
 
 def _sync_directory(path: Path) -> None:

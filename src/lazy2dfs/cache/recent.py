@@ -1,11 +1,11 @@
 """The payloads written last, kept in memory for the reads that follow them.
 
-Backing files are written around the page cache (``cache.direct``), so a read of bytes just
-fetched would otherwise wait on the disk. A model loads in the order the background fetch
-goes, a window behind it: its reads find their bytes here, served without a disk read or a
-worker thread. A cold 1 GiB gzip eStargz model was ready in 5.4 s against 5.7-5.9 s reading
-from the disk (daemon 7.0 against 7.2-7.8 CPU-s/GiB); zstd:chunked, fetched faster than it
-loads, is the same either way.
+A model loads in the order the background fetch goes, a window behind it: its reads find
+their bytes here, served as a view, without a copy or a worker thread. Measured when backing
+files were written around the page cache, so that the other way was the disk: a cold 1 GiB
+gzip eStargz model was ready in 5.4 s against 5.7-5.9 s (daemon 7.0 against 7.2-7.8
+CPU-s/GiB); zstd:chunked, fetched faster than it loads, was the same either way. Now the other
+way is a copy out of the page cache (``LayerCache.read_cached``).
 
 Shared by every blob's cache of a daemon and bounded in bytes: least recently stored go first.
 Thread-safe: the worker threads writing segments store, the FUSE loop and worker threads read.

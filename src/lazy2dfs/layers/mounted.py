@@ -488,17 +488,20 @@ class EstargzLayers:
         if not cache.complete:
             return None
         fetcher.source.release()  # every byte is cached: a whole blob kept for it may go
-        await trio.to_thread.run_sync(cache.flush)
         known = _recorded_diff_id(cache)
         if known is not None:
             return known
         tail = await self._tail(attached, fetcher)
         try:
-            # Behind the loading model, whose last reads it met on both cores (perf).
+            # Before the flush, which drops the backing files' pages: read from memory, not
+            # the disk. Behind the loading model, whose last reads it met on both cores (perf).
             known = await trio.to_thread.run_sync(at_low_priority(verify.diff_id), cache, tail)
         except Lazy2dfsError as exc:
             self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")
             return None
+        # Recorded once every segment's record is durable: a crash never leaves a diff ID
+        # that vouches for bytes the disk lost.
+        await trio.to_thread.run_sync(cache.flush)
         _record_diff_id(cache, known)
         return known
 

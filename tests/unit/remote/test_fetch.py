@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazy2dfs.cache import direct
+from lazy2dfs.cache import layer
 from lazy2dfs.cache.layer import Gap
 from lazy2dfs.cache.store import CacheStore
 from lazy2dfs.chunking import Compression
@@ -151,11 +151,11 @@ def test_a_stalled_disk_holds_only_a_few_decoded_segments_and_not_the_decoders(
     data, layout = blob({"w.bin": weights})
     disk = threading.Event()
     decoded: list[int] = []
-    write = direct.write
+    write = layer._write_all
 
-    def stalled_write(files: direct.Descriptors, data: bytes | memoryview, offset: int) -> None:
+    def stalled_write(fd: int, view: memoryview, offset: int) -> None:
         assert disk.wait(timeout=30)
-        write(files, data, offset)
+        write(fd, view, offset)
 
     def counted_decode(
         segment: Segment, compressed: memoryview, compression: Compression, gap_limit: int
@@ -163,7 +163,7 @@ def test_a_stalled_disk_holds_only_a_few_decoded_segments_and_not_the_decoders(
         decoded.append(segment.index)
         return decode_segment(segment, compressed, compression, gap_limit)
 
-    monkeypatch.setattr(direct, "write", stalled_write)
+    monkeypatch.setattr(layer, "_write_all", stalled_write)
     monkeypatch.setattr(fetch, "decode_segment", counted_decode)
 
     async def main() -> None:
