@@ -59,6 +59,8 @@ log = get_logger(__name__)
 # (segment, flags, gap length, CRC-32 of the first three and the gap)
 _RECORD = struct.Struct("<IIII")
 _OPEN_FILES = 64  # backing files kept open per layer; more are reopened on demand
+# A chunk read back for the diff ID comes in pieces of this much: a chunk can be a whole file.
+_STREAM_BYTES = 1024 * 1024
 
 
 class Gap(enum.IntEnum):
@@ -366,7 +368,9 @@ class LayerCache:
                 yield payload
             else:
                 with self._descriptor(self._file_of(chunk.path)) as fd:
-                    yield os.pread(fd, chunk.size, chunk.file_offset)
+                    end = chunk.file_offset + chunk.size
+                    for start in range(chunk.file_offset, end, _STREAM_BYTES):
+                        yield os.pread(fd, min(_STREAM_BYTES, end - start), start)
             position = chunk.inner_offset + chunk.size
         yield gap[taken:]
 

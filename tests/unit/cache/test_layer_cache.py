@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.model_load import page_cache_bytes
+from lazy2dfs.cache import layer
 from lazy2dfs.cache.layer import DiskFullError, Gap, LayerCache
 from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.estargz import WriterOptions
@@ -220,6 +221,21 @@ def test_the_backing_files_keep_their_pages_until_the_flush_drops_them(
     cache.flush()
     assert page_cache_bytes([tmp_path / "c" / "data"]) == 0
     assert cache.read("m/weights.bin", 0, len(weights)) == weights  # from the disk
+    cache.close()
+
+
+def test_a_chunk_read_back_for_the_diff_id_comes_in_bounded_pieces(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk can be a whole file: hashing the layer never holds one whole in memory."""
+    data, layout = blob
+    cache = LayerCache(tmp_path / "c", layout, RecentPayloads(0))
+    fill(cache, data, layout, list(range(len(layout.segments))))
+    whole = b"".join(bytes(piece) for piece in cache.stream())
+    monkeypatch.setattr(layer, "_STREAM_BYTES", 4096)
+    pieces = [bytes(piece) for piece in cache.stream()]
+    assert b"".join(pieces) == whole and FILES["m/weights.bin"] in whole
+    assert max(len(piece) for piece in pieces) <= 4096
     cache.close()
 
 
