@@ -14,8 +14,9 @@ around the page cache (``O_DIRECT``, until 64caaed) they went to the disk as the
 up the registry's reads and a starting container's own (cold 1 GiB zstd:chunked: ready 4.9-5.1 s
 against 5.8-6.5, first tensor 0.69-0.85 s against 0.96-1.40). The price: fresh pages, which on
 the benchmark's VM cost 0.5-1 CPU-s more per GiB (gzip, short of CPU, gained nothing), and a
-second copy of the model in the page cache until the flush, which drops it
-(``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers map.
+second copy of the model in the page cache until the layer is complete and durable, when
+``drop_pages`` drops it (``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers
+map. Layers never completed keep theirs, clean after a flush, for the kernel to reclaim.
 
 Which segments are present is recorded in ``present.log``, an append-only list of records
 (segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
@@ -205,8 +206,6 @@ class LayerCache:
         for number in dirty:
             with self._descriptor(self._numbered[number]) as fd:
                 os.fdatasync(fd)
-                # Clean now: the FUSE file's pages are the copy readers map.
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if created:
             _sync_directory(self._data)
         records = bytearray()
@@ -240,6 +239,21 @@ class LayerCache:
                 self._gap_at[segment] = (offset, length)
             self._stop_recording(pending)
         return len(pending)
+
+    def drop_pages(self) -> None:
+        """Drops the backing files' pages from the page cache, once the layer is complete and
+        durable: the FUSE files' pages are the copy that running containers map, and a new
+        container reads the local tree from the disk, as overlayfs's would. Not at each flush:
+        the diff ID check would read dropped pages back from the disk."""
+        for file in self._numbered:
+            try:
+                fd = os.open(self.backing_path(file), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
     def _stop_recording(self, pending: list[_Pending]) -> None:
         """Under ``_lock``: ``pending`` is recorded in the log, or back in ``_pending``."""

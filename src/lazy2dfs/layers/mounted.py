@@ -493,8 +493,8 @@ class EstargzLayers:
             return known
         tail = await self._tail(attached, fetcher)
         try:
-            # Before the flush, which drops the backing files' pages: read from memory, not
-            # the disk. Behind the loading model, whose last reads it met on both cores (perf).
+            # Before the backing files' pages are dropped: read from memory, not the disk.
+            # Behind the loading model, whose last reads it met on both cores (perf).
             known = await trio.to_thread.run_sync(at_low_priority(verify.diff_id), cache, tail)
         except Lazy2dfsError as exc:
             self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")
@@ -503,6 +503,7 @@ class EstargzLayers:
         # that vouches for bytes the disk lost.
         await trio.to_thread.run_sync(cache.flush)
         _record_diff_id(cache, known)
+        await trio.to_thread.run_sync(cache.drop_pages)
         return known
 
     @staticmethod

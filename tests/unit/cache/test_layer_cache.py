@@ -204,21 +204,22 @@ def test_a_flush_finding_nothing_waits_for_the_one_under_way(
     cache.close()
 
 
-def test_the_backing_files_keep_their_pages_until_the_flush_drops_them(
+def test_the_backing_files_keep_their_pages_until_the_complete_layer_drops_them(
     tmp_path: Path, blob: tuple[bytes, BlobLayout]
 ) -> None:
-    """Until the flush, bytes just written are read from the page cache, not the disk (left
-    to the load); once durable, the page cache holds the FUSE files' copy only (here, none),
-    not a second one of the backing files."""
+    """Until the layer is complete and durable, bytes just written are read from the page
+    cache, not the disk (left to the load); then the page cache holds the FUSE files' copy
+    only (here, none), not a second one of the backing files."""
     data, layout = blob
     cache = LayerCache(tmp_path / "c", layout, RecentPayloads(0))
     fill(cache, data, layout, list(reversed(range(len(layout.segments)))))
     weights = FILES["m/weights.bin"]
+    cache.flush()
     held = cache.read_cached("m/weights.bin", 0, memoryview(bytearray(len(weights))))
     assert held is not None and held.tobytes() == weights
     assert sum(len(piece) for piece in cache.stream()) > len(weights)
     assert page_cache_bytes([tmp_path / "c" / "data"]) >= len(weights)
-    cache.flush()
+    cache.drop_pages()
     assert page_cache_bytes([tmp_path / "c" / "data"]) == 0
     assert cache.read("m/weights.bin", 0, len(weights)) == weights  # from the disk
     cache.close()
