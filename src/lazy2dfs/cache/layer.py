@@ -13,7 +13,7 @@ the layer is complete): a cold load's writes then reach the disk after it, not d
 around the page cache (``O_DIRECT``, until 64caaed) they went to the disk as they came, and held
 up the registry's reads and a starting container's own (cold 1 GiB zstd:chunked: ready 4.9-5.1 s
 against 5.8-6.5, first tensor 0.69-0.85 s against 0.96-1.40). The price: fresh pages, which on
-the benchmark's VM cost 0.5-1 CPU-s more per GiB (gzip, short of CPU, gained nothing), and a
+the benchmark's VM cost 0.7-1.3 CPU-s more per GiB (gzip, short of CPU, gained least), and a
 second copy of the model in the page cache until the layer is complete and durable, when
 ``drop_pages`` drops it (``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers
 map. Layers never completed keep theirs, clean after a flush, for the kernel to reclaim.
