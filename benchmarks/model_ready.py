@@ -443,8 +443,8 @@ def _run(
             "fetched_total_mib": served.bytes() / MIB,
             "fetched_ratio": served.bytes() / image["needed"],
             "layers_verified": verified,
-            # Once the node holds the whole image: lazy2dfs's cache has flushed the copy its
-            # files kept until then.
+            # Once the node holds the whole image: lazy2dfs's cache has dropped the copy its
+            # backing files kept until then.
             "page_cache_whole_mib": cold.page_cache_mib(),
         }
         if WARM in plan.states:
