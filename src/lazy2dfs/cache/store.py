@@ -23,7 +23,6 @@ from pathlib import Path
 
 from lazy2dfs import metrics
 from lazy2dfs.cache.layer import LayerCache
-from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.digest import is_sha256_digest
 from lazy2dfs.errors import InvalidArgumentError
 from lazy2dfs.estargz.layout import BlobLayout
@@ -54,7 +53,6 @@ class CacheStore:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._chunks: dict[str, tuple[LayerCache, Chunk]] = {}
-        self._recent = RecentPayloads()
         for directory in root.iterdir():
             if directory.name.startswith("."):
                 shutil.rmtree(directory, ignore_errors=True)  # an eviction cut short
@@ -76,7 +74,7 @@ class CacheStore:
             if entry is not None and entry.cache is not None:
                 entry.users += 1
                 return entry.cache
-        cache = LayerCache(self.root / name, layout, self._recent)
+        cache = LayerCache(self.root / name, layout)
         with self._lock:
             entry = self._entries.setdefault(name, _Entry(None, 0, time.time(), 0))
             if entry.cache is None:

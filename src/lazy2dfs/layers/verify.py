@@ -51,8 +51,8 @@ def diff_id(cache: LayerCache, tail: bytes) -> str:
     """The sha256 of the layer's tar stream, after checking its headers against the TOC.
     ``tail`` is the blob from the TOC on (recorded when the layer was opened).
 
-    Hashed once the layer is complete, its payloads read from memory where ``cache.recent``
-    still holds them and from the disk otherwise; the caller runs it at low priority, behind
+    Hashed once the layer is complete, its payloads read from the page cache (where the
+    cache's writes still are) or the disk; the caller runs it at low priority, behind
     the model loading. A running hash, advanced as segments arrived, never got past the
     first segment: the tar headers no file needs, which the background fetch brings last.
     Fetched first, they let it run, but it then hashed the whole layer inside the load: a cold

@@ -60,8 +60,8 @@ GAP_PER_ENTRY = 16 * 1024
 GAP_SLACK = 64 * 1024
 MAX_GAP = 64 * 1024 * 1024
 # Compressed bytes fetched and being decoded, over all layers: four 16 MiB spans (the
-# background fetch's two groups and readers' own). At 96 MiB (with 64 MiB kept by
-# ``cache.recent``) the daemon's peak RSS was 254 MiB, past the 250 asked.
+# background fetch's two groups and readers' own). At 96 MiB (with 64 MiB of payloads then kept
+# in memory for readers) the daemon's peak RSS was 254 MiB, past the 250 asked.
 IN_FLIGHT_BYTES = 64 * 1024 * 1024
 # ``lazy2dfs status`` shows each layer's fetch rate over this many seconds.
 RATE_WINDOW = 10.0

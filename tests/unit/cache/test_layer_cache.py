@@ -12,7 +12,6 @@ import pytest
 from benchmarks.model_load import page_cache_bytes
 from lazy2dfs.cache import layer
 from lazy2dfs.cache.layer import DiskFullError, Gap, LayerCache
-from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
@@ -54,7 +53,7 @@ def test_present_ranges_read_back_as_written(
     cache.close()
 
 
-def test_bytes_just_written_read_back_from_memory(
+def test_bytes_just_written_read_back_from_the_page_cache(
     tmp_path: Path, blob: tuple[bytes, BlobLayout]
 ) -> None:
     data, layout = blob
@@ -211,7 +210,7 @@ def test_the_backing_files_keep_their_pages_until_the_complete_layer_drops_them(
     cache, not the disk (left to the load); then the page cache holds the FUSE files' copy
     only (here, none), not a second one of the backing files."""
     data, layout = blob
-    cache = LayerCache(tmp_path / "c", layout, RecentPayloads(0))
+    cache = LayerCache(tmp_path / "c", layout)
     fill(cache, data, layout, list(reversed(range(len(layout.segments)))))
     weights = FILES["m/weights.bin"]
     cache.flush()
@@ -230,7 +229,7 @@ def test_a_chunk_read_back_for_the_diff_id_comes_in_bounded_pieces(
 ) -> None:
     """A chunk can be a whole file: hashing the layer never holds one whole in memory."""
     data, layout = blob
-    cache = LayerCache(tmp_path / "c", layout, RecentPayloads(0))
+    cache = LayerCache(tmp_path / "c", layout)
     fill(cache, data, layout, list(range(len(layout.segments))))
     whole = b"".join(bytes(piece) for piece in cache.stream())
     monkeypatch.setattr(layer, "_STREAM_BYTES", 4096)
@@ -238,22 +237,3 @@ def test_a_chunk_read_back_for_the_diff_id_comes_in_bounded_pieces(
     assert b"".join(pieces) == whole and FILES["m/weights.bin"] in whole
     assert max(len(piece) for piece in pieces) <= 4096
     cache.close()
-
-
-def test_recent_payloads_stay_within_their_bound() -> None:
-    recent = RecentPayloads(max_bytes=10)
-    owner, other = object(), object()
-
-    def kept(who: object, file: int, offset: int) -> bytes | None:
-        view = recent.get(who, file, offset)
-        return None if view is None else bytes(view)
-
-    recent.put(owner, 0, 0, memoryview(b"12345"))
-    recent.put(other, 0, 0, memoryview(b"abcde"))
-    recent.put(owner, 0, 5, memoryview(b"678"))  # 13 bytes: the oldest goes
-    assert kept(owner, 0, 0) is None
-    assert kept(other, 0, 0) == b"abcde" and kept(owner, 0, 5) == b"678"
-    recent.put(owner, 1, 0, memoryview(b"x" * 11))  # larger than the bound: not kept
-    assert kept(owner, 1, 0) is None and kept(other, 0, 0) == b"abcde"
-    recent.forget(other)
-    assert kept(other, 0, 0) is None and kept(owner, 0, 5) == b"678"

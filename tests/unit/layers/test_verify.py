@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from lazy2dfs.cache.layer import Gap, LayerCache
-from lazy2dfs.cache.recent import RecentPayloads
 from lazy2dfs.estargz import Compression, WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
@@ -40,10 +39,9 @@ def complete_cache(
     blob: bytes,
     layout: BlobLayout,
     compression: Compression,
-    recent: RecentPayloads | None = None,
     backwards: bool = False,
 ) -> LayerCache:
-    cache = LayerCache(tmp_path / "c", layout, recent)
+    cache = LayerCache(tmp_path / "c", layout)
     for segment in reversed(layout.segments) if backwards else layout.segments:
         decoded = decode_segment(segment, blob[segment.start : segment.end], compression, 1 << 20)
         cache.store(segment, decoded.payloads, Gap.KNOWN, decoded.gap)
@@ -63,15 +61,12 @@ def test_the_rebuilt_stream_hashes_to_the_writers_diff_id(
     assert diff_id(cache, blob[layout.toc.payload_end :]) == result.diff_id
 
 
-@pytest.mark.parametrize("kept", [0, 1 << 30], ids=["read-back", "in-memory"])
-def test_segments_stored_out_of_order_hash_to_the_diff_id(tmp_path: Path, kept: int) -> None:
+def test_segments_stored_out_of_order_hash_to_the_diff_id(tmp_path: Path) -> None:
     """Last segment first, as a model loaded in tensor order brings them: the stream is
-    rebuilt in blob order from memory or, where memory kept none, from the disk."""
+    rebuilt in blob order."""
     blob, result = write(tar_with_everything(), WriterOptions(chunk_size=CHUNK))
     layout = BlobLayout(open_bytes(blob, result.toc_digest))
-    cache = complete_cache(
-        tmp_path, blob, layout, Compression.GZIP, RecentPayloads(kept), backwards=True
-    )
+    cache = complete_cache(tmp_path, blob, layout, Compression.GZIP, backwards=True)
     assert diff_id(cache, blob[layout.toc.payload_end :]) == result.diff_id
 
 
