@@ -279,8 +279,7 @@ class FuseSession:
             return
         try:
             attach = OUT_HEADER.pack(OUT_HEADER.size, store_ring.ATTACH, 0)
-            fds = struct.pack("i", fd)
-            connection.sendmsg([attach], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            socket.send_fds(connection, [attach], [fd])
         finally:
             os.close(fd)
         self._ring = ring
