@@ -292,9 +292,10 @@ class LayerCache:
         with self._descriptor(self._file_of(path)) as fd:
             return os.pread(fd, size, offset)
 
-    def read_cached(self, path: str, offset: int, into: memoryview) -> memoryview | None:
-        """``into``, filled with the bytes at ``offset``, if the page cache holds all of them
-        (``RWF_NOWAIT``: never waits on the disk, so the event loop may call it); None if not.
+    def read_cached(self, path: str, offset: int, into: memoryview) -> bool:
+        """Fills ``into`` with the bytes at ``offset`` if the page cache holds all of them
+        (``RWF_NOWAIT``: never waits on the disk, so the event loop may call it); whether it
+        did.
         A cold load's reads at the fetch's heels find there the bytes just written.
 
         Payloads once stayed in memory for them as well, 16 MiB over all layers, from when
@@ -305,8 +306,8 @@ class LayerCache:
             try:
                 got = os.preadv(fd, [into], offset, os.RWF_NOWAIT)
             except BlockingIOError:
-                return None
-        return into if got == len(into) else None
+                return False
+        return got == len(into)
 
     def gap_bytes(self, segment: Segment) -> bytes:
         """The recorded gap of a present segment (empty when assumed empty)."""

@@ -83,13 +83,13 @@ class LayerReader:
     async def _read_present(
         self, path: str, offset: int, size: int, into: bytearray | None
     ) -> bytes | memoryview:
-        # Just fetched, or read a moment ago: in memory or the page cache, served on the loop
+        # Just fetched, or read a moment ago: in the page cache, served on the loop
         # without the trip to a worker thread (a tenth of the daemon's CPU in a cold load, by
         # py-spy), and without a fresh 1 MiB buffer per read (another tenth).
         buffer = into if into is not None and len(into) >= size else bytearray(size)
-        cached = self._cache.read_cached(path, offset, memoryview(buffer)[:size])
-        if cached is not None:
-            return cached
+        view = memoryview(buffer)[:size]
+        if self._cache.read_cached(path, offset, view):
+            return view
         return await trio.to_thread.run_sync(self._cache.read, path, offset, size)
 
     def _assemble(

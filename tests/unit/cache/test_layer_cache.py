@@ -61,10 +61,10 @@ def test_bytes_just_written_read_back_from_the_page_cache(
     fill(cache, data, layout, list(range(len(layout.segments))))
     weights = FILES["m/weights.bin"]
     into = memoryview(bytearray(CHUNK))
-    within = cache.read_cached("m/weights.bin", CHUNK, into[:100])
-    assert within is not None and within.tobytes() == weights[CHUNK : CHUNK + 100]
-    across = cache.read_cached("m/weights.bin", CHUNK - 3, into[:10])
-    assert across is not None and across.tobytes() == weights[CHUNK - 3 : CHUNK + 7]
+    assert cache.read_cached("m/weights.bin", CHUNK, into[:100])
+    assert into[:100].tobytes() == weights[CHUNK : CHUNK + 100]
+    assert cache.read_cached("m/weights.bin", CHUNK - 3, into[:10])
+    assert into[:10].tobytes() == weights[CHUNK - 3 : CHUNK + 7]
     cache.close()
 
 
@@ -214,8 +214,8 @@ def test_the_backing_files_keep_their_pages_until_the_complete_layer_drops_them(
     fill(cache, data, layout, list(reversed(range(len(layout.segments)))))
     weights = FILES["m/weights.bin"]
     cache.flush()
-    held = cache.read_cached("m/weights.bin", 0, memoryview(bytearray(len(weights))))
-    assert held is not None and held.tobytes() == weights
+    held = memoryview(bytearray(len(weights)))
+    assert cache.read_cached("m/weights.bin", 0, held) and held.tobytes() == weights
     assert sum(len(piece) for piece in cache.stream()) > len(weights)
     assert page_cache_bytes([tmp_path / "c" / "data"]) >= len(weights)
     cache.drop_pages()
