@@ -16,6 +16,11 @@ the benchmark's VM cost 0.7-1.3 CPU-s more per GiB (gzip, short of CPU, gained l
 second copy of the model in the page cache until the layer is complete and durable, when
 ``drop_pages`` drops it (``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers
 map. Layers never completed keep theirs, clean after a flush, for the kernel to reclaim.
+Two ways around that price lost (cold 1 GiB, runs taking turns with this): ``O_DIRECT`` at
+the idle I/O priority (mq-deadline serves it after other I/O) saved the daemon about 1 CPU-s/GiB
+and the model was ready no sooner (zstd:chunked 5.2-5.7 s against 4.5-5.5, 4 runs each); writes
+of 256 KiB, which alone in a loop fill fresh page cache in a quarter of the time 4 MiB writes
+take here, cost the daemon 0.4-1.8 CPU-s/GiB more in the load (3 runs each, zstd and gzip).
 
 Which segments are present is recorded in ``present.log``, an append-only list of records
 (segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
