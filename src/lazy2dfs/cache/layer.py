@@ -27,7 +27,12 @@ CPU-s/GiB more in the load (3 runs each, zstd and gzip). Alone, they fill fresh 
 0.4 s/GiB against 1.9-2.6 for 4 MiB writes, but only for the first GiB after the page cache was
 dropped; the next GiBs cost 1.7-2.1 s each at either size. A cold load takes about 3 GiB of new
 pages (the registry's reads, these files, the FUSE files' pages): which allocation gets the
-cheap first GiB changes nothing.
+cheap first GiB changes nothing. What the price is worth, from an upper bound (a test build
+that wrote only the segments a read waited for, not read-ahead or background ones): cold 1 GiB
+zstd:chunked ready in 4.29-5.62 s, median 4.89, against 4.92-6.07, median 5.45, every one of
+6 pairs won, the daemon 1.7 CPU-s/GiB lighter; gzip 6.08 against 6.45 (median, 4 pairs). To
+take it, those segments would be written after the load, from the FUSE
+files' pages (those the kernel kept, found with ``mincore``; the rest fetched again).
 
 Which segments are present is recorded in ``present.log``, an append-only list of records
 (segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
