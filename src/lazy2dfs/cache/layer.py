@@ -16,23 +16,26 @@ the benchmark's VM cost 0.7-1.3 CPU-s more per GiB (gzip, short of CPU, gained l
 second copy of the model in the page cache until the layer is complete and durable, when
 ``drop_pages`` drops it (``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers
 map. Layers never completed keep theirs, clean after a flush, for the kernel to reclaim.
-Three ways around that price lost (cold 1 GiB, runs taking turns with this): ``O_DIRECT`` at
-the idle I/O priority (mq-deadline serves it after other I/O) saved the daemon about 1 CPU-s/GiB
-and the model was ready no sooner (zstd:chunked 5.2-5.7 s against 4.5-5.5, 4 runs each); each
-written chunk's writeback started at once (``sync_file_range``) and its pages dropped 8 chunks
-later, so that they came back as the next writes' pages, saved 1.2 CPU-s/GiB and the model was
-ready later (median 5.80 s against 5.54, 5 runs each): both put the cache's writes on the disk
-during the load, beside the registry's reads. And writes of 256 KiB cost the daemon 0.4-1.8
-CPU-s/GiB more in the load (3 runs each, zstd and gzip). Alone, they fill fresh page cache in
-0.4 s/GiB against 1.9-2.6 for 4 MiB writes, but only for the first GiB after the page cache was
-dropped; the next GiBs cost 1.7-2.1 s each at either size. A cold load takes about 3 GiB of new
-pages (the registry's reads, these files, the FUSE files' pages): which allocation gets the
-cheap first GiB changes nothing. What the price is worth, from an upper bound (a test build
-that wrote only the segments a read waited for, not read-ahead or background ones): cold 1 GiB
-zstd:chunked ready in 4.29-5.62 s, median 4.89, against 4.92-6.07, median 5.45, every one of
-6 pairs won, the daemon 1.7 CPU-s/GiB lighter; gzip 6.08 against 6.45 (median, 4 pairs). To
-take it, those segments would be written after the load, from the FUSE
-files' pages (those the kernel kept, found with ``mincore``; the rest fetched again).
+
+What that copy costs a cold load, from an upper bound (a test build that wrote only the
+segments a read waited for, not read-ahead or background ones): cold 1 GiB zstd:chunked ready
+in 4.29-5.62 s, median 4.89, against 4.92-6.07, median 5.45, every one of 6 pairs won, the
+daemon 1.7 CPU-s/GiB lighter; gzip 6.08 against 6.45 (medians, 4 pairs). To take it, those
+segments would be written after the load, from the FUSE files' pages (those the kernel kept,
+found with ``mincore``; the rest fetched again).
+
+Three ways around it lost (cold 1 GiB, runs taking turns with this). ``O_DIRECT`` at the idle
+I/O priority (mq-deadline serves it after other I/O) saved the daemon about 1 CPU-s/GiB and the
+model was ready no sooner (zstd:chunked 5.2-5.7 s against 4.5-5.5, 4 runs each). Each written
+chunk's writeback started at once (``sync_file_range``) and its pages dropped 8 chunks later,
+so that they came back as the next writes' pages, saved 1.2 CPU-s/GiB and the model was ready
+later (median 5.80 s against 5.54, 5 runs each). Both put the cache's writes on the disk during
+the load, beside the registry's reads. Writes of 256 KiB cost the daemon 0.4-1.8 CPU-s/GiB more
+in the load (3 runs each, zstd and gzip): alone, they fill fresh page cache in 0.4 s/GiB
+against 1.9-2.6 for 4 MiB writes, but only for the first GiB after the page cache was dropped;
+the next GiBs cost 1.7-2.1 s each at either size. A cold load takes about 3 GiB of new pages
+(the registry's reads, these files, the FUSE files' pages): which allocation gets the cheap
+first GiB changes nothing.
 
 Which segments are present is recorded in ``present.log``, an append-only list of records
 (segment, flags, gap bytes, CRC). A record is appended only after its payload bytes were
