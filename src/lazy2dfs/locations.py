@@ -11,7 +11,6 @@ it to ``config.load``. The daemon itself validates its configuration when it sta
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +29,10 @@ def control_address(address: Path) -> Path:
 
 def read_file(path: Path | None) -> dict[str, object]:
     """The configuration file's settings: ``path``, else the default file if it exists."""
+    # Imported here: ``lazy2dfs pull`` and ``status`` told the address by the environment
+    # start without it (15 ms of a cold start, before the pull's first request).
+    import tomllib
+
     file = path or DEFAULT_CONFIG_PATH
     if path is None and not file.exists():
         return {}

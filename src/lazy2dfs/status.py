@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Protocol, TypedDict, cast
 from urllib.parse import urlencode
 
-import typing_extensions
-
 from lazy2dfs.errors import (
     FailedPreconditionError,
     Lazy2dfsError,
@@ -112,9 +110,8 @@ class RegistryAnswer(TypedDict):
     unauthorized: bool  # the registry refused the daemon's credentials, or that it had none
 
 
-class PullRequest(typing_extensions.TypedDict):
-    """What ``lazy2dfs pull`` asks of the daemon (the body of ``POST /pull``; the daemon
-    validates it with pydantic, which wants this ``TypedDict`` before Python 3.12)."""
+class PullRequest(TypedDict):
+    """What ``lazy2dfs pull`` asks of the daemon (the body of ``POST /pull``)."""
 
     reference: str
     containerd_address: str  # containerd's socket, which the daemon (root) connects to
