@@ -25,17 +25,18 @@ against 6.45 (medians, 4 pairs).
 
 Taking it, built and measured, did not land. A build held each background segment that had
 gone whole into the FUSE files' page cache, with no read waiting for it (three quarters of a
-zstd:chunked load's bytes, two thirds of gzip's), there alone, and wrote it once no layer's
+zstd:chunked load's bytes, three fifths of gzip's), there alone, and wrote it once no layer's
 background fetch was on its first pass, read back from there and verified again. Cold 1 GiB,
 runs taking turns with this: ready a twentieth sooner (zstd:chunked medians 5.36 and 5.20 s
 against 5.61 and 5.52 in two series, 7 of 11 pairs won; gzip 7.45 against 7.79, 4 of 4). But
-the benchmark's VM pages out idle page cache (DAMON, ``kdamond``: physical regions idle for a
-minute, up to 128 MiB/s), and it took held pages before they were written: 3 of 17
-zstd:chunked loads fetched 1.02-1.09x the bytes they needed, against 1.000 for every load that
-wrote as it fetched. With the held pages locked in memory (``mlock`` on a mapping of the FUSE
-file) until written, no byte was fetched twice in 10 loads, but the locked pages counted in the
-daemon's RSS (690-920 MiB against 170-195), and mapping, locking and unmapping a GiB took the
-zstd:chunked gain (5.62 s against 5.69, 3 of 6 pairs; gzip 7.18 against 7.58, 3 of 4).
+the benchmark's VM pages out page cache it finds idle (DAMON, ``kdamond``: physical regions
+idle for a minute, up to 128 MiB/s), and it took held pages before they were written (64 KiB
+folios gone, their shadow entries left): 3 of 17 zstd:chunked loads fetched 1.05-1.09x the
+bytes they needed, against 1.000 for every load that wrote as it fetched. With the held
+pages locked in memory (``mlock`` on a mapping of the FUSE file) until written, no byte was
+fetched twice in 10 loads, but the locked pages counted in the daemon's RSS (690-920 MiB
+against 170-195), and mapping, locking and unmapping a GiB took the zstd:chunked gain (5.62 s
+against 5.69, 3 of 6 pairs; gzip 7.18 against 7.58, 3 of 4).
 
 Three ways around it lost (cold 1 GiB, runs taking turns with this). ``O_DIRECT`` at the idle
 I/O priority (mq-deadline serves it after other I/O) saved the daemon about 1 CPU-s/GiB and the
