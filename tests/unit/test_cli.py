@@ -124,12 +124,21 @@ def test_the_command_line_starts_without_the_daemons_or_the_formats_libraries() 
         "grpc",
         "pyfuse3",
     )
-    probe = "import sys, lazy2dfs.cli; print(' '.join(sorted(sys.modules)))"
+    (modules,) = _python("import sys, lazy2dfs.cli; print(' '.join(sorted(sys.modules)))")
+    assert sorted(set(modules.split()) & set(heavy)) == []
+
+
+def _python(probe: str, env: dict[str, str] | None = None) -> list[str]:
+    """The lines ``probe`` prints, run by the interpreter ``lazy2dfs`` runs in."""
     done = subprocess.run(
-        [*lazy2dfs_argv()[:-2], "-c", probe], capture_output=True, text=True, timeout=60
+        [*lazy2dfs_argv()[:-2], "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=None if env is None else {**os.environ, **env},
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(set(done.stdout.split()) & set(heavy)) == []
+    return done.stdout.splitlines()
 
 
 def test_lazy2dfs_pull_asks_the_daemon_without_a_toml_parser_or_typing_extensions(
@@ -145,14 +154,6 @@ def test_lazy2dfs_pull_asks_the_daemon_without_a_toml_parser_or_typing_extension
         " print(' '.join(sorted(sys.modules)))"
     )
     address = tmp_path / "lazy2dfs.sock"
-    done = subprocess.run(
-        [*lazy2dfs_argv()[:-2], "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "LAZY2DFS_ADDRESS": str(address)},
-    )
-    assert done.returncode == 0, done.stderr
-    told, modules = done.stdout.splitlines()
+    told, modules = _python(probe, {"LAZY2DFS_ADDRESS": str(address)})
     assert told == str(address.with_suffix(".control.sock"))
     assert sorted(set(modules.split()) & {"tomllib", "typing_extensions"}) == []

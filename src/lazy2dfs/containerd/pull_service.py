@@ -14,10 +14,9 @@ import json
 import queue
 import threading
 import time
-import typing
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pydantic
 import typing_extensions
@@ -45,7 +44,7 @@ def _validated(typed: type) -> Any:
     ``TypedDict``, before Python 3.12. The command's is typing's, which spares it importing
     typing_extensions (20 ms of a cold start, before the pull's first request)."""
     make: Any = typing_extensions.TypedDict
-    return make(typed.__name__, typing.get_type_hints(typed))
+    return make(typed.__name__, get_type_hints(typed))
 
 
 _REQUEST: pydantic.TypeAdapter[PullRequest] = pydantic.TypeAdapter(_validated(PullRequest))
