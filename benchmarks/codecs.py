@@ -9,7 +9,8 @@ pushes the eStargz blob to a LocalRegistry and reads every chunk with 2 concurre
 (registry_client ``blob_reader``), inflating and verifying each one: with
 :func:`lazy2dfs.estargz.decode_chunk` (zlib), and with the same steps through
 ``isal.isal_zlib`` when python-isal is installed. "inflate only" rows decompress every chunk in
-memory on one thread, without the network and the digest, to show the inflater's own speed;
+memory on one thread, without the network and the digest, to show the inflater's own speed (zlib,
+ISA-L, and libdeflate, which the daemon uses for a segment of one member);
 the "compress only" row deflates the tar with ISA-L into 4 MiB gzip members, in memory, to show
 what the writer would gain from it (the writer itself uses zlib).
 Writer rows also give CPU seconds (gzip's, or this process's over all threads) and every row
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
+import deflate
 import numpy as np
 import trio
 
@@ -183,11 +185,19 @@ async def _read_all(
     return time.perf_counter() - start, served
 
 
-def _inflate_only(blob: bytes, toc: Toc, decompressobj: Callable[[int], Any]) -> float:
+# A member and the bytes it may inflate to, decoded.
+Inflate = Callable[[bytes, int], object]
+
+
+def _streamed(decompressobj: Callable[[int], Any]) -> Inflate:
+    return lambda member, limit: decompressobj(16 + zlib.MAX_WBITS).decompress(member, limit)
+
+
+def _inflate_only(blob: bytes, toc: Toc, inflate: Inflate) -> float:
     start = time.perf_counter()
     for chunk in toc.iter_chunks():
         member = blob[chunk.compressed_offset : chunk.compressed_end]
-        decompressobj(16 + zlib.MAX_WBITS).decompress(member, chunk.inner_offset + chunk.size)
+        inflate(member, chunk.inner_offset + chunk.size)
     return time.perf_counter() - start
 
 
@@ -285,12 +295,14 @@ def run() -> Path:
                 ]
             )
             raw[f"read {name}"] = {"seconds": seconds, "mib_per_s": speed}
-        inflaters: dict[str, Callable[[int], Any]] = {"zlib": zlib.decompressobj}
+        inflaters: dict[str, Inflate] = {"zlib": _streamed(zlib.decompressobj)}
         if ISAL is not None:
-            inflaters["isal_zlib"] = ISAL.decompressobj
+            inflaters["isal_zlib"] = _streamed(ISAL.decompressobj)
+        # What the daemon uses for a segment that is one whole member (estargz/members.py).
+        inflaters["libdeflate, whole member"] = deflate.gzip_decompress
         base_inflate: float | None = None
-        for name, factory in inflaters.items():
-            seconds = _inflate_only(data, toc, factory)
+        for name, inflate in inflaters.items():
+            seconds = _inflate_only(data, toc, inflate)
             speed = plain / mib / seconds
             base_inflate = base_inflate or speed
             rows.append(

@@ -9,10 +9,12 @@ memory.
 from __future__ import annotations
 
 import platform
+import struct
 import zlib
 from types import ModuleType
 from typing import Protocol, cast
 
+import deflate
 import zstandard
 from isal import isal_zlib
 
@@ -29,13 +31,14 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _SLACK = 64 * 1024
 _FIRST_BUFFER = 1 << 20
 
-# ISA-L inflates 1.7x faster than zlib on x86_64 (`make bench`, codecs), with the same output
-# bound, member end and CRC check; on some ARM cores it is slower, so zlib stays there. On the
-# benchmark's F16 weights (4 MiB members, CPU time, the best 4 of 6 rounds): ISA-L 250-264
-# MiB/s, zlib-ng 257-279, libdeflate (PyPI `deflate`) 285-318. libdeflate's binding sizes its
-# output from the member's trailer, which the blob's author writes, and does not say where a
-# member ends; zlib-ng's gain is within the noise.
+# A streamed member (one whose end is not known, or a segment of several) is inflated by ISA-L,
+# 1.7x faster than zlib on x86_64 (`make bench`, codecs), with the same output bound, member end
+# and CRC check; on some ARM cores it is slower, so zlib stays there.
 _INFLATER: ModuleType = isal_zlib if platform.machine() in ("x86_64", "AMD64") else zlib
+# A segment that is one whole member (the writers start one per chunk) is inflated by
+# libdeflate (PyPI `deflate`): on the benchmark's F16 weights, 4 MiB members, CPU time, 265-280
+# MiB/s against ISA-L's 165-235 (4 rounds on this machine's EPYC; its GIL released too).
+_GZIP_TRAILER = struct.Struct("<II")
 # isal's stubs declare its error class as an instance; it is the class IsalError.
 _INFLATE_ERRORS = (zlib.error, cast(type[Exception], isal_zlib.error))
 
@@ -70,9 +73,12 @@ def read_zstd_frame(compressed: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes:
+def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes | bytearray:
     """Every gzip member in ``compressed``, decoded and joined; more than ``limit`` bytes of
     output is an error (a member that inflates beyond what its entries can hold is a bomb)."""
+    whole = _inflate_one_whole_member(compressed, limit)
+    if whole is not None:
+        return whole
     parts: list[bytes] = []
     have = 0
     rest = memoryview(compressed)
@@ -90,6 +96,26 @@ def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes:
     except _INFLATE_ERRORS as err:
         raise CompressedDataError(f"bad gzip member: {err}") from None
     return b"".join(parts)
+
+
+def _inflate_one_whole_member(compressed: bytes | memoryview, limit: int) -> bytearray | None:
+    """``compressed`` inflated, if it is one gzip member that decodes to at most ``limit`` bytes;
+    None otherwise (several members, too many bytes, bad data: the streamed decoder then joins
+    them or says what is wrong).
+
+    libdeflate's binding decodes the first member into at most the bytes it is given room for
+    and does not say where that member ended. It ended at the end of ``compressed`` if the last
+    8 bytes are its trailer: the CRC-32 and length of what it decoded. Bytes a hostile blob
+    hides before a trailer so copied are ignored, never served: the payloads are checked against
+    their digests, and a gap missing a member's headers fails the layer's diff ID."""
+    try:
+        plain = deflate.gzip_decompress(compressed, limit + 1)
+    except deflate.DeflateError:
+        return None
+    if len(plain) > limit:
+        return None
+    trailer = _GZIP_TRAILER.pack(deflate.crc32(plain), len(plain) & 0xFFFFFFFF)
+    return plain if bytes(compressed[-_GZIP_TRAILER.size :]) == trailer else None
 
 
 def read_zstd_frames(compressed: bytes | memoryview, limit: int, expected: int = 0) -> bytearray:
