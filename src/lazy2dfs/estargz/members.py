@@ -36,8 +36,9 @@ _FIRST_BUFFER = 1 << 20
 # and CRC check; on some ARM cores it is slower, so zlib stays there.
 _INFLATER: ModuleType = isal_zlib if platform.machine() in ("x86_64", "AMD64") else zlib
 # A segment that is one whole member (the writers start one per chunk) is inflated by
-# libdeflate (PyPI `deflate`): on the benchmark's F16 weights, 4 MiB members, CPU time, 265-280
-# MiB/s against ISA-L's 165-235 (4 rounds on this machine's EPYC; its GIL released too).
+# libdeflate (PyPI `deflate`), which also releases the GIL: 4 MiB members of the model-ready
+# benchmark's F16 weights at 265-280 MiB/s of CPU against ISA-L's 165-235 (4 rounds, this
+# machine's EPYC); `make bench` codecs' bf16-like weights at 253 against 220.
 _GZIP_TRAILER = struct.Struct("<II")
 # isal's stubs declare its error class as an instance; it is the class IsalError.
 _INFLATE_ERRORS = (zlib.error, cast(type[Exception], isal_zlib.error))
