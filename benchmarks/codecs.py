@@ -48,7 +48,7 @@ from lazy2dfs.estargz import (
     open_blob_async,
     write_blob_from_tar,
 )
-from lazy2dfs.estargz.members import inflate_gzip_members
+from lazy2dfs.estargz.members import inflate_gzip_segment
 from lazy2dfs.registry_client import CredentialStore, RegistryClient
 
 WEIGHTS_MIB: Final = 512  # 1 GiB took ~8 min here: gzip -6 alone runs ~8 MiB/s on this data
@@ -301,7 +301,7 @@ def run() -> Path:
             inflaters["isal_zlib"] = _streamed(ISAL.decompressobj)
         # What the daemon runs on a segment, libdeflate for one whole member: room for the
         # headers after the chunk too, as the daemon gives it.
-        inflaters["libdeflate (inflate_gzip_members)"] = lambda member, limit: inflate_gzip_members(
+        inflaters["libdeflate (inflate_gzip_segment)"] = lambda member, limit: inflate_gzip_segment(
             member, limit + _GAP_ROOM
         )
         base_inflate: float | None = None

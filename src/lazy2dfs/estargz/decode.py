@@ -16,7 +16,7 @@ from lazy2dfs.estargz.errors import ChunkDigestMismatchError, CompressedDataErro
 from lazy2dfs.estargz.layout import Segment
 from lazy2dfs.estargz.members import (
     inflate_gzip_member,
-    inflate_gzip_members,
+    inflate_gzip_segment,
     read_zstd_frame,
     read_zstd_frames,
 )
@@ -65,7 +65,7 @@ def decode_segment(
         )
     limit = segment.decoded_bound + gap_limit
     if compression is Compression.GZIP:
-        plain = memoryview(inflate_gzip_members(compressed, limit))
+        plain = memoryview(inflate_gzip_segment(compressed, limit))
     else:
         plain = memoryview(read_zstd_frames(compressed, limit, segment.decoded_bound))
     if len(plain) < segment.decoded_bound:

@@ -74,12 +74,17 @@ def read_zstd_frame(compressed: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes | bytearray:
+def inflate_gzip_segment(compressed: bytes | memoryview, limit: int) -> bytes | bytearray:
+    """A segment's gzip members, decoded and joined, as ``inflate_gzip_members``; a segment is
+    usually one member (the writers start one per chunk; upstream's also closes one before
+    its landmark file, so a layer has one segment of several, decoded twice)."""
+    whole = _inflate_one_whole_member(compressed, limit)
+    return whole if whole is not None else inflate_gzip_members(compressed, limit)
+
+
+def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes:
     """Every gzip member in ``compressed``, decoded and joined; more than ``limit`` bytes of
     output is an error (a member that inflates beyond what its entries can hold is a bomb)."""
-    whole = _inflate_one_whole_member(compressed, limit)
-    if whole is not None:
-        return whole
     parts: list[bytes] = []
     have = 0
     rest = memoryview(compressed)
@@ -101,8 +106,8 @@ def inflate_gzip_members(compressed: bytes | memoryview, limit: int) -> bytes | 
 
 def _inflate_one_whole_member(compressed: bytes | memoryview, limit: int) -> bytearray | None:
     """``compressed`` inflated, if it is one gzip member that decodes to at most ``limit`` bytes;
-    None otherwise (several members, too many bytes, bad data: the streamed decoder then joins
-    them or says what is wrong).
+    None otherwise (several members, too many bytes, bad data: ``inflate_gzip_members`` then
+    joins them or says what is wrong).
 
     libdeflate's binding decodes the first member into at most the bytes it is given room for
     and does not say where that member ended. It ended at the end of ``compressed`` if the last
