@@ -38,7 +38,7 @@ _INFLATER: ModuleType = isal_zlib if platform.machine() in ("x86_64", "AMD64") e
 # A segment that is one whole member (the writers start one per chunk) is inflated by
 # libdeflate (PyPI `deflate`), which also releases the GIL: 4 MiB members of the model-ready
 # benchmark's F16 weights at 265-280 MiB/s of CPU against ISA-L's 165-235 (4 rounds, this
-# machine's EPYC); `make bench` codecs' bf16-like weights at 253 against 220.
+# machine's EPYC); `make bench` codecs' bf16-like weights at 253 against 207-220 (two runs).
 _GZIP_TRAILER = struct.Struct("<II")
 # isal's stubs declare its error class as an instance; it is the class IsalError.
 _INFLATE_ERRORS = (zlib.error, cast(type[Exception], isal_zlib.error))
