@@ -75,9 +75,10 @@ def read_zstd_frame(compressed: bytes, limit: int) -> bytes:
 
 
 def inflate_gzip_segment(compressed: bytes | memoryview, limit: int) -> bytes | bytearray:
-    """A segment's gzip members, decoded and joined, as ``inflate_gzip_members``; a segment is
-    usually one member (the writers start one per chunk; upstream's also closes one before
-    its landmark file, so a layer has one segment of several, decoded twice)."""
+    """A segment's gzip members, decoded and joined, as ``inflate_gzip_members``. A segment is
+    usually one member: the writers start one per chunk. A segment of several is decoded
+    twice; in the layer upstream's ``ctr-remote`` (0.12) wrote for the interop test, 1 of 11
+    was (its last file's final chunk, then two members of headers)."""
     whole = _inflate_one_whole_member(compressed, limit)
     return whole if whole is not None else inflate_gzip_members(compressed, limit)
 
