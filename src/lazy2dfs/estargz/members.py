@@ -121,8 +121,12 @@ def _inflate_one_whole_member(compressed: bytes | memoryview, limit: int) -> byt
         return None
     if len(plain) > limit:
         return None
-    trailer = _GZIP_TRAILER.pack(deflate.crc32(plain), len(plain) & 0xFFFFFFFF)
-    return plain if bytes(compressed[-_GZIP_TRAILER.size :]) == trailer else None
+    return plain if bytes(compressed[-_GZIP_TRAILER.size :]) == gzip_trailer(plain) else None
+
+
+def gzip_trailer(data: bytes | bytearray) -> bytes:
+    """The 8 bytes that end the gzip member of ``data``: its CRC-32 and length."""
+    return _GZIP_TRAILER.pack(deflate.crc32(data), len(data) & 0xFFFFFFFF)
 
 
 def read_zstd_frames(compressed: bytes | memoryview, limit: int, expected: int = 0) -> bytearray:

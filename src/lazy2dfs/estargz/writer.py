@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import struct
 import tarfile
 import tempfile
 import zlib
@@ -38,7 +37,7 @@ import zstandard
 from lazy2dfs.chunking import DEFAULT_CHUNK_SIZE, Compression
 from lazy2dfs.estargz.errors import SourceError
 from lazy2dfs.estargz.footer import build_footer
-from lazy2dfs.estargz.members import read_at_most
+from lazy2dfs.estargz.members import gzip_trailer, read_at_most
 from lazy2dfs.estargz.sources import SourceEntry, entries_from_directory, entries_from_tar
 from lazy2dfs.estargz.toc import (
     LANDMARK_CONTENTS,
@@ -420,7 +419,7 @@ def _gzip_member(data: bytes, level: int) -> bytes:
     body = deflate.compress(data) + deflate.flush()
     xfl = 2 if level == 9 else 4 if level == 1 else 0
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes((xfl, 0xFF))
-    return header + body + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return header + body + gzip_trailer(data)
 
 
 def _zstd_frame(data: bytes, level: int) -> bytes:
