@@ -74,6 +74,11 @@ AHEAD_AT_ONCE = 4
 # and ready 7.38 against 7.06 (gzip, 18 pairs), 0.98 against 1.06 and 5.06 against 4.80 (zstd
 # through CRI, 10 pairs).
 BACKGROUND_GRACE = 2.0
+# A complete layer is hashed for its diff ID and made durable once no fetch has been under way
+# on the node for this long (a model's load is over), or at most this long after it completed
+# (``remote.flight.FetchActivity`` says why and what it saved).
+VERIFY_WHEN_QUIET = 1.0
+VERIFY_WAIT_AT_MOST = 30.0
 DIFF_ID = "diff-id"  # written once the tree is complete and the diff ID checked
 
 
@@ -495,10 +500,10 @@ class EstargzLayers:
         known = _recorded_diff_id(cache)
         if known is not None:
             return known
+        await fetcher.context.activity.wait_quiet(VERIFY_WHEN_QUIET, VERIFY_WAIT_AT_MOST)
         tail = await self._tail(attached, fetcher)
         try:
             # Before the backing files' pages are dropped: read from memory, not the disk.
-            # Behind the loading model, whose last reads it met on both cores (perf).
             known = await trio.to_thread.run_sync(at_low_priority(verify.diff_id), cache, tail)
         except Lazy2dfsError as exc:
             self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")

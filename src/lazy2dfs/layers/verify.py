@@ -52,12 +52,12 @@ def diff_id(cache: LayerCache, tail: bytes) -> str:
     ``tail`` is the blob from the TOC on (recorded when the layer was opened).
 
     Hashed once the layer is complete, its payloads read from the page cache (where the
-    cache's writes still are) or the disk; the caller runs it at low priority, behind
-    the model loading. A running hash, advanced as segments arrived, never got past the
-    first segment: the tar headers no file needs, which the background fetch brings last.
-    Fetched first, they let it run, but it then hashed the whole layer inside the load: a cold
-    1 GiB zstd:chunked model was ready in 8.3 s against 7.75 (medians of 4 each, taking
-    turns)."""
+    cache's writes still are) or the disk; the caller runs it at low priority, once the node's
+    fetching has gone quiet (``remote.flight.FetchActivity``). A running hash, advanced as
+    segments arrived, never got past the first segment: the tar headers no file needs, which
+    the background fetch brings last. Fetched first, they let it run, but it then hashed the
+    whole layer inside the load: a cold 1 GiB zstd:chunked model was ready in 8.3 s against
+    7.75 (medians of 4 each, taking turns)."""
     toc = cache.layout.toc
     limit = DEFAULT_LIMITS.max_toc_bytes + (1 << 20)
     if toc.compression is Compression.GZIP:

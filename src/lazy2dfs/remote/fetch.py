@@ -34,7 +34,14 @@ from lazy2dfs.estargz.toc import Chunk, EntryType
 from lazy2dfs.logfmt import get_logger
 from lazy2dfs.registry_client import parse_reference
 from lazy2dfs.registry_client.retry import on_behalf_of
-from lazy2dfs.remote.flight import GAVE_UP_SECONDS, ByteBudget, Fetch, ReaderGate, SingleFlight
+from lazy2dfs.remote.flight import (
+    GAVE_UP_SECONDS,
+    ByteBudget,
+    Fetch,
+    FetchActivity,
+    ReaderGate,
+    SingleFlight,
+)
 from lazy2dfs.remote.spans import Span, plan_spans
 
 log = get_logger(__name__)
@@ -121,7 +128,8 @@ class LayerStats:
 
 class FetchContext:
     """What every layer's fetches share: the cache store, the deadline, readers-first, one
-    flight per segment, and the limits on threads and background work."""
+    flight per segment, whether any fetch is under way, and the limits on threads and
+    background work."""
 
     def __init__(self, store: CacheStore, *, deadline: float) -> None:
         """``deadline``: seconds a range request may take, retries included, before the read
@@ -130,6 +138,7 @@ class FetchContext:
         self.deadline = deadline
         self.gate = ReaderGate()
         self.flights = SingleFlight()
+        self.activity = FetchActivity()
         self.decode_limiter = trio.CapacityLimiter(os.cpu_count() or 2)
         self.decoded_limiter = trio.CapacityLimiter(DECODED_SEGMENTS)
         self.background_limiter = trio.CapacityLimiter(BACKGROUND_CONCURRENCY)
@@ -248,6 +257,12 @@ class SegmentFetcher:
         return [s for s, _ in waits if self.wanted([s], why) and s.index not in uncached]
 
     async def _fetch(
+        self, segments: list[Segment], why: Fetch, uncached: dict[int, DecodedSegment]
+    ) -> None:
+        with self.context.activity.fetching():
+            await self._copy_or_fetch(segments, why, uncached)
+
+    async def _copy_or_fetch(
         self, segments: list[Segment], why: Fetch, uncached: dict[int, DecodedSegment]
     ) -> None:
         copied = await self._copy_from_other_blobs(segments, why)

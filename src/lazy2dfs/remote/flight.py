@@ -1,5 +1,6 @@
 """Coordination of fetches across readers: each segment fetched once at a time, readers before
-background work, and a short memory of fetches that ran out their deadline."""
+background work, work that can wait until fetching is quiet, and a short memory of fetches that
+ran out their deadline."""
 
 from __future__ import annotations
 
@@ -57,6 +58,51 @@ class ReaderGate:
         """Returns when no reader waits on the network (at once if none does)."""
         while self._waiting:
             await self._idle.park()
+
+
+class FetchActivity:
+    """Whether any fetch is under way daemon-wide, and since when none is: work that can wait
+    (hashing a complete layer for its diff ID and making its cache durable) waits until the
+    fetching has been quiet a while, so that it does not run inside a model's load.
+
+    Run as each layer completed, at nice +10, that work ran beside the background fetch of the
+    image's next layers, whose decoding runs at nice +10 too, and its ``fdatasync`` wrote the
+    layer to the disk the registry was reading. Cold 1 GiB, 3 runs each taking turns with the
+    code before: zstd:chunked ready in 3.82-4.48 s (median 4.25) against 4.05-4.90 (4.53), the
+    daemon at 4.4-5.2 CPU-s per GiB of the load against 5.4-6.6; gzip eStargz 4.59-4.97 s
+    (4.94) against 4.82-5.39 (5.33), 5.8-6.5 CPU-s against 7.0-7.6."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._quiet_since: float | None = None  # None: nothing was ever fetched
+
+    @contextmanager
+    def fetching(self) -> Iterator[None]:
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._quiet_since = trio.current_time()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last fetch ended (0 while one is under way)."""
+        if self._busy:
+            return 0.0
+        if self._quiet_since is None:
+            return float("inf")
+        return trio.current_time() - self._quiet_since
+
+    async def wait_quiet(self, seconds: float, at_most: float) -> bool:
+        """Returns once no fetch has been under way for ``seconds``, or after ``at_most``
+        seconds whatever is fetched (a node that never stops fetching still gets its work
+        done); True if it was quiet."""
+        with trio.move_on_after(at_most):
+            while (quiet := self.quiet_for()) < seconds:
+                await trio.sleep(seconds - quiet)
+            return True
+        return False
 
 
 class ByteBudget:

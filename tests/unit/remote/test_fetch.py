@@ -111,6 +111,34 @@ def test_twenty_readers_fetch_each_segment_once(tmp_path: Path) -> None:
     trio.run(main)
 
 
+def test_the_node_is_busy_while_segments_are_fetched_and_quiet_after(tmp_path: Path) -> None:
+    """What a complete layer's diff ID waits for: no segment of any layer being fetched."""
+    weights = os.urandom(3 * CHUNK)
+    data, layout = blob({"w.bin": weights})
+
+    async def main() -> None:
+        context = FetchContext(CacheStore(tmp_path, 1 << 30), deadline=10)
+        fetcher, _source = fetcher_for(context, digest(1), data, layout)
+        busy: list[bool] = []
+        done = trio.Event()
+
+        async def watch() -> None:
+            while not done.is_set():
+                busy.append(context.activity.quiet_for() == 0)
+                await trio.sleep(0.001)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await fetcher.ensure(list(layout.segments), Fetch.PREFETCH)
+            done.set()
+        assert fetcher.cache.complete and any(busy)
+        assert 0 < context.activity.quiet_for() < 1.0
+        assert await context.activity.wait_quiet(0.2, 5.0)
+        assert context.activity.quiet_for() >= 0.2
+
+    trio.run(main)
+
+
 def test_a_file_another_blob_holds_is_copied_not_fetched(tmp_path: Path) -> None:
     shared = os.urandom(4 * CHUNK)
     old_data, old_layout = blob({"w.bin": shared, "v": b"1"})
