@@ -76,7 +76,8 @@ AHEAD_AT_ONCE = 4
 BACKGROUND_GRACE = 2.0
 # A complete layer is hashed for its diff ID and made durable once no fetch has been under way
 # on the node for this long (a model's load is over), or at most this long after it completed
-# (``remote.flight.FetchActivity`` says why and what it saved).
+# (``remote.flight.FetchActivity`` says why and what it saved), and at most half of what is
+# left of ``fetch.verify_deadline_seconds``.
 VERIFY_WHEN_QUIET = 1.0
 VERIFY_WAIT_AT_MOST = 30.0
 DIFF_ID = "diff-id"  # written once the tree is complete and the diff ID checked
@@ -500,7 +501,12 @@ class EstargzLayers:
         known = _recorded_diff_id(cache)
         if known is not None:
             return known
-        await fetcher.context.activity.wait_quiet(VERIFY_WHEN_QUIET, VERIFY_WAIT_AT_MOST)
+        # Never so long that the wait alone runs out fetch.verify_deadline_seconds: half of
+        # what is left of it stays for hashing.
+        left = max(0.0, trio.current_effective_deadline() - trio.current_time())
+        await fetcher.context.activity.wait_quiet(
+            VERIFY_WHEN_QUIET, min(VERIFY_WAIT_AT_MOST, left / 2)
+        )
         tail = await self._tail(attached, fetcher)
         try:
             # Before the backing files' pages are dropped: read from memory, not the disk.
