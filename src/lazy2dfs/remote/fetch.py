@@ -9,9 +9,9 @@ for (nice +10 for the thread, while it decodes): on 2 cores it took the CPU a st
 container and its first reads needed (first tensor of a 1 GiB model, cold: 1.0-1.1 s, was
 1.2-1.4 s; the whole model as fast as before). Since the background fetch starts at the
 image's first read rather than at the mount, it was tried again at full priority: cold 1 GiB,
-17 pairs taking turns, the model ready no sooner (medians 2.89 s against 2.95 zstd:chunked,
+17 pairs taking turns, the model ready no sooner (medians 2.91 s against 2.97 zstd:chunked,
 3.72 against 3.74 gzip, 2.86 against 2.85 through CRI), the first tensor sooner after
-``lazy2dfs pull`` (0.64 against 0.70 and 0.74) and later through CRI (0.62 against 0.55).
+``lazy2dfs pull`` (0.64 against 0.69 and 0.74) and later through CRI (0.62 against 0.55).
 """
 
 from __future__ import annotations
