@@ -76,7 +76,7 @@ class FetchActivity:
 
     def __init__(self) -> None:
         self._busy = 0
-        self._quiet_since: float | None = None  # None: nothing was ever fetched
+        self._quiet_since = float("-inf")  # nothing fetched yet: quiet for ever
 
     @contextmanager
     def fetching(self) -> Iterator[None]:
@@ -92,8 +92,6 @@ class FetchActivity:
         """Seconds since the last fetch ended (0 while one is under way)."""
         if self._busy:
             return 0.0
-        if self._quiet_since is None:
-            return float("inf")
         return trio.current_time() - self._quiet_since
 
     async def wait_quiet(self, seconds: float, at_most: float) -> bool:
