@@ -29,8 +29,9 @@ the run is marked and left out of every comparison); the wait until the node hol
 disk the node's directories take. The measures of a phase are ``model_ready.Phase``'s.
 
 Trials of a cell alternate with the other snapshotters' (trial 1 of each, then trial 2 ...).
-Every run is written to the results file as it ends; a rerun with the same file skips what it
-holds, so an interrupted study goes on where it stopped. ``python -m benchmarks.study --help``.
+Every run is written to the results file as it ends, with the time it ended; a rerun with the
+same file skips what it holds, so an interrupted study goes on where it stopped, and a model's
+cells are measured again by removing its runs from the file. ``python -m benchmarks.study --help``.
 """
 
 from __future__ import annotations
@@ -568,6 +569,7 @@ def run_plan(plan: Plan) -> Path:
                     for spec in todo:
                         image = images[SNAPSHOTTERS[spec.snapshotter].image][spec.partition]
                         result = run_one(work / spec.slug, registries, spec, image, stargz_binary)
+                        result["measured"] = report.machine()["when"]
                         raw["runs"].append(result)
                         done.add(spec.key)
                         _save_results(plan.results, raw)

@@ -99,6 +99,20 @@ class Results:
         theirs = self.cells.get((model, link, percent, base, state), [])
         return paired_ratio(self.cells.get(key, []), theirs, metric)
 
+    def dates(self) -> str:
+        """When each model's runs were measured: a study is refreshed a model at a time."""
+        days: dict[str, set[str]] = {}
+        for run in self.raw["runs"]:
+            days.setdefault(run["model"], set()).add(run.get("measured", "")[:10])
+        parts = []
+        for m in self.models:
+            dated = sorted(d for d in days.get(m, set()) if d)
+            when = [" to ".join(dict.fromkeys([dated[0], dated[-1]]))] if dated else []
+            if "" in days.get(m, set()):
+                when.append("undated runs")
+            parts.append(f"{self.model_labels[m]}: {' and '.join(when)}")
+        return "; ".join(parts)
+
     def trials(self) -> str:
         counts: dict[str, set[int]] = {}
         for key, runs in self.cells.items():
@@ -210,7 +224,9 @@ def notes(res: Results) -> list[str]:
         " (memory-mapped, `get_tensor` for every key) in a new container; first tensor: to the"
         " first. Medians, (min-max) over the trials (per model: "
         + res.trials()
-        + "); ratios against overlayfs are the median of trial-by-trial ratios.",
+        + "); ratios against overlayfs are the median of trial-by-trial ratios. Runs measured"
+        " (UTC day; undated runs are from before runs kept their date, 2026-12-06 and"
+        " earlier): " + res.dates() + ".",
         "## Costs\n\nMiB needed: the compressed layers of what the snapshotter pulls in its"
         " own format (base and the partition's shards; the formats compress differently)."
         " MiB fetched: every GET body the registry served, manifests, indexes, TOCs and SOCI"

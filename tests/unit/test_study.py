@@ -87,3 +87,16 @@ def test_a_peer_that_downloaded_a_layer_is_left_out_and_named(tmp_path: Path) ->
     assert done_keys(json.loads((tmp_path / "study.json").read_text())["raw"]) == {
         RunSpec("256", LOOPBACK, 100, s, t).key for s in labels for t in (0, 1)
     }
+
+
+def test_the_report_says_when_each_models_runs_were_measured(tmp_path: Path) -> None:
+    """A study refreshed a model at a time mixes days: the table must not pass them as one."""
+    runs = [run("overlayfs", 0, 10.0, []), run("soci", 0, 2.0, [])]
+    runs[0]["measured"] = "2026-12-05T10:00:00Z"
+    runs[1]["measured"] = "2026-12-07T21:00:00Z"
+    old = run("overlayfs", 0, 10.0, []) | {"model": "1024"}  # from before runs were dated
+    labels = {"overlayfs": "overlayfs", "soci": "SOCI 0.4.1"}
+    models = {"256": "256 MiB", "1024": "1 GiB"}
+    write({"plan": {"snapshotters": labels, "models": models}, "runs": [*runs, old]}, tmp_path)
+    table = (tmp_path / "study.md").read_text()
+    assert "256 MiB: 2026-12-05 to 2026-12-07; 1 GiB: undated runs." in table
