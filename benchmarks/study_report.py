@@ -106,9 +106,12 @@ class Results:
             days.setdefault(run["model"], set()).add(run.get("measured", "")[:10])
         parts = []
         for m in self.models:
-            dated = sorted(d for d in days.get(m, set()) if d)
-            when = [" to ".join(dict.fromkeys([dated[0], dated[-1]]))] if dated else []
-            if "" in days.get(m, set()):
+            dated = sorted(days[m] - {""})
+            when = []
+            if dated:
+                first, last = dated[0], dated[-1]
+                when.append(first if first == last else f"{first} to {last}")
+            if "" in days[m]:
                 when.append("undated runs")
             parts.append(f"{self.model_labels[m]}: {' and '.join(when)}")
         return "; ".join(parts)

@@ -501,7 +501,6 @@ class EstargzLayers:
         known = _recorded_diff_id(cache)
         if known is not None:
             return known
-        # At most half of what is left of fetch.verify_deadline_seconds: the rest is for hashing.
         await fetcher.context.activity.wait_quiet(VERIFY_WHEN_QUIET, VERIFY_WAIT_AT_MOST)
         tail = await self._tail(attached, fetcher)
         try:
