@@ -5,6 +5,7 @@ complete layer verified against its diff ID and served from its local tree."""
 import errno
 import hashlib
 import io
+import mmap
 import os
 import shutil
 import threading
@@ -228,20 +229,20 @@ def test_a_complete_layer_is_verified_and_new_mounts_use_its_local_tree(
     assert again.path(1) == local
 
 
-def fuse_reads() -> float:
-    return (
-        REGISTRY.get_sample_value(
-            "lazy2dfs_fuse_operations_total", {"operation": "read", "result": "ok"}
-        )
-        or 0.0
-    )
+def served_bytes() -> float:
+    return REGISTRY.get_sample_value("lazy2dfs_served_bytes_total") or 0.0
 
 
 def test_bytes_fetched_in_the_background_wait_in_the_page_cache(
     tmp_path: Path, session: FuseSession, model: tuple[dict[str, bytes], MemoryLocator]
 ) -> None:
     """A model loading behind the background fetch finds its bytes in the page cache: once the
-    layer is fetched, reading all of it asks the daemon for nothing."""
+    layer is fetched, reading all of it asks the daemon for next to nothing.
+
+    Not for nothing: the kernel may reclaim stored pages before anyone reads them. This
+    machine's does, within a second of the store for a few pages in a hundred (DAMON's
+    proactive reclaim, ``kdamond``, pages out page cache nobody has mapped); a reader then
+    gets those pages through the daemon, which is correct and costs a read each."""
     files, locator = model
     filled = REGISTRY.get_sample_value("lazy2dfs_page_cache_filled_bytes_total") or 0.0
     remote = layers(tmp_path, session, locator, background=True)
@@ -250,14 +251,17 @@ def test_bytes_fetched_in_the_background_wait_in_the_page_cache(
     for name in files:
         os.stat(fuse_view / name)  # known to the kernel, as a loader's listing makes them
     wait_for_local_tree(remote, 1, session.mountpoint)
+    size = sum(len(data) for data in files.values())
+    reclaimed_at_most = size // mmap.PAGESIZE // 10
     # Stores reach the kernel a moment after the fetch (through the keeper's own thread).
-    assert wait_until_cached([fuse_view / name for name in files], timeout=10) == 0
-    before = fuse_reads()
+    paths = [fuse_view / name for name in files]
+    assert wait_until_cached(paths, timeout=10, allowed=reclaimed_at_most) <= reclaimed_at_most
+    before = served_bytes()
     for name, data in files.items():
         assert (fuse_view / name).read_bytes() == data
-    assert fuse_reads() == before
+    assert served_bytes() - before <= reclaimed_at_most * mmap.PAGESIZE
     now_filled = REGISTRY.get_sample_value("lazy2dfs_page_cache_filled_bytes_total")
-    assert now_filled == filled + sum(len(data) for data in files.values())
+    assert now_filled == filled + size
 
 
 def test_a_layer_whose_config_names_another_diff_id_is_quarantined(

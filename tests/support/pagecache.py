@@ -43,10 +43,12 @@ def missing_pages(path: Path) -> int:
         os.close(fd)
 
 
-def wait_until_cached(paths: list[Path], timeout: float) -> int:
-    """Waits (bounded) until the page cache holds every page of ``paths``; returns the pages
-    still missing then."""
+def wait_until_cached(paths: list[Path], timeout: float, allowed: int = 0) -> int:
+    """Waits (bounded) until the page cache holds every page of ``paths`` but ``allowed``;
+    returns the pages still missing then."""
     deadline = time.monotonic() + timeout
-    while (missing := sum(missing_pages(p) for p in paths)) and time.monotonic() < deadline:
+    while (missing := sum(missing_pages(p) for p in paths)) > allowed:
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.05)
     return missing
