@@ -47,8 +47,8 @@ def wait_until_cached(paths: list[Path], timeout: float, allowed: int = 0) -> in
     """Waits (bounded) until the page cache holds every page of ``paths`` but ``allowed``;
     returns the pages still missing then."""
     deadline = time.monotonic() + timeout
-    while (missing := sum(missing_pages(p) for p in paths)) > allowed:
-        if time.monotonic() >= deadline:
-            break
+    while (missing := sum(missing_pages(p) for p in paths)) > allowed and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     return missing
