@@ -49,7 +49,13 @@ in the load (3 runs each, zstd and gzip): alone, they fill fresh page cache in 0
 against 1.9-2.6 for 4 MiB writes, but only for the first GiB after the page cache was dropped;
 the next GiBs cost 1.7-2.1 s each at either size. A cold load takes about 3 GiB of new pages
 (the registry's reads, these files, the FUSE files' pages): which allocation gets the cheap
-first GiB changes nothing.
+first GiB changes nothing. Why (2026-12-08): the VM reports free blocks of 2 MiB and more to
+its host (``page_reporting_order`` 9), so a page carved from one costs a fault on the host when
+first touched, 8-10 µs per 4 KiB. A 4 MiB write gets 2 MiB folios, from those blocks; smaller
+writes get small folios from the 2-3 GiB free in smaller blocks (``/proc/buddyinfo``), until
+those run out. In the load that only moves the cost: written in 64 KiB pieces, cold 1 GiB
+zstd:chunked was ready in 4.02-4.20 s against 3.26-4.31, the daemon at 4.9-5.0 CPU-s/GiB
+against 3.8-5.3 (3 runs each, taking turns).
 
 Tried again once a layer's diff ID was no longer hashed inside the load (``remote.flight.
 FetchActivity``), when a perf profile (``cpu-clock``, whole machine) of one cold 1 GiB
