@@ -163,7 +163,9 @@ class _Range(ctypes.Structure):
     _fields_ = (("off", ctypes.c_uint64), ("len", ctypes.c_uint64))
 
 
-class _CacheStat(ctypes.Structure):
+class CacheStat(ctypes.Structure):
+    """What ``cachestat`` says of a range of a file, in pages."""
+
     _fields_ = tuple(
         (name, ctypes.c_uint64)
         for name in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
@@ -174,16 +176,21 @@ _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 _CACHESTAT = 451  # the same number on every architecture (Linux 6.5+)
 
 
-def _cached_pages(fd: int) -> int:
-    whole = _Range(0, 0)  # length 0: to the end of the file
-    found = _CacheStat()
+def cache_stat(fd: int, offset: int = 0, length: int = 0) -> CacheStat:
+    """The page cache's pages of ``length`` bytes of ``fd`` from ``offset`` (0: to the end)."""
+    where = _Range(offset, length)
+    found = CacheStat()
     result = _LIBC.syscall(
-        ctypes.c_long(_CACHESTAT), ctypes.c_int(fd), ctypes.byref(whole), ctypes.byref(found), 0
+        ctypes.c_long(_CACHESTAT), ctypes.c_int(fd), ctypes.byref(where), ctypes.byref(found), 0
     )
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cachestat: {os.strerror(err)} (needs Linux 6.5 or later)")
-    return int(found.nr_cache)
+    return found
+
+
+def _cached_pages(fd: int) -> int:
+    return int(cache_stat(fd).nr_cache)
 
 
 def page_cache_bytes(roots: Iterable[Path]) -> int:

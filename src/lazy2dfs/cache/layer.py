@@ -7,15 +7,17 @@ or a read of the disk: no decoding and no second hash. The backing files become 
 local tree once every segment is present (``layers.localtree``), which is what makes a warm
 start cost what overlayfs costs.
 
-Written through the page cache, and made durable late (``remote.fetch.FLUSH_SECONDS``, and when
-the layer is complete): a cold load's writes then reach the disk after it, not during it. Written
-around the page cache (``O_DIRECT``, until 64caaed) they went to the disk as they came, and held
-up the registry's reads and a starting container's own (cold 1 GiB zstd:chunked: ready 4.9-5.1 s
-against 5.8-6.5, first tensor 0.69-0.85 s against 0.96-1.40). The price: fresh pages, which on
-the benchmark's VM cost 0.7-1.3 CPU-s more per GiB (gzip, short of CPU, gained least), and a
-second copy of the model in the page cache until the layer is complete and durable, when
-``drop_pages`` drops it (``POSIX_FADV_DONTNEED``): the FUSE files' pages are the copy readers
-map. Layers never completed keep theirs, clean after a flush, for the kernel to reclaim.
+Written through the page cache, handed to the disk at once at the idle I/O class, and dropped
+from the page cache a little behind the writes (``cache.writeback``); recorded as durable late
+(``remote.fetch.FLUSH_SECONDS``, and when the layer is complete). Written around the page cache
+(``O_DIRECT``, until 64caaed) they went to the disk as they came, at the normal I/O class, and
+held up the registry's reads and a starting container's own (cold 1 GiB zstd:chunked: ready
+4.9-5.1 s against 5.8-6.5, first tensor 0.69-0.85 s against 0.96-1.40). The price: fresh pages,
+which on the benchmark's VM cost 0.7-1.3 CPU-s more per GiB (gzip, short of CPU, gained least).
+The backing files' pages are a second copy of what the FUSE files' pages hold, the copy readers
+map: ``cache.writeback`` keeps it to the last bytes written, and ``drop_pages`` drops what is
+left once the layer is complete and durable (``POSIX_FADV_DONTNEED``). Layers never completed
+keep theirs, clean after a flush, for the kernel to reclaim.
 
 What that copy costs a cold load, from an upper bound (a test build that wrote only the
 segments a read waited for, not read-ahead or background ones, and so served holes to readers
@@ -44,7 +46,8 @@ model was ready no sooner (zstd:chunked 5.2-5.7 s against 4.5-5.5, 4 runs each).
 chunk's writeback started at once (``sync_file_range``) and its pages dropped 8 chunks later,
 so that they came back as the next writes' pages, saved 1.2 CPU-s/GiB and the model was ready
 later (median 5.80 s against 5.54, 5 runs each). Both put the cache's writes on the disk during
-the load, beside the registry's reads. Writes of 256 KiB cost the daemon 0.4-1.8 CPU-s/GiB more
+the load, beside the registry's reads, at the normal I/O class; at the idle class the second
+is ``cache.writeback``, and won. Writes of 256 KiB cost the daemon 0.4-1.8 CPU-s/GiB more
 in the load (3 runs each, zstd and gzip): alone, they fill fresh page cache in 0.4 s/GiB
 against 1.9-2.6 for 4 MiB writes, but only for the first GiB after the page cache was dropped;
 the next GiBs cost 1.7-2.1 s each at either size. A cold load takes about 3 GiB of new pages
@@ -95,6 +98,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazy2dfs.cache.writeback import WritebackWindow, WrittenRange
 from lazy2dfs.errors import IntegrityError, UnavailableError
 from lazy2dfs.estargz.layout import BlobLayout, RegularFile, Segment
 from lazy2dfs.logfmt import get_logger
@@ -146,6 +150,7 @@ class LayerCache:
         self._files: OrderedDict[int, int] = OrderedDict()  # descriptors by file number
         self._created = False  # a backing file was created since the last flush
         self._stored = 0
+        self._writeback = WritebackWindow()
         self._log_path = directory / "present.log"
         self._log = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._load_log()
@@ -208,6 +213,11 @@ class LayerCache:
                 file = self._file_of(chunk.path)
                 with self._descriptor(file) as fd:
                     _write_all(fd, memoryview(payload).cast("B"), chunk.file_offset)
+                    written = WrittenRange(file.number, chunk.file_offset, chunk.size)
+                    behind = self._writeback.written(fd, written)
+                for old in behind:
+                    with self._descriptor(self._numbered[old.file]) as fd:
+                        os.posix_fadvise(fd, old.offset, old.size, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"cache disk full at {self.directory}: {exc}") from exc
@@ -279,10 +289,10 @@ class LayerCache:
         return len(pending)
 
     def drop_pages(self) -> None:
-        """Drops the backing files' pages from the page cache, once the layer is complete and
-        durable: the FUSE files' pages are the copy that running containers map, and a new
-        container reads the local tree from the disk, as overlayfs's would. Not at each flush:
-        the diff ID check would read dropped pages back from the disk."""
+        """Drops what is left of the backing files' pages (``cache.writeback`` drops most as
+        they are written), once the layer is complete and durable: the FUSE files' pages are
+        the copy that running containers map, and a new container reads the local tree from
+        the disk, as overlayfs's would."""
         for file in self._numbered:
             try:
                 fd = os.open(self.backing_path(file), os.O_RDONLY | os.O_CLOEXEC)

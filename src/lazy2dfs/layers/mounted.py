@@ -504,7 +504,6 @@ class EstargzLayers:
         await fetcher.context.activity.wait_quiet(VERIFY_WHEN_QUIET, VERIFY_WAIT_AT_MOST)
         tail = await self._tail(attached, fetcher)
         try:
-            # Before the backing files' pages are dropped: read from memory, not the disk.
             known = await trio.to_thread.run_sync(at_low_priority(verify.diff_id), cache, tail)
         except Lazy2dfsError as exc:
             self._refuse(snapshot_id, attached, f"its tar stream is not its TOC: {exc}")

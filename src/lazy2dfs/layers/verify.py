@@ -51,11 +51,12 @@ def diff_id(cache: LayerCache, tail: bytes) -> str:
     """The sha256 of the layer's tar stream, after checking its headers against the TOC.
     ``tail`` is the blob from the TOC on (recorded when the layer was opened).
 
-    Hashed once the layer is complete, its payloads read from the page cache (where the
-    cache's writes still are) or the disk; the caller runs it at low priority, once the node's
-    fetching has gone quiet (``remote.flight.FetchActivity``). A running hash, advanced as
-    segments arrived, never got past the first segment: the tar headers no file needs, which
-    the background fetch brings last. Fetched first, they let it run, but it then hashed the
+    Hashed once the layer is complete, its payloads read back from the disk
+    (``cache.writeback`` keeps only the last ones written in the page cache); the caller runs
+    it at low priority, once the node's fetching has gone quiet
+    (``remote.flight.FetchActivity``). A running hash, advanced as segments arrived, never got
+    past the first segment: the tar headers no file needs, which the background fetch brings
+    last. Fetched first, they let it run, but it then hashed the
     whole layer inside the load: a cold 1 GiB zstd:chunked model was ready in 8.3 s against
     7.75 (medians of 4 each, taking turns)."""
     toc = cache.layout.toc

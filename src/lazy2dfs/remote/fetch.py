@@ -77,11 +77,11 @@ IN_FLIGHT_BYTES = 64 * 1024 * 1024
 # ``lazy2dfs status`` shows each layer's fetch rate over this many seconds.
 RATE_WINDOW = 10.0
 # Written segments are made durable and recorded in batches this often (and when a layer is
-# complete): a crash costs at most this much fetching again. As long as the kernel waits before
-# it writes dirty pages back (vm.dirty_expire_centisecs), so that a cold load's writes reach the
-# disk after it, not during it, where they made the registry's reads and a starting container's
-# wait: cold 1 GiB zstd:chunked ready in 4.9-5.1 s against 5.8-6.5, first tensor 0.69-0.85 s
-# against 0.96-1.40 (3 pairs taking turns); flushed every 0.5 s, 6.2 s.
+# complete): a crash costs at most this much fetching again. Seldom, so that the cache's writes
+# reach the disk at the idle I/O class (``cache.writeback``), not forced by the flush's
+# fdatasync at the normal one, where they made the registry's reads and a starting container's
+# wait (before ``cache.writeback``: cold 1 GiB zstd:chunked ready in 4.9-5.1 s against 5.8-6.5,
+# first tensor 0.69-0.85 s against 0.96-1.40, 3 pairs taking turns; flushed every 0.5 s, 6.2 s).
 FLUSH_SECONDS = 30.0
 
 

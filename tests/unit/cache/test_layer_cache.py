@@ -1,6 +1,8 @@
 """One blob's cache: bytes written at their file offsets, read back from memory or the disk,
 recorded only once durable, and what survives a crash."""
 
+import functools
+import mmap
 import os
 import subprocess
 import threading
@@ -9,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.model_load import page_cache_bytes
+from benchmarks.model_load import cache_stat
 from lazy2dfs.cache import layer
 from lazy2dfs.cache.layer import DiskFullError, Gap, LayerCache
+from lazy2dfs.cache.writeback import WritebackWindow
 from lazy2dfs.estargz import WriterOptions
 from lazy2dfs.estargz.decode import decode_segment
 from lazy2dfs.estargz.layout import BlobLayout
@@ -203,23 +206,32 @@ def test_a_flush_finding_nothing_waits_for_the_one_under_way(
     cache.close()
 
 
-def test_the_backing_files_keep_their_pages_until_the_complete_layer_drops_them(
-    tmp_path: Path, blob: tuple[bytes, BlobLayout]
+def test_the_backing_files_keep_their_last_pages_until_the_complete_layer_drops_them(
+    tmp_path: Path, blob: tuple[bytes, BlobLayout], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Until the layer is complete and durable, bytes just written are read from the page
-    cache, not the disk (left to the load); then the page cache holds the FUSE files' copy
-    only (here, none), not a second one of the backing files."""
+    """Bytes written more than a window ago leave the page cache once on the disk, the last
+    ones stay for readers at the fetch's heels; the complete layer drops the rest, and every
+    byte reads back as written, from the disk."""
+    monkeypatch.setattr(layer, "WritebackWindow", functools.partial(WritebackWindow, 2 * CHUNK))
     data, layout = blob
     cache = LayerCache(tmp_path / "c", layout)
-    fill(cache, data, layout, list(reversed(range(len(layout.segments)))))
     weights = FILES["m/weights.bin"]
-    cache.flush()
-    held = memoryview(bytearray(len(weights)))
-    assert cache.read_cached("m/weights.bin", 0, held) and held.tobytes() == weights
-    assert sum(len(piece) for piece in cache.stream()) > len(weights)
-    assert page_cache_bytes([tmp_path / "c" / "data"]) >= len(weights)
-    cache.drop_pages()
-    assert page_cache_bytes([tmp_path / "c" / "data"]) == 0
+    fill(cache, data, layout, [0, 1, 2])  # up to the first chunk of the weights
+    cache.flush()  # on the disk: once out of the window, its pages may go
+    fill(cache, data, layout, [3, 4, 5, 6])
+    backing = cache.backing_path(layout.files["m/weights.bin"])
+    fd = os.open(backing, os.O_RDONLY)
+    try:
+        assert cache_stat(fd, 0, CHUNK).nr_cache == 0
+        assert cache_stat(fd, 2 * CHUNK, CHUNK).nr_cache == CHUNK // mmap.PAGESIZE
+        held = memoryview(bytearray(CHUNK))
+        assert cache.read_cached("m/weights.bin", 2 * CHUNK, held)
+        assert held.tobytes() == weights[2 * CHUNK : 3 * CHUNK]
+        cache.flush()
+        cache.drop_pages()
+        assert cache_stat(fd).nr_cache == 0
+    finally:
+        os.close(fd)
     assert cache.read("m/weights.bin", 0, len(weights)) == weights  # from the disk
     cache.close()
 
