@@ -8,12 +8,13 @@ reports free memory to its host: ``cache.layer`` says why). So each written rang
 to the disk at once, at the idle I/O class (the disk serves it only when the registry's and
 the containers' reads leave it idle), and once ``WINDOW_BYTES`` more were written its pages
 are dropped, those already on the disk: the next writes then take pages freed a moment ago.
-Cold 4 GiB zstd:chunked, loopback, 5 runs each taking turns: ready in 17.1-18.5 s (median
-17.5) against 18.5-23.2 (19.9), the daemon at 4.6-5.0 CPU-s/GiB against 5.8-7.0; cold 1 GiB,
-10 each: 2.97-3.64 s (median 3.25) against 2.91-4.47 (3.30), and the page cache after the load
-1.1 GiB, not 2.0. The same with writeback at the normal I/O class, dropped 8 chunks behind,
-was ready later (1 GiB: 5.80 s against 5.54): the writes then took the disk from the
-registry's reads.
+Cold 4 GiB, loopback, runs taking turns: zstd:chunked ready in 17.1-18.5 s (median 17.5, 5
+runs) against 18.5-23.2 (19.9), the daemon at 4.6-5.0 CPU-s/GiB against 5.8-7.0; gzip eStargz
+19.3 and 19.7 s against 23.7 and 27.4, 5.8-5.9 CPU-s/GiB against 8.2-8.6. Cold 1 GiB as fast as
+before: zstd:chunked 2.97-3.64 s (median 3.25, 10 runs) against 2.91-4.47 (3.30), gzip 3.94-5.94
+(4.71, 4 runs) against 4.07-5.25 (4.67); the page cache after the load 1.1 GiB, not 2.0. The
+same with writeback at the normal I/O class, dropped 8 chunks behind, was ready later (1 GiB:
+5.80 s against 5.54): the writes then took the disk from the registry's reads.
 
 Durability is not this module's business: a segment is recorded only after ``flush``
 ``fdatasync``s its files, which then finds little left to write.
