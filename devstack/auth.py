@@ -27,8 +27,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
 import bcrypt
 from cryptography import x509
@@ -36,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
+from devstack.service import Service
 
 DEFAULT_SERVICE: Final = "lazy2dfs-local-registry"
 DEFAULT_ISSUER: Final = "lazy2dfs-local-token-issuer"
@@ -182,7 +183,7 @@ def allow_all(_username: str, _repository: str) -> Collection[str]:
     return _ACTIONS
 
 
-class TokenServer:
+class TokenServer(Service):
     """A distribution token server on ``127.0.0.1``, served from a thread.
 
     ``users`` maps username to password; a request with wrong or missing credentials gets 401.
@@ -221,7 +222,7 @@ class TokenServer:
             self.realm, self.issuer.service, self.issuer.issuer, self.issuer.certificate_pem
         )
 
-    def start(self) -> TokenServer:
+    def start(self) -> Self:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         server.daemon_threads = True
         self._server = server
@@ -238,17 +239,6 @@ class TokenServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-
-    def __enter__(self) -> TokenServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def answer(self, query: str, authorization: str | None) -> tuple[int, dict[str, object]]:
         """Status and JSON body for ``GET /token?<query>`` (called on the server's threads)."""

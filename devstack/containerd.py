@@ -33,10 +33,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from devstack.process import ChildProcess, lazy2dfs_argv
+from devstack.service import Service
 from lazy2dfs.errors import UnavailableError
 
 START_TIMEOUT = 30.0
@@ -283,7 +283,7 @@ def write_mirror_hosts(hosts_dir: Path, registry: str, mirror: str) -> None:
     (directory / "hosts.toml").write_text(text)
 
 
-class LocalContainerd:
+class LocalContainerd(Service):
     """containerd ``release`` with everything under ``workdir``; ``ctr`` (the release's own)
     runs against it. ``snapshotter_root`` and ``sandbox_image``: see ``local_config``;
     ``config``, if given, is run instead (tests that compare configurations).
@@ -331,7 +331,7 @@ class LocalContainerd:
     def state(self) -> Path:
         return self.workdir / "state"
 
-    def start(self) -> LocalContainerd:
+    def start(self) -> Self:
         binary = self.release.binary("containerd")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hosts_dir.mkdir(exist_ok=True)
@@ -438,14 +438,3 @@ class LocalContainerd:
         if self.process is not None:
             self.process.stop()
             self.process = None
-
-    def __enter__(self) -> LocalContainerd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -27,14 +27,14 @@ import urllib.request
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
 import trio
 
 from devstack.images import BuiltImage, Stock2dfsImage, push_image, push_stock_2dfs_image
 from devstack.network import PrivateNetwork
 from devstack.process import ChildProcess
+from devstack.service import Service
 from lazy2dfs.errors import UnavailableError
 from lazy2dfs.registry_client import RegistryClient
 
@@ -85,7 +85,7 @@ def free_port() -> int:
         return port
 
 
-class LocalRegistry:
+class LocalRegistry(Service):
     """A registry under ``workdir``; ``host`` is ``127.0.0.1:<port>`` once started."""
 
     def __init__(
@@ -113,7 +113,7 @@ class LocalRegistry:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
 
-    def start(self) -> LocalRegistry:
+    def start(self) -> Self:
         if shutil.which(REGISTRY_BINARY) is None:
             raise UnavailableError(f"{REGISTRY_BINARY} is missing: run 'make deps'")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ class LocalRegistry:
         self.stop()
         self._start_on(self.host)
 
-    def _start_on(self, host: str) -> LocalRegistry:
+    def _start_on(self, host: str) -> Self:
         self.host = host
         self.config_path.write_text(self._config())
         argv = [REGISTRY_BINARY, "serve", str(self.config_path)]
@@ -227,17 +227,6 @@ class LocalRegistry:
             )
             for m in _ACCESS_LINE.finditer(text)
         ]
-
-    def __enter__(self) -> LocalRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class Served:

@@ -8,12 +8,13 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import grpc
 
 from devstack.network import PrivateNetwork
 from devstack.process import ChildProcess, lazy2dfs_argv
+from devstack.service import Service
 from lazy2dfs.api import snapshots_pb2_grpc
 from lazy2dfs.fuse.session import detach_stale_mount
 
@@ -49,7 +50,7 @@ def end_keeper(root: Path) -> None:
         time.sleep(0.05)
 
 
-class LocalSnapshotter:
+class LocalSnapshotter(Service):
     """Starts the daemon on ``workdir/root`` and ``workdir/lazy2dfs.sock``, with ``config``
     (TOML) as its configuration file; stops it on exit.
 
@@ -76,7 +77,7 @@ class LocalSnapshotter:
         self.log_level = log_level
         self.process: ChildProcess | None = None
 
-    def start(self) -> LocalSnapshotter:
+    def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A killed daemon leaves its socket; readiness is the new daemon's socket appearing.
         self.address.unlink(missing_ok=True)
@@ -129,14 +130,3 @@ class LocalSnapshotter:
 
     def stub(self, channel: grpc.Channel) -> snapshots_pb2_grpc.SnapshotsStub:
         return snapshots_pb2_grpc.SnapshotsStub(channel)
-
-    def __enter__(self) -> LocalSnapshotter:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
