@@ -25,7 +25,8 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 SYNC_FILE_RANGE_WRITE = 2
 # ioprio_set(2) and ioprio_get(2) have no libc wrapper; their numbers differ by architecture.
-_IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}
+# Looked up once: the cache's writer threads ask for every chunk they write.
+_IOPRIO_SET_GET = {"x86_64": (251, 252), "aarch64": (30, 31)}.get(platform.machine())
 _IOPRIO_WHO_PROCESS = 1  # one thread, by its kernel thread ID
 IOPRIO_CLASS_IDLE = 3
 _IOPRIO_CLASS_SHIFT = 13
@@ -62,18 +63,17 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
 def io_priority() -> int | None:
     """The calling thread's I/O priority (class and level, as ioprio_get(2) gives them); None
     where the call is unknown or refused."""
-    calls = _IOPRIO_SYSCALLS.get(platform.machine())
-    if calls is None:
+    if _IOPRIO_SET_GET is None:
         return None
-    value = int(_LIBC.syscall(calls[1], _IOPRIO_WHO_PROCESS, threading.get_native_id()))
+    value = int(_LIBC.syscall(_IOPRIO_SET_GET[1], _IOPRIO_WHO_PROCESS, threading.get_native_id()))
     return None if value < 0 else value
 
 
 def _set_io_priority(value: int) -> bool:
-    calls = _IOPRIO_SYSCALLS.get(platform.machine())
-    if calls is None:
+    if _IOPRIO_SET_GET is None:
         return False
-    return int(_LIBC.syscall(calls[0], _IOPRIO_WHO_PROCESS, threading.get_native_id(), value)) == 0
+    thread = threading.get_native_id()
+    return int(_LIBC.syscall(_IOPRIO_SET_GET[0], _IOPRIO_WHO_PROCESS, thread, value)) == 0
 
 
 @contextmanager
